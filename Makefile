@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   build the default corpus + tokenizer + .bin/.idx, then train a small GPT
+#   make test   run the whole test suite (unit + slow end-to-end)
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv demo test test-fast bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	# The CPU wheel of torch lies on disk; installing it first keeps pip from pulling
+	# a multi-GB CUDA build for the torch range in pyproject.toml.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/deepspeed --num_gpus 1 mtds/pretrain.py --deepspeed_config ds_configs/zero2.json
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) runs data

@@ -1,0 +1,37 @@
+"""Sentencepiece model file conventions shared by data_tools and training (no torch import).
+
+`data_tools.train_tokenizer` writes models with this special-token layout:
+    0 <pad>   1 <unk>   2 <s>   3 </s> (= end of document)   4 [CLS]   5 [SEP]   6 [MASK]
+Kept free of megatron/torch imports so data_tools' worker processes start in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+
+import sentencepiece as spm
+
+PAD, UNK, BOS, EOD = "<pad>", "<unk>", "<s>", "</s>"
+CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
+USER_DEFINED_SYMBOLS = (CLS, SEP, MASK)
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file that is missing or is not a usable sentencepiece model."""
+
+
+def load_sentencepiece(model_path: str | os.PathLike) -> spm.SentencePieceProcessor:
+    """Load a sentencepiece model, or raise a one-line TokenizerError naming the file."""
+    model_path = os.fspath(model_path)
+    if not os.path.isfile(model_path):
+        raise TokenizerError(
+            f"{model_path}: tokenizer model not found; build one with `python -m data_tools.train_tokenizer`"
+        )
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.load(model_path)
+    except (RuntimeError, OSError) as e:
+        raise TokenizerError(
+            f"{model_path}: not a sentencepiece model ({str(e).splitlines()[0][:80]})"
+        ) from None
+    return sp

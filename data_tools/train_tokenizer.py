@@ -1,0 +1,146 @@
+"""Train a sentencepiece tokenizer (BPE or unigram) on jsonl documents.
+
+    python -m data_tools.train_tokenizer --input corpus.jsonl --output-prefix tok [--vocab-size 8192]
+
+Writes `tok.model` and `tok.vocab` (temp names, renamed when complete). The special-token layout
+is the one `mtds.spm` documents and the training code relies on:
+    0 <pad>   1 <unk>   2 <s>   3 </s> (= EOD)   4 [CLS]   5 [SEP]   6 [MASK]
+
+Text is streamed to the trainer line by line (`sentence_iterator`), never loaded whole; the
+trainer keeps a uniform random sample of `--input-sentence-size` lines (reservoir sampling),
+which bounds both memory and training time on big corpora.
+
+Settings chosen so that decode(encode(text)) == text, which matters for code:
+identity normalization (no NFKC), no whitespace collapsing, no dummy prefix, whitespace-only
+pieces allowed (indentation becomes a few tokens), byte fallback for anything unseen
+(a newline becomes the byte piece <0x0A>), digits split one by one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import time
+from typing import Iterator, Sequence
+
+import orjson
+
+from data_tools.errors import DataToolsError, run_cli
+from data_tools.io_utils import atomic_outputs, check_input_files, check_output_prefix, open_binary_lines
+from mtds.spm import BOS, EOD, PAD, UNK, USER_DEFINED_SYMBOLS
+
+# sentencepiece drops training sentences longer than max_sentence_length bytes; code lines are
+# short, but long prose lines are cut into pieces of at most this many characters instead.
+MAX_SENTENCE_CHARS = 4000
+
+
+def iter_training_lines(paths: Sequence[str], json_keys: Sequence[str]) -> Iterator[str]:
+    """Non-blank lines (newline kept) of every document's `json_keys` fields; bad lines skipped."""
+    for path in paths:
+        with open_binary_lines(path) as (stream, _):
+            for raw in stream:
+                try:
+                    doc = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue  # preprocess reports bad lines; the tokenizer just needs text
+                if not isinstance(doc, dict):
+                    continue
+                for key in json_keys:
+                    text = doc.get(key)
+                    if not isinstance(text, str):
+                        continue
+                    for line in text.splitlines(keepends=True):
+                        if not line.strip():
+                            continue
+                        for i in range(0, len(line), MAX_SENTENCE_CHARS):
+                            yield line[i : i + MAX_SENTENCE_CHARS]
+
+
+def train_tokenizer(
+    input_paths: Sequence[str | os.PathLike],
+    output_prefix: str | os.PathLike,
+    vocab_size: int = 8192,
+    model_type: str = "bpe",
+    json_keys: Sequence[str] = ("text",),
+    input_sentence_size: int = 500_000,
+    character_coverage: float = 0.9995,
+    num_threads: int | None = None,
+    seed: int = 1234,
+    quiet: bool = False,
+) -> str:
+    """Train and write `{output_prefix}.model` / `.vocab`; return the .model path."""
+    import sentencepiece as spm
+
+    paths = check_input_files(input_paths)
+    prefix = check_output_prefix(output_prefix)
+    if model_type not in ("bpe", "unigram"):
+        raise DataToolsError(f"--model-type {model_type!r}: choose bpe or unigram")
+    if vocab_size < 16 + len(USER_DEFINED_SYMBOLS):
+        raise DataToolsError(f"--vocab-size {vocab_size} is too small")
+    model_path, vocab_path = f"{prefix}.model", f"{prefix}.vocab"
+    t0 = time.perf_counter()
+    model = io.BytesIO()
+    # sentencepiece's sampling draws from its own RNG: seed it so the same corpus gives the same model.
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter_training_lines(paths, json_keys),
+            model_writer=model,
+            model_type=model_type,
+            vocab_size=vocab_size,
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True,
+            character_coverage=character_coverage,
+            byte_fallback=True,
+            pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+            pad_piece=PAD, unk_piece=UNK, bos_piece=BOS, eos_piece=EOD,
+            user_defined_symbols=list(USER_DEFINED_SYMBOLS),
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            max_sentence_length=4 * MAX_SENTENCE_CHARS + 16,  # bytes; a char is <= 4 UTF-8 bytes
+            num_threads=num_threads or os.cpu_count() or 1,
+            minloglevel=0 if not quiet else 2,
+        )
+    except RuntimeError as e:
+        # e.g. "Vocabulary size too high" on a tiny corpus: keep sentencepiece's reason, one line.
+        raise DataToolsError(f"sentencepiece training failed: {str(e).splitlines()[0]}") from None
+    proto = model.getvalue()
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    with atomic_outputs([vocab_path, model_path]) as (tmp_vocab, tmp_model):
+        with open(tmp_vocab, "w", encoding="utf-8") as f:
+            for i in range(sp.get_piece_size()):
+                f.write(f"{sp.id_to_piece(i)}\t{sp.get_score(i)}\n")
+        with open(tmp_model, "wb") as f:
+            f.write(proto)
+    if not quiet:
+        print(f"train_tokenizer: {model_path} ({model_type}, vocab {sp.get_piece_size()}) in "
+              f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return model_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data_tools.train_tokenizer", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", nargs="+", required=True, help=".jsonl / .jsonl.gz / .jsonl.zst files")
+    p.add_argument("--output-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
+    p.add_argument("--json-keys", nargs="+", default=["text"])
+    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--input-sentence-size", type=int, default=500_000,
+                   help="lines sampled for training (bounds time and memory; 0 = all)")
+    p.add_argument("--character-coverage", type=float, default=0.9995)
+    p.add_argument("--num-threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    train_tokenizer(a.input, a.output_prefix, a.vocab_size, a.model_type, a.json_keys,
+                    a.input_sentence_size, a.character_coverage, a.num_threads, a.seed, a.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

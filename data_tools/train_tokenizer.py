@@ -104,7 +104,7 @@ def train_tokenizer(
             split_digits=True,
             max_sentence_length=4 * MAX_SENTENCE_CHARS + 16,  # bytes; a char is <= 4 UTF-8 bytes
             num_threads=num_threads or os.cpu_count() or 1,
-            minloglevel=0 if not quiet else 2,
+            minloglevel=2,  # our own summary line is enough; failures still raise
         )
     except RuntimeError as e:
         # e.g. "Vocabulary size too high" on a tiny corpus: keep sentencepiece's reason, one line.

@@ -1,0 +1,80 @@
+"""Core attention on PyTorch's scaled_dot_product_attention, for megatron-core layer specs.
+
+It replaces megatron-core's `DotProductAttention` in our layer specs because:
+- on GPU without Transformer Engine, SDPA dispatches to the flash / memory-efficient kernels,
+  while DotProductAttention materialises the [b, np, s, s] score matrix;
+- on CPU, DotProductAttention forks megatron's CUDA RNG tracker for dropout and fails.
+Tensor and context parallelism are not supported here (mtds is data-parallel only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class SDPAttention(MegatronModule):
+    """Drop-in for DotProductAttention: [sq, b, np, hn] x3 -> [sq, b, np * hn]."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        if config.tensor_model_parallel_size != 1 or config.context_parallel_size != 1:
+            raise ValueError("SDPAttention supports tensor/context parallel size 1 only")
+        if config.apply_query_key_layer_scaling:
+            raise ValueError("SDPAttention does not implement apply_query_key_layer_scaling")
+        self.attn_mask_type = attn_mask_type
+        self.num_heads = config.num_attention_heads
+        self.num_query_groups = config.num_query_groups or config.num_attention_heads
+        self.head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale or 1.0 / math.sqrt(self.head_dim)
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ) -> torch.Tensor:
+        if packed_seq_params is not None or attention_bias is not None:
+            raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
+        mask_type = attn_mask_type or self.attn_mask_type
+        # megatron layout [s, b, heads, hn] -> SDPA layout [b, heads, s, hn]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        is_causal = mask_type == AttnMaskType.causal
+        sdpa_mask = None
+        if not is_causal and attention_mask is not None:
+            # megatron masks are True where attention is NOT allowed; SDPA's bool mask is the
+            # opposite ([b, 1, sq, sk], broadcast over heads).
+            sdpa_mask = ~attention_mask.bool()
+        context = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=sdpa_mask,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            is_causal=is_causal,
+            scale=self.softmax_scale,
+            enable_gqa=self.num_query_groups != self.num_heads,
+        )
+        # [b, np, sq, hn] -> [sq, b, np * hn]
+        sq, b = context.shape[2], context.shape[0]
+        return context.permute(2, 0, 1, 3).reshape(sq, b, self.num_heads * self.head_dim)

@@ -1,0 +1,383 @@
+"""The run config: one typed tree for everything the DeepSpeed JSON does not own.
+
+Ownership (each setting has exactly one home):
+- DeepSpeed JSON (`--deepspeed_config`): ZeRO stage, precision, optimizer, LR schedule,
+  gradient clipping, micro-batch size and gradient accumulation. See mtds.ds_config.
+- This run config: model shape, data, intervals, paths.
+
+Precedence: CLI overrides > config file (`--config x.toml|x.json`) > preset > defaults.
+Field names in `ModelConfig` follow megatron-core's `TransformerConfig` so building the model
+is a direct hand-over. Validation here never touches torch or global state; every problem
+found is reported together in one `ConfigError` line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A run-config problem; the message is one line naming the key and the fix."""
+
+
+# Named model sizes. Shapes only; architecture choices come from ModelConfig's defaults.
+# gpt-125m/350m/1.3b are the GPT-3 paper's shapes (Brown et al. 2020, table 2.1), with 16
+# heads for 1.3b (head dim 128, like Megatron-LM's 1.3B configs).
+PRESETS: dict[str, dict] = {
+    "gpt-tiny": dict(num_layers=4, hidden_size=256, num_attention_heads=4, max_position_embeddings=256),
+    "gpt-125m": dict(num_layers=12, hidden_size=768, num_attention_heads=12, max_position_embeddings=2048),
+    "gpt-350m": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, max_position_embeddings=2048),
+    "gpt-1.3b": dict(num_layers=24, hidden_size=2048, num_attention_heads=16, max_position_embeddings=2048),
+    "bert-tiny": dict(model_type="bert", num_layers=4, hidden_size=256, num_attention_heads=4,
+                      max_position_embeddings=128, position_embedding_type="learned_absolute",
+                      normalization="LayerNorm", activation="gelu", tie_embeddings=True),
+    "bert-base": dict(model_type="bert", num_layers=12, hidden_size=768, num_attention_heads=12,
+                      max_position_embeddings=512, position_embedding_type="learned_absolute",
+                      normalization="LayerNorm", activation="gelu", tie_embeddings=True),
+    "bert-large": dict(model_type="bert", num_layers=24, hidden_size=1024, num_attention_heads=16,
+                       max_position_embeddings=512, position_embedding_type="learned_absolute",
+                       normalization="LayerNorm", activation="gelu", tie_embeddings=True),
+}
+PRESETS["tiny"] = PRESETS["gpt-tiny"]
+
+
+@dataclass
+class ModelConfig:
+    preset: str | None = "gpt-tiny"
+    """Named size from PRESETS; explicit fields below override it."""
+    model_type: str = "gpt"
+    """"gpt" (causal LM) or "bert" (masked LM + sentence-order head)."""
+    num_layers: int = 4
+    hidden_size: int = 256
+    num_attention_heads: int = 4
+    num_query_groups: int | None = None
+    """Key/value heads for grouped-query attention; None = one per attention head (MHA)."""
+    ffn_hidden_size: int | None = None
+    """None: 4*hidden for GELU, 8/3*hidden rounded up to a multiple of 64 for SwiGLU."""
+    max_position_embeddings: int = 256
+    """Longest sequence the model supports (learned positions table / RoPE range)."""
+    vocab_size: int | None = None
+    """None: the tokenizer's vocabulary padded up to make_vocab_size_divisible_by."""
+    make_vocab_size_divisible_by: int = 128
+    position_embedding_type: str = "rope"
+    """"rope" or "learned_absolute"."""
+    rotary_base: int = 10000
+    normalization: str = "RMSNorm"
+    """"RMSNorm" or "LayerNorm"."""
+    activation: str = "swiglu"
+    """"swiglu" or "gelu"."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the output layer."""
+    add_bias_linear: bool = False
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+    recompute_activations: bool = False
+    """Activation checkpointing of every transformer layer: less memory, ~30% more compute."""
+    bert_binary_head: bool = True
+    """BERT only: train the sentence-order head (SOP) beside the masked LM."""
+
+    def ffn_size(self) -> int:
+        if self.ffn_hidden_size:
+            return self.ffn_hidden_size
+        if self.activation == "swiglu":
+            return -(-int(8 * self.hidden_size / 3) // 64) * 64
+        return 4 * self.hidden_size
+
+    def padded_vocab_size(self, tokenizer_vocab: int) -> int:
+        if self.vocab_size is not None:
+            return self.vocab_size
+        d = self.make_vocab_size_divisible_by
+        return -(-tokenizer_vocab // d) * d
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = field(default_factory=list)
+    """Dataset prefixes: the path before `.bin`/`.idx` (e.g. data/web_text_document).
+    Empty: the embedded default corpus, built on first use under default_dir."""
+    weights: list[float] | None = None
+    """Blend weights, one per path; None = proportional to size (megatron-core's default)."""
+    tokenizer_model: str | None = None
+    """sentencepiece .model; required when paths are given."""
+    default_dir: str = "data/stdlib"
+    """Where the embedded default corpus, tokenizer and .bin/.idx are built."""
+    split: str = "969,30,1"
+    """train,valid,test proportions of each dataset's documents."""
+    seq_length: int | None = None
+    """Training sequence length; None = model.max_position_embeddings."""
+    cache_dir: str | None = None
+    """Index cache (sample/shuffle indices); None = <run_dir>/index_cache."""
+    seed: int = 1234
+    num_workers: int = 1
+    """DataLoader worker processes per rank (0 = load in the training process)."""
+    masking_probability: float = 0.15
+    """BERT only: fraction of tokens masked (80% [MASK], 10% random, 10% unchanged)."""
+    short_seq_prob: float = 0.1
+    """BERT only: probability of a sample shorter than seq_length."""
+
+
+@dataclass
+class TrainingConfig:
+    train_iters: int | None = 300
+    """Optimizer steps to train; exclusive with train_tokens."""
+    train_tokens: int | None = None
+    """Train until this many tokens were consumed (sets train_iters from the batch size)."""
+    eval_interval: int = 100
+    eval_iters: int = 10
+    """Micro-batches per rank for each validation pass."""
+    log_interval: int = 10
+    save_interval: int | None = None
+    """Save every N iterations (and always at the end); None = only at the end."""
+    keep_last: int = 2
+    """Complete checkpoints to keep; older ones are deleted after a new one is published."""
+    run_dir: str = "runs/default"
+    """Checkpoints, TensorBoard events, resolved config and logs go here."""
+    load: str | None = None
+    """Resume from the latest complete checkpoint in this directory (usually run_dir)."""
+    seed: int = 1234
+    exit_duration_mins: float | None = None
+    """Save and exit cleanly after this many minutes of training (for job time limits)."""
+    progress_bar: bool | None = None
+    """tqdm bar on rank 0; None = only when stdout is a terminal."""
+    tflops_peak: float | None = None
+    """Peak TFLOP/s per device for MFU; None = looked up for known GPUs, else MFU not shown."""
+    max_nonfinite_steps: int = 20
+    """Stop after this many fp16 overflow (skipped) steps in a row."""
+    loss_spike_factor: float = 0.0
+    """Warn when a logged loss exceeds this multiple of its running mean (0 = off)."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def seq_length(self) -> int:
+        return self.data.seq_length or self.model.max_position_embeddings
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+_SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig}
+CHOICES = {
+    ("model", "model_type"): ("gpt", "bert"),
+    ("model", "position_embedding_type"): ("rope", "learned_absolute"),
+    ("model", "normalization"): ("RMSNorm", "LayerNorm"),
+    ("model", "activation"): ("swiglu", "gelu"),
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------
+def load_file(path: str) -> dict:
+    """Read a .toml or .json run config into a nested dict; one-line errors."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: run config not found (give an existing .toml or .json with --config)")
+    try:
+        if path.endswith(".toml"):
+            with open(path, "rb") as f:
+                return tomllib.load(f)
+        with open(path) as f:
+            return json.load(f)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot parse run config: {e}") from None
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """`--model.num_layers=4`, `--model.num_layers 4` or `model.num_layers=4` -> nested dict."""
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key = arg[2:] if arg.startswith("--") else arg
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif arg.startswith("--") and i + 1 < len(args):
+            i += 1
+            value = args[i]
+        else:
+            raise ConfigError(f"override {arg!r}: expected section.key=value (e.g. training.train_iters=100)")
+        if "." not in key:
+            raise ConfigError(
+                f"override {arg!r}: name the section, e.g. --training.{key.replace('-', '_')}=... "
+                f"(sections: {', '.join(SECTIONS)})"
+            )
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name.replace("-", "_")] = value
+        i += 1
+    return out
+
+
+def _coerce(value, annotation, where: str):
+    """Convert a file/CLI value to the field's declared type, or raise ConfigError."""
+    tp = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    if optional:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(tp)
+    try:
+        if origin is list:
+            (item,) = typing.get_args(tp)
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, list):
+                raise TypeError
+            return [_coerce(v, item, where) for v in value]
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise TypeError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if tp is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{where}: expected {name}{' or none' if optional else ''}, got {value!r}")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = v
+    return merged
+
+
+def _did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def build_config(file_dict: dict | None = None, overrides: dict | None = None) -> RunConfig:
+    """Defaults < preset < file < overrides, type-checked and validated; all errors at once."""
+    raw = _merge(file_dict or {}, overrides or {})
+    errors: list[str] = []
+    for section in raw:
+        if section not in SECTIONS:
+            errors.append(f"unknown section {section!r}{_did_you_mean(section, SECTIONS)}")
+    model_raw = raw.get("model", {}) if isinstance(raw.get("model"), dict) else {}
+    preset_name = model_raw.get("preset", ModelConfig.preset)
+    if preset_name not in (None, "none") and preset_name not in PRESETS:
+        errors.append(f"model.preset: unknown preset {preset_name!r}{_did_you_mean(str(preset_name), PRESETS)}; "
+                      f"choose one of {', '.join(PRESETS)}")
+        preset_name = None
+    sections = {}
+    for name, cls in _SECTION_CLASSES.items():
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            errors.append(f"{name}: expected a table of keys, got {values!r}")
+            values = {}
+        if name == "model" and preset_name not in (None, "none"):
+            values = {**PRESETS[preset_name], **values}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in fields:
+                errors.append(f"unknown key {name}.{key}{_did_you_mean(key, fields)}")
+                continue
+            try:
+                kwargs[key] = _coerce(value, fields[key].type, f"{name}.{key}")
+            except ConfigError as e:
+                errors.append(str(e))
+        sections[name] = cls(**kwargs)
+    cfg = RunConfig(**sections)
+    if not errors:
+        errors.extend(validate(cfg))
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return cfg
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """Checks that need several fields at once (type checks already passed)."""
+    m, d, t = cfg.model, cfg.data, cfg.training
+    errs = []
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            errs.append(f"{section}.{key}={value!r}: choose one of {', '.join(allowed)}")
+    if m.hidden_size % m.num_attention_heads:
+        errs.append(f"model.hidden_size={m.hidden_size} must be divisible by model.num_attention_heads={m.num_attention_heads}")
+    if m.num_query_groups and m.num_attention_heads % m.num_query_groups:
+        errs.append(f"model.num_attention_heads={m.num_attention_heads} must be divisible by model.num_query_groups={m.num_query_groups}")
+    if d.seq_length is not None and d.seq_length > m.max_position_embeddings:
+        errs.append(f"data.seq_length={d.seq_length} exceeds model.max_position_embeddings={m.max_position_embeddings}; "
+                    "lower data.seq_length or raise model.max_position_embeddings")
+    if m.model_type == "bert" and m.position_embedding_type != "learned_absolute":
+        errs.append("model.position_embedding_type: BERT uses learned_absolute positions")
+    if d.weights is not None and len(d.weights) != len(d.paths):
+        errs.append(f"data.weights has {len(d.weights)} entries for {len(d.paths)} data.paths; give one weight per path")
+    if d.weights is not None and any(w <= 0 for w in d.weights):
+        errs.append(f"data.weights={d.weights}: weights must be positive")
+    if d.paths and not d.tokenizer_model:
+        errs.append("data.tokenizer_model: required when data.paths is set (the .model the data was built with)")
+    split = d.split.replace("/", ",").split(",")
+    try:
+        parts = [float(s) for s in split]
+        if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0 or parts[0] == 0:
+            raise ValueError
+    except ValueError:
+        errs.append(f"data.split={d.split!r}: give three non-negative train,valid,test weights with train > 0, e.g. '969,30,1'")
+    if (t.train_iters is None) == (t.train_tokens is None):
+        errs.append("training: set exactly one of train_iters and train_tokens (set the other to none)")
+    for key in ("eval_interval", "log_interval", "keep_last"):
+        if getattr(t, key) < 1:
+            errs.append(f"training.{key} must be >= 1")
+    if t.save_interval is not None and t.save_interval < 1:
+        errs.append("training.save_interval must be >= 1 or none")
+    if not 0 <= m.hidden_dropout < 1 or not 0 <= m.attention_dropout < 1:
+        errs.append("model dropouts must be in [0, 1)")
+    return errs
+
+
+def check_vocab(cfg: RunConfig, tokenizer_vocab: int, tokenizer_path: str) -> None:
+    """The model's vocabulary must hold every id the tokenizer can produce."""
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < tokenizer_vocab:
+        raise ConfigError(
+            f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab} "
+            f"({tokenizer_path}); raise it or set model.vocab_size=none to derive it"
+        )
+
+
+def resolved_dict(cfg: RunConfig) -> dict:
+    """Plain-JSON form of the config (what is saved beside checkpoints)."""
+    return json.loads(json.dumps(cfg.to_dict()))
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Rebuild a RunConfig saved by resolved_dict (no preset re-application)."""
+    d = {k: dict(v) for k, v in d.items() if k in SECTIONS}
+    d.setdefault("model", {})["preset"] = None
+    return build_config(d)
+

@@ -1,0 +1,32 @@
+"""The one place where mtds adapts megatron-core to a machine without CUDA.
+
+megatron-core is written for CUDA: even a tensor-parallel-size-1 run calls
+`torch.cuda.current_device()` to place RoPE frequencies, the attention scratch buffer and
+some parameters. On a CPU-only machine those calls raise. `enable_if_no_cuda()` points them
+at the CPU instead; on a machine with CUDA it does nothing, so the GPU path is unchanged.
+
+Two more CPU differences are handled where they arise, not here:
+- seeding uses `torch.manual_seed` instead of `tensor_parallel.model_parallel_cuda_manual_seed`
+  (mtds.distributed.seed_everything);
+- attention dropout does not fork megatron's CUDA RNG tracker because our core attention
+  (mtds.attention.SDPAttention) calls PyTorch SDPA, which draws from the default generator.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_enabled = False
+
+
+def enable_if_no_cuda() -> bool:
+    """Make megatron-core's CUDA device lookups return the CPU. Returns True if it did."""
+    global _enabled
+    if torch.cuda.is_available():
+        return False
+    if not _enabled:
+        # torch.cuda.current_device() would raise "Torch not compiled with CUDA enabled";
+        # megatron-core passes its result as `device=`, so "cpu" is a drop-in answer.
+        torch.cuda.current_device = lambda: "cpu"
+        _enabled = True
+    return True

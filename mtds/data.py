@@ -1,0 +1,132 @@
+"""Training data: megatron-core IndexedDataset -> GPTDataset (blended, split, index-cached),
+and a data loader that shards by data-parallel rank and resumes at a consumed-sample count.
+
+megatron-core ships the datasets but not the sampler (that lives in Megatron-LM's training
+scripts), so `ResumableBatchSampler` is ours.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from mtds.config import ConfigError, RunConfig
+from mtds.distributed import barrier, is_rank0
+
+
+@dataclass
+class DataSources:
+    prefixes: list[str]
+    weights: list[float] | None
+    tokenizer_model: str
+
+
+def check_prefix(prefix: str, key: str) -> None:
+    """A dataset prefix must have both files; catch it before DeepSpeed and index building."""
+    missing = [ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
+    if missing:
+        hint = " (give the prefix without .bin/.idx)" if prefix.endswith((".bin", ".idx")) else ""
+        raise ConfigError(
+            f"{key}: dataset prefix {prefix!r} has no {' or '.join(prefix + e for e in missing)}{hint}; "
+            "build it with `python -m data_tools.preprocess`"
+        )
+
+
+def resolve_sources(cfg: RunConfig) -> DataSources:
+    """The user's prefixes, or the embedded default corpus (built once, on rank 0)."""
+    d = cfg.data
+    if d.paths:
+        for p in d.paths:
+            check_prefix(p, "data.paths")
+        return DataSources(list(d.paths), d.weights, d.tokenizer_model)
+    split_sentences = cfg.model.model_type == "bert"
+    if is_rank0():
+        from data_tools.default_dataset import build_default_dataset
+
+        build_default_dataset(d.default_dir, split_sentences=split_sentences)
+    barrier()  # the other ranks wait for rank 0's files
+    from data_tools.default_dataset import default_paths
+
+    paths = default_paths(d.default_dir, split_sentences=split_sentences)
+    check_prefix(paths["prefix"], "data.default_dir")
+    return DataSources([paths["prefix"]], None, paths["tokenizer_model"])
+
+
+def split_string(split: str) -> str:
+    return split.replace("/", ",")
+
+
+def build_datasets(cfg: RunConfig, sources: DataSources, tokenizer, sizes: list[int], dp_size: int):
+    """Train/valid/test datasets with `sizes` samples each, via BlendedMegatronDatasetBuilder."""
+    if cfg.model.model_type == "bert":
+        from mtds.bert import build_bert_datasets
+
+        return build_bert_datasets(cfg, sources, tokenizer, sizes)
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    config = GPTDatasetConfig(
+        random_seed=cfg.data.seed,
+        sequence_length=cfg.seq_length,
+        blend=(sources.prefixes, sources.weights),
+        split=split_string(cfg.data.split),
+        path_to_cache=cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"),
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,  # SDPAttention applies the causal mask itself
+        data_parallel_size=dp_size,
+    )
+    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+
+
+class ResumableBatchSampler:
+    """Yields this rank's micro-batch index lists, starting after `consumed_samples`.
+
+    Samples are taken in dataset order (the dataset's own shuffle index already randomises
+    them); each global batch of micro_batch * dp_size consecutive indices is split into
+    dp_size contiguous slices, one per rank. The position depends only on consumed_samples,
+    so a resumed run reads exactly the samples the uninterrupted run would have read.
+    """
+
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch: int, dp_rank: int, dp_size: int):
+        if consumed_samples > total_samples:
+            raise ValueError(f"consumed_samples={consumed_samples} > dataset size {total_samples}")
+        self.total = total_samples
+        self.consumed = consumed_samples
+        self.micro = micro_batch
+        self.rank = dp_rank
+        self.size = dp_size
+
+    def __len__(self) -> int:
+        return (self.total - self.consumed) // (self.micro * self.size)
+
+    def __iter__(self):
+        step = self.micro * self.size
+        start = self.consumed + self.rank * self.micro
+        for base in range(start, self.total - step + 1 + self.rank * self.micro, step):
+            yield list(range(base, base + self.micro))
+
+
+def build_loader(dataset, sampler, num_workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def fixed_eval_batches(dataset, iters: int, micro_batch: int, dp_rank: int, dp_size: int):
+    """The same first `iters` micro-batches of a split on every evaluation (comparable losses)."""
+    if dataset is None:
+        return None
+    n = min(len(dataset), iters * micro_batch * dp_size)
+    sampler = ResumableBatchSampler(n, 0, micro_batch, dp_rank, dp_size)
+    return build_loader(dataset, sampler, 0)
+

@@ -1,0 +1,69 @@
+"""Process-group set-up and seeding: DeepSpeed's communication backend + megatron-core's
+parallel state (tensor/pipeline size 1: mtds is data-parallel under ZeRO)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import numpy as np
+import torch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_world_size() -> int:
+    """World size as the launcher announced it (1 when started as a plain script)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """Initialise torch.distributed through DeepSpeed and megatron-core's parallel state.
+
+    Returns (rank, world_size, local_rank). A plain `python mtds/pretrain.py` is a world of one.
+    """
+    import deepspeed
+    from megatron.core import parallel_state
+
+    from mtds.cpu_compat import enable_if_no_cuda
+
+    enable_if_no_cuda()
+    if "RANK" not in os.environ:  # not started by deepspeed/torchrun: a single process
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_init_required=True, auto_mpi_discovery=False)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch; on GPU also megatron's model-parallel CUDA RNG tracker.
+
+    On CPU `model_parallel_cuda_manual_seed` fails (it needs CUDA); torch.manual_seed is the
+    whole story there because SDPAttention draws dropout from the default generator.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        from megatron.core import tensor_parallel
+
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def is_rank0() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0

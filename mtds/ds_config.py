@@ -1,0 +1,140 @@
+"""Load, check and complete the DeepSpeed JSON before DeepSpeed sees it.
+
+The JSON owns batch sizes, precision, optimizer, LR schedule and clipping; the engine applies
+them. What we add here is what DeepSpeed does not do for the user:
+- one source of truth for batch sizes: `train_batch_size` is derived from the micro-batch,
+  gradient accumulation and world size (DeepSpeed asks for all three to agree and fails with
+  an assertion about their product when they don't);
+- the LR scheduler's `total_num_steps` is filled from the run's iteration count when absent;
+- typos in top-level keys are errors (DeepSpeed silently ignores unknown keys);
+- on a CPU-only machine fp16, which DeepSpeed refuses there, is switched to bf16 with one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+
+from mtds.config import ConfigError
+
+# Top-level keys DeepSpeed 0.19 reads (a subset that covers training configs). A key close to
+# one of these is a typo and an error; other unknown keys only warn, since DeepSpeed grows.
+KNOWN_KEYS = {
+    "train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+    "optimizer", "scheduler", "fp16", "bf16", "bfloat16", "amp", "zero_optimization",
+    "gradient_clipping", "prescale_gradients", "gradient_predivide_factor", "steps_per_print",
+    "wall_clock_breakdown", "dump_state", "zero_allow_untested_optimizer", "zero_force_ds_cpu_optimizer",
+    "activation_checkpointing", "flops_profiler", "tensorboard", "wandb", "csv_monitor", "comet",
+    "communication_data_type", "seq_parallel_communication_data_type", "sparse_gradients",
+    "data_types", "checkpoint", "aio", "elasticity", "memory_breakdown", "torch_autocast",
+    "compile", "data_efficiency", "curriculum_learning", "disable_allgather", "comms_logger",
+    "pipeline", "weight_quantization", "compression_training", "autotuning", "nebula",
+    "load_universal_checkpoint", "use_node_local_storage", "graph_harvesting", "timers",
+    "train_steps", "zero_ignore_unknown_keys", "hybrid_engine", "eigenvalue",
+}
+LR_SCHEDULERS_WITH_TOTAL = {"WarmupDecayLR", "WarmupCosineLR"}
+
+
+def load_ds_config(path: str | None) -> dict:
+    if not path:
+        raise ConfigError("--deepspeed_config is required, e.g. --deepspeed_config ds_configs/zero2.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: DeepSpeed config not found (see ds_configs/ for examples)")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e}); fix the file or use one from ds_configs/") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: expected a JSON object at the top level")
+    return cfg
+
+
+def _as_int(cfg: dict, key: str, path: str, default=None) -> int | None:
+    value = cfg.get(key, default)
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{path}: {key}={value!r} must be a positive integer")
+    return value
+
+
+def resolve_ds_config(
+    raw: dict,
+    path: str,
+    world_size: int,
+    train_iters: int | None,
+    cuda_available: bool,
+    log=print,
+) -> dict:
+    """Return a completed copy of `raw` or raise ConfigError naming the key and the fix."""
+    cfg = copy.deepcopy(raw)
+    for key in cfg:
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.75)
+            if close:
+                raise ConfigError(f"{path}: unknown key {key!r} (did you mean {close[0]!r}?)")
+            log(f"warning: {path}: key {key!r} is not one mtds knows; DeepSpeed may ignore it")
+
+    micro = _as_int(cfg, "train_micro_batch_size_per_gpu", path)
+    accum = _as_int(cfg, "gradient_accumulation_steps", path, default=1) or 1
+    total = _as_int(cfg, "train_batch_size", path)
+    if micro is None:
+        if total is None:
+            raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (and optionally gradient_accumulation_steps)")
+        if total % (accum * world_size):
+            raise ConfigError(
+                f"{path}: train_batch_size={total} is not divisible by gradient_accumulation_steps={accum} "
+                f"x world size {world_size}; set train_micro_batch_size_per_gpu instead"
+            )
+        micro = total // (accum * world_size)
+    expected = micro * accum * world_size
+    if total is not None and total != expected:
+        raise ConfigError(
+            f"{path}: train_batch_size={total} disagrees with train_micro_batch_size_per_gpu={micro} x "
+            f"gradient_accumulation_steps={accum} x world size {world_size} = {expected}; "
+            "remove train_batch_size (mtds derives it)"
+        )
+    cfg["train_micro_batch_size_per_gpu"] = micro
+    cfg["gradient_accumulation_steps"] = accum
+    cfg["train_batch_size"] = expected
+
+    fp16 = cfg.get("fp16", {})
+    if isinstance(fp16, dict) and fp16.get("enabled") in (True, "auto"):
+        if cfg.get("bf16", {}).get("enabled") is True:
+            raise ConfigError(f"{path}: fp16.enabled and bf16.enabled are both true; enable one")
+        if not cuda_available:
+            log(f"note: {path} asks for fp16, which DeepSpeed refuses on CPU; training in bf16 instead")
+            cfg["fp16"] = {"enabled": False}
+            cfg["bf16"] = {"enabled": True}
+
+    sched = cfg.get("scheduler")
+    if isinstance(sched, dict) and sched.get("type") in LR_SCHEDULERS_WITH_TOTAL:
+        params = sched.setdefault("params", {})
+        steps = params.get("total_num_steps", "auto")
+        if steps == "auto":
+            if train_iters is None:
+                raise ConfigError(f"{path}: scheduler.params.total_num_steps is 'auto' but the run length is unknown")
+            params["total_num_steps"] = train_iters
+        warmup = params.get("warmup_num_steps", 0)
+        if isinstance(warmup, int) and warmup >= params["total_num_steps"]:
+            raise ConfigError(
+                f"{path}: scheduler warmup_num_steps={warmup} >= total_num_steps={params['total_num_steps']}; "
+                "shorten the warmup or train longer"
+            )
+    return cfg
+
+
+def precision(cfg: dict) -> str:
+    """'fp16', 'bf16' or 'fp32', as the resolved config will make DeepSpeed train."""
+    if cfg.get("fp16", {}).get("enabled") is True:
+        return "fp16"
+    if cfg.get("bf16", cfg.get("bfloat16", {})).get("enabled") is True:
+        return "bf16"
+    return "fp32"
+
+
+def zero_stage(cfg: dict) -> int:
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))

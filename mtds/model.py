@@ -1,0 +1,106 @@
+"""Build megatron-core GPTModel / BertModel from the run config's model section.
+
+The layer spec is megatron-core's local (no Transformer Engine) spec with the core attention
+swapped for mtds.attention.SDPAttention. Parallel state must be initialised first
+(mtds.distributed.init_distributed) because megatron-core layers look up their TP group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from mtds.attention import SDPAttention
+from mtds.config import ModelConfig
+
+
+def transformer_config(m: ModelConfig, precision: str, on_gpu: bool) -> TransformerConfig:
+    """megatron-core TransformerConfig with the same field names as ModelConfig."""
+    swiglu = m.activation == "swiglu"
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        ffn_hidden_size=m.ffn_size(),
+        normalization=m.normalization,
+        gated_linear_unit=swiglu,
+        activation_func=F.silu if swiglu else F.gelu,
+        add_bias_linear=m.add_bias_linear,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        init_method_std=m.init_method_std,
+        # DeepSpeed owns precision: it casts the module to bf16/fp16 itself; megatron only needs
+        # to know for its softmax/cross-entropy dtype choices.
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        params_dtype=torch.float32,
+        use_cpu_initialization=not on_gpu,
+        # Fusions that need apex / Transformer Engine / CUDA kernels we do not require.
+        gradient_accumulation_fusion=False,
+        bias_activation_fusion=swiglu and m.add_bias_linear and on_gpu,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        recompute_granularity="full" if m.recompute_activations else None,
+        recompute_method="uniform" if m.recompute_activations else None,
+        recompute_num_layers=1 if m.recompute_activations else None,
+    )
+
+
+def _with_sdpa(spec: ModuleSpec) -> ModuleSpec:
+    """Copy of a layer spec whose self-attention core is SDPAttention."""
+    attention = spec.submodules.self_attention
+    attn_sub = dataclasses.replace(attention.submodules, core_attention=SDPAttention)
+    new_attention = dataclasses.replace(attention, submodules=attn_sub)
+    layer_sub = dataclasses.replace(spec.submodules, self_attention=new_attention)
+    return dataclasses.replace(spec, submodules=layer_sub)
+
+
+def gpt_layer_spec(m: ModelConfig) -> ModuleSpec:
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+
+    return _with_sdpa(get_gpt_layer_local_spec(normalization=m.normalization))
+
+
+def build_gpt(m: ModelConfig, vocab_size: int, precision: str, on_gpu: bool) -> torch.nn.Module:
+    from megatron.core.models.gpt import GPTModel
+
+    return GPTModel(
+        config=transformer_config(m, precision, on_gpu),
+        transformer_layer_spec=gpt_layer_spec(m),
+        vocab_size=vocab_size,
+        max_sequence_length=m.max_position_embeddings,
+        pre_process=True,
+        post_process=True,
+        parallel_output=True,
+        share_embeddings_and_output_weights=m.tie_embeddings,
+        position_embedding_type=m.position_embedding_type,
+        rotary_base=m.rotary_base,
+    )
+
+
+def build_model(m: ModelConfig, vocab_size: int, precision: str, on_gpu: bool) -> torch.nn.Module:
+    if m.model_type == "gpt":
+        return build_gpt(m, vocab_size, precision, on_gpu)
+    if m.model_type == "bert":
+        from mtds.bert import build_bert
+
+        return build_bert(m, vocab_size, precision, on_gpu)
+    raise ValueError(f"unknown model_type {m.model_type!r}")
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_token(m: ModelConfig, num_params: int, seq_length: int) -> float:
+    """Training FLOPs per token: 6N + 12*L*h*T (PaLM, Chowdhery et al. 2022, appendix B;
+    the estimate nanoGPT's estimate_mfu uses). N excludes the position table."""
+    non_embedding = num_params
+    return 6 * non_embedding + 12 * m.num_layers * m.hidden_size * seq_length

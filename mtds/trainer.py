@@ -1,0 +1,226 @@
+"""The training loop: DeepSpeed forward/backward/step, evaluation, logging, checkpoints, exits.
+
+DeepSpeed owns the optimizer step, gradient accumulation boundaries, loss scaling, clipping
+and the LR schedule; this loop only feeds micro-batches and decides when to log, evaluate,
+save and stop. Host/device syncs: one small all-reduce per iteration (stop flags: signal,
+time limit, non-finite loss — so every rank stops at the same step, before a bad step is
+applied) plus the log steps.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from mtds import checkpoint
+from mtds.data import ResumableBatchSampler, build_loader, fixed_eval_batches
+from mtds.metrics import Metrics, Throughput, format_eta, memory_stats
+
+
+@dataclass
+class TrainState:
+    iteration: int = 0
+    consumed_samples: int = 0
+    consumed_tokens: int = 0
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, cfg, engine, datasets, resolved, forward, metrics: Metrics, *, rank, world_size,
+                 train_iters, flops_per_token, peak_tflops, log=print):
+        self.cfg, self.engine, self.resolved, self.forward = cfg, engine, resolved, forward
+        self.train_ds, self.valid_ds, _ = datasets
+        self.metrics, self.log = metrics, log
+        self.rank, self.world = rank, world_size
+        self.train_iters = train_iters
+        self.micro = engine.train_micro_batch_size_per_gpu()
+        self.accum = engine.gradient_accumulation_steps()
+        self.global_batch = self.micro * self.accum * world_size
+        self.seq = cfg.seq_length
+        self.flops_per_token = flops_per_token
+        self.peak = peak_tflops
+        self.device = engine.device
+        self.state = TrainState()
+        self._signal = False
+        self._stop_request: str | None = None
+        self.start_time = time.time()
+
+    # -- state -----------------------------------------------------------------------------
+    def trainer_state(self) -> dict:
+        return asdict(self.state)
+
+    def resume(self, ckpt_dir: str) -> None:
+        saved = checkpoint.load(self.engine, ckpt_dir, self.resolved, log=self.log)
+        self.state = TrainState(**{k: saved[k] for k in asdict(self.state)})
+        self.log(f"resumed from {ckpt_dir} at iteration {self.state.iteration}, "
+                 f"{self.state.consumed_samples} samples consumed")
+
+    def save(self) -> None:
+        checkpoint.save(self.engine, self.cfg.training.run_dir, self.trainer_state(), self.resolved,
+                        self.cfg.training.keep_last, log=self.log)
+
+    # -- loop ------------------------------------------------------------------------------
+    def _on_sigterm(self, signum, frame):
+        self._signal = True
+
+    def _stop_flags(self, loss: torch.Tensor) -> tuple[bool, bool, bool]:
+        """All-reduced (max) flags: (signal received, time limit reached, loss not finite)."""
+        limit = self.cfg.training.exit_duration_mins
+        over_time = limit is not None and (time.time() - self.start_time) / 60 >= limit
+        flags = torch.stack([
+            torch.tensor(float(self._signal), device=self.device),
+            torch.tensor(float(over_time), device=self.device),
+            (~torch.isfinite(loss.detach())).float(),
+        ])
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        sig, late, bad = flags.tolist()
+        return bool(sig), bool(late), bool(bad)
+
+    def train_step(self, batches) -> tuple[torch.Tensor, dict]:
+        """One optimizer step = `accum` micro-batches. Returns detached mean loss and metrics."""
+        total = torch.zeros((), device=self.device)
+        extra: dict[str, torch.Tensor] = {}
+        for micro_step in range(self.accum):
+            loss, metrics = self.forward(self.engine, next(batches), self.device)
+            self.engine.backward(loss)
+            total += loss.detach()
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0) + v.detach()
+            if micro_step < self.accum - 1:
+                self.engine.step()  # not a boundary: DeepSpeed only accumulates
+        mean = total / self.accum
+        sig, late, bad = self._stop_flags(mean)
+        if bad:
+            raise NonFiniteLoss(
+                f"non-finite training loss at iteration {self.state.iteration + 1}; the optimizer step was not "
+                "applied and nothing was saved. Lower the LR, raise warmup, or use bf16; resume from the last checkpoint."
+            )
+        self.engine.step()  # the boundary: optimizer step, LR schedule, zero grads
+        self._stop_request = "SIGTERM" if sig else ("time limit" if late else None)
+        return mean, {k: v / self.accum for k, v in extra.items()}
+
+    def fit(self) -> TrainState:
+        t = self.cfg.training
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        sampler = ResumableBatchSampler(len(self.train_ds), self.state.consumed_samples, self.micro,
+                                        self.rank, self.world)
+        batches = iter(build_loader(self.train_ds, sampler, self.cfg.data.num_workers))
+        if self.state.iteration == 0:
+            self.evaluate()  # the step-0 validation loss: the baseline the curve falls from
+        clock = Throughput()
+        window_loss, window_extra, window_iters = torch.zeros((), device=self.device), {}, 0
+        start_iter = self.state.iteration
+        try:
+            while self.state.iteration < self.train_iters:
+                loss, extra = self.train_step(batches)
+                self.state.iteration += 1
+                self.state.consumed_samples += self.global_batch
+                self.state.consumed_tokens += self.global_batch * self.seq
+                window_loss += loss
+                for k, v in extra.items():
+                    window_extra[k] = window_extra.get(k, 0) + v
+                window_iters += 1
+                it = self.state.iteration
+                if it % t.log_interval == 0 or it == self.train_iters:
+                    self._log(window_loss / window_iters, {k: v / window_iters for k, v in window_extra.items()},
+                              window_iters, clock.window(), it - start_iter)
+                    window_loss, window_extra, window_iters = torch.zeros((), device=self.device), {}, 0
+                self.metrics.advance(it)
+                if it % t.eval_interval == 0 or it == self.train_iters:
+                    self.evaluate()
+                if self._stop_request:
+                    self.log(f"{self._stop_request}: saving at iteration {it} and exiting")
+                    self.save()
+                    return self.state
+                if t.save_interval and it % t.save_interval == 0 and it != self.train_iters:
+                    self.save()
+            self.save()
+            return self.state
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    # -- logging and evaluation ------------------------------------------------------------
+    def _optimizer_stats(self) -> dict[str, float]:
+        e = self.engine
+        stats = {"train/lr": e.get_lr()[0], "train/skipped_steps": float(e.skipped_steps)}
+        norm = e.get_global_grad_norm()
+        if norm is not None:
+            stats["train/grad_norm"] = float(norm)
+        if e.fp16_enabled():
+            opt = e.optimizer
+            scale = getattr(opt, "cur_scale", None) or getattr(opt, "loss_scale", None)
+            if scale is not None:
+                stats["train/loss_scale"] = float(scale)
+        return stats
+
+    def _log(self, loss, extra, iters, seconds, done_since_start) -> None:
+        if torch.distributed.is_initialized():  # mean over data-parallel ranks
+            packed = torch.stack([loss] + [extra[k] for k in sorted(extra)])
+            torch.distributed.all_reduce(packed)
+            packed /= self.world
+            loss, extra = packed[0], dict(zip(sorted(extra), packed[1:]))
+        tokens_per_sec = iters * self.global_batch * self.seq / seconds
+        tflops = self.flops_per_token * tokens_per_sec / self.world / 1e12
+        it = self.state.iteration
+        values = {"train/loss": loss.item(), **{f"train/{k}": v.item() for k, v in extra.items()},
+                  **self._optimizer_stats(),
+                  "throughput/tokens_per_sec": tokens_per_sec,
+                  "throughput/tflops_per_device": tflops,
+                  "throughput/step_seconds": seconds / iters,
+                  "data/consumed_samples": float(self.state.consumed_samples),
+                  "data/consumed_tokens": float(self.state.consumed_tokens),
+                  **memory_stats()}
+        if self.peak:
+            values["throughput/mfu"] = tflops / self.peak
+        if not math.isfinite(values["train/loss"]):
+            self.log(f"warning: non-finite loss logged at iteration {it}")
+        self.metrics.scalars(values, it, self.state.consumed_tokens)
+        eta = (self.train_iters - it) * seconds / iters
+        line = (f"iter {it:>6}/{self.train_iters} | loss {values['train/loss']:.4f} | "
+                + "".join(f"{k} {v.item():.4f} | " for k, v in extra.items())
+                + f"lr {values['train/lr']:.3e} | grad_norm {values.get('train/grad_norm', float('nan')):.3f} | ")
+        if "train/loss_scale" in values:
+            line += f"loss_scale {values['train/loss_scale']:.0f} | "
+        line += (f"skipped {int(values['train/skipped_steps'])} | {tokens_per_sec:,.0f} tok/s | "
+                 f"{tflops:.2f} TFLOP/s/dev | ")
+        if self.peak:
+            line += f"MFU {values['throughput/mfu']:.1%} | "
+        line += f"ETA {format_eta(eta)}"
+        self.metrics.print(line)
+        self.metrics.advance(it, f"loss {values['train/loss']:.3f}")
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        loader = fixed_eval_batches(self.valid_ds, self.cfg.training.eval_iters, self.micro, self.rank, self.world)
+        if loader is None or len(loader.batch_sampler) == 0:
+            return None
+        self.engine.eval()
+        total, count, extra = torch.zeros((), device=self.device), 0, {}
+        for batch in loader:
+            loss, metrics = self.forward(self.engine, batch, self.device)
+            total += loss.float()
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0) + v.float()
+            count += 1
+        self.engine.train()
+        keys = sorted(extra)
+        packed = torch.stack([total / count] + [extra[k] / count for k in keys])
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(packed)
+            packed /= self.world
+        val_loss = packed[0].item()
+        values = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0)),
+                  **{f"val/{k}": packed[i + 1].item() for i, k in enumerate(keys)}}
+        self.metrics.scalars(values, self.state.iteration, self.state.consumed_tokens)
+        self.metrics.print(f"validation at iter {self.state.iteration} | loss {val_loss:.4f} | "
+                           f"ppl {values['val/ppl']:.2f}"
+                           + "".join(f" | {k} {values[f'val/{k}']:.4f}" for k in keys))
+        return val_loss

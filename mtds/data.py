@@ -41,15 +41,13 @@ def resolve_sources(cfg: RunConfig) -> DataSources:
         for p in d.paths:
             check_prefix(p, "data.paths")
         return DataSources(list(d.paths), d.weights, d.tokenizer_model)
+    from data_tools.default_dataset import build_default_dataset
+
     split_sentences = cfg.model.model_type == "bert"
     if is_rank0():
-        from data_tools.default_dataset import build_default_dataset
-
         build_default_dataset(d.default_dir, split_sentences=split_sentences)
-    barrier()  # the other ranks wait for rank 0's files
-    from data_tools.default_dataset import default_paths
-
-    paths = default_paths(d.default_dir, split_sentences=split_sentences)
+    barrier()  # the other ranks wait for rank 0's files, then only look them up
+    paths = build_default_dataset(d.default_dir, split_sentences=split_sentences, quiet=True)
     check_prefix(paths["prefix"], "data.default_dir")
     return DataSources([paths["prefix"]], None, paths["tokenizer_model"])
 

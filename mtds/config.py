@@ -256,6 +256,8 @@ def _coerce(value, annotation, where: str):
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise TypeError
             return str(value)
+    except ConfigError:
+        raise  # an item of a list: its own message is the precise one
     except (TypeError, ValueError):
         pass
     else:

@@ -1,0 +1,205 @@
+"""Run config and DeepSpeed JSON: precedence, presets, and every config error's message."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+
+from mtds.config import (
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    build_config,
+    check_vocab,
+    from_dict,
+    load_file,
+    parse_overrides,
+    resolved_dict,
+)
+from mtds.ds_config import load_ds_config, precision, resolve_ds_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def errors_of(**sections) -> str:
+    with pytest.raises(ConfigError) as e:
+        build_config(overrides=sections)
+    return str(e.value)
+
+
+# -- precedence and presets -------------------------------------------------------------------
+def test_precedence_cli_over_file_over_preset(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\npreset = "gpt-125m"\nnum_layers = 6\n[training]\ntrain_iters = 50\n')
+    cfg = build_config(load_file(str(path)), parse_overrides(["--model.num_layers=3"]))
+    assert cfg.model.num_layers == 3  # CLI beats file
+    assert cfg.model.hidden_size == 768  # preset fills what the file leaves out
+    assert cfg.training.train_iters == 50  # file beats default
+
+
+def test_override_forms_parse():
+    assert parse_overrides(["--model.num_layers=3", "--data.split", "98,1,1", "training.seed=5"]) == {
+        "model": {"num_layers": "3"}, "data": {"split": "98,1,1"}, "training": {"seed": "5"}}
+
+
+def test_override_without_section_is_an_error():
+    with pytest.raises(ConfigError, match=r"name the section, e.g. --training.train_iters"):
+        parse_overrides(["--train-iters=5"])
+
+
+@pytest.mark.parametrize("name,layers,hidden,heads", [
+    ("gpt-125m", 12, 768, 12), ("gpt-350m", 24, 1024, 16), ("gpt-1.3b", 24, 2048, 16), ("bert-base", 12, 768, 12)])
+def test_presets_shapes(name, layers, hidden, heads):
+    m = build_config(overrides={"model": {"preset": name}}).model
+    assert (m.num_layers, m.hidden_size, m.num_attention_heads) == (layers, hidden, heads)
+
+
+def test_ffn_and_vocab_derivation():
+    assert ModelConfig(hidden_size=768, activation="gelu").ffn_size() == 3072
+    assert ModelConfig(hidden_size=768, activation="swiglu").ffn_size() == 2048  # 8/3*768, multiple of 64
+    assert ModelConfig().padded_vocab_size(8195) == 8320  # up to a multiple of 128
+
+
+def test_resolved_config_round_trips():
+    cfg = build_config(overrides={"model": {"preset": "gpt-125m", "num_query_groups": "4"}})
+    again = from_dict(json.loads(json.dumps(resolved_dict(cfg))))
+    cfg.model.preset = None  # the saved config is already resolved; the preset is not re-applied
+    assert again == cfg
+
+
+def test_every_shipped_run_config_loads():
+    paths = glob.glob(os.path.join(ROOT, "mtds", "configs", "*.toml"))
+    assert paths, "mtds/configs/ should ship example run configs"
+    for path in paths:
+        build_config(load_file(path))
+
+
+# -- run-config errors ------------------------------------------------------------------------
+def test_unknown_key_suggests_the_right_one():
+    assert "unknown key model.num_layer (did you mean 'num_layers'?)" in errors_of(model={"num_layer": 4})
+
+
+def test_unknown_section_suggests():
+    assert "unknown section 'trainig' (did you mean 'training'?)" in errors_of(trainig={"x": 1})
+
+
+def test_wrong_type_names_key_and_type():
+    assert "model.num_layers: expected int, got 'four'" in errors_of(model={"num_layers": "four"})
+    assert "training.progress_bar: expected bool or none, got 'maybe'" in errors_of(training={"progress_bar": "maybe"})
+
+
+def test_all_problems_reported_together():
+    msg = errors_of(model={"num_layer": 4, "hidden_size": "x"})
+    assert "num_layer" in msg and "model.hidden_size: expected int" in msg
+    assert "\n" not in msg
+
+
+def test_seq_length_over_model_maximum():
+    msg = errors_of(data={"seq_length": 4096}, model={"preset": "gpt-125m"})
+    assert "data.seq_length=4096 exceeds model.max_position_embeddings=2048" in msg
+
+
+def test_unknown_preset():
+    assert "unknown preset 'gpt-125M' (did you mean 'gpt-125m'?)" in errors_of(model={"preset": "gpt-125M"})
+
+
+def test_bad_choices_and_shapes():
+    assert "model.normalization='BatchNorm': choose one of RMSNorm, LayerNorm" in errors_of(model={"normalization": "BatchNorm"})
+    assert "must be divisible by model.num_attention_heads=5" in errors_of(model={"num_attention_heads": 5})
+    assert "divisible by model.num_query_groups=3" in errors_of(model={"num_query_groups": 3})
+
+
+def test_data_errors():
+    assert "data.weights has 1 entries for 2 data.paths" in errors_of(
+        data={"paths": "a b", "weights": "1", "tokenizer_model": "t.model"})
+    assert "data.weights: expected float, got 'heavy'" in errors_of(data={"paths": "a", "weights": "heavy"})
+    assert "data.tokenizer_model: required when data.paths is set" in errors_of(data={"paths": "a"})
+    assert "data.split='90,10': give three non-negative" in errors_of(data={"split": "90,10"})
+    assert "data.split='a,b,c'" in errors_of(data={"split": "a,b,c"})
+
+
+def test_train_length_exclusive():
+    assert "set exactly one of train_iters and train_tokens" in errors_of(training={"train_tokens": 1000})
+
+
+def test_vocab_smaller_than_tokenizer():
+    cfg = build_config(overrides={"model": {"vocab_size": 1000}})
+    with pytest.raises(ConfigError, match=r"model.vocab_size=1000 is smaller than the tokenizer's 8192 \(tok.model\)"):
+        check_vocab(cfg, 8192, "tok.model")
+
+
+def test_missing_and_unparsable_run_config(tmp_path):
+    with pytest.raises(ConfigError, match="nope.toml: run config not found"):
+        load_file(str(tmp_path / "nope.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(ConfigError, match="bad.toml: cannot parse run config"):
+        load_file(str(bad))
+
+
+# -- DeepSpeed JSON ---------------------------------------------------------------------------
+def resolve(raw, world=1, iters=100, cuda=False, log=None):
+    return resolve_ds_config(raw, "ds.json", world, iters, cuda, log=log or (lambda *_: None))
+
+
+def test_every_shipped_ds_config_resolves():
+    paths = glob.glob(os.path.join(ROOT, "ds_configs", "*.json"))
+    assert len(paths) >= 6
+    for path in paths:
+        cfg = resolve(load_ds_config(path), world=2, iters=1000)
+        assert cfg["train_batch_size"] == cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * 2
+
+
+def test_train_batch_size_is_derived():
+    cfg = resolve({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 3}, world=2)
+    assert cfg["train_batch_size"] == 24
+
+
+def test_batch_sizes_disagreeing_with_world_size():
+    with pytest.raises(ConfigError, match=r"train_batch_size=32 disagrees with train_micro_batch_size_per_gpu=4 x "
+                                          r"gradient_accumulation_steps=2 x world size 2 = 16; remove train_batch_size"):
+        resolve({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}, world=2)
+    with pytest.raises(ConfigError, match="train_batch_size=10 is not divisible by gradient_accumulation_steps=1 x world size 4"):
+        resolve({"train_batch_size": 10}, world=4)
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=0 must be a positive integer"):
+        resolve({"train_micro_batch_size_per_gpu": 0})
+
+
+def test_typo_in_deepspeed_key():
+    with pytest.raises(ConfigError, match="ds.json: unknown key 'zero_optimisation' \\(did you mean 'zero_optimization'\\?\\)"):
+        resolve({"train_micro_batch_size_per_gpu": 1, "zero_optimisation": {"stage": 2}})
+
+
+def test_fp16_on_cpu_becomes_bf16_with_one_line():
+    lines = []
+    cfg = resolve({"train_micro_batch_size_per_gpu": 1, "fp16": {"enabled": True}}, log=lines.append)
+    assert precision(cfg) == "bf16"
+    assert lines == ["note: ds.json asks for fp16, which DeepSpeed refuses on CPU; training in bf16 instead"]
+    assert precision(resolve({"train_micro_batch_size_per_gpu": 1, "fp16": {"enabled": True}}, cuda=True)) == "fp16"
+
+
+def test_scheduler_total_steps_filled_and_checked():
+    raw = {"train_micro_batch_size_per_gpu": 1,
+           "scheduler": {"type": "WarmupCosineLR", "params": {"warmup_num_steps": 10, "total_num_steps": "auto"}}}
+    assert resolve(raw, iters=500)["scheduler"]["params"]["total_num_steps"] == 500
+    with pytest.raises(ConfigError, match="warmup_num_steps=10 >= total_num_steps=5"):
+        resolve(raw, iters=5)
+
+
+def test_missing_and_invalid_ds_json(tmp_path):
+    with pytest.raises(ConfigError, match="--deepspeed_config is required"):
+        load_ds_config(None)
+    with pytest.raises(ConfigError, match="missing.json: DeepSpeed config not found"):
+        load_ds_config(str(tmp_path / "missing.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{'stage': 2}")
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        load_ds_config(str(bad))
+
+
+def test_presets_table_is_complete():
+    for needed in ("tiny", "gpt-125m", "gpt-350m", "gpt-1.3b", "bert-tiny", "bert-base", "bert-large"):
+        assert needed in PRESETS

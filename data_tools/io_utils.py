@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import io
 import os
+import tempfile
 from typing import BinaryIO, Iterator, Sequence
 
 from data_tools.errors import DataToolsError
@@ -80,8 +81,13 @@ def check_output_prefix(prefix: str | os.PathLike) -> str:
     parent = os.path.dirname(os.path.abspath(prefix))
     if not os.path.isdir(parent):
         raise DataToolsError(f"{prefix}: output directory {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataToolsError(f"{prefix}: output directory {parent} is not writable")
+    # Probe with a real file: os.access says yes to root even on read-only directories.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=parent)
+    except OSError as e:
+        raise DataToolsError(f"{prefix}: output directory {parent} is not writable ({e.strerror})") from None
+    os.close(fd)
+    os.remove(probe)
     return prefix
 
 

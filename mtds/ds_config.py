@@ -61,23 +61,8 @@ def _as_int(cfg: dict, key: str, path: str, default=None) -> int | None:
     return value
 
 
-def resolve_ds_config(
-    raw: dict,
-    path: str,
-    world_size: int,
-    train_iters: int | None,
-    cuda_available: bool,
-    log=print,
-) -> dict:
-    """Return a completed copy of `raw` or raise ConfigError naming the key and the fix."""
-    cfg = copy.deepcopy(raw)
-    for key in cfg:
-        if key not in KNOWN_KEYS:
-            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.75)
-            if close:
-                raise ConfigError(f"{path}: unknown key {key!r} (did you mean {close[0]!r}?)")
-            log(f"warning: {path}: key {key!r} is not one mtds knows; DeepSpeed may ignore it")
-
+def batch_sizes(cfg: dict, path: str, world_size: int) -> dict[str, int]:
+    """Micro-batch, accumulation and the derived global batch; one-line error if they clash."""
     micro = _as_int(cfg, "train_micro_batch_size_per_gpu", path)
     accum = _as_int(cfg, "gradient_accumulation_steps", path, default=1) or 1
     total = _as_int(cfg, "train_batch_size", path)
@@ -97,9 +82,28 @@ def resolve_ds_config(
             f"gradient_accumulation_steps={accum} x world size {world_size} = {expected}; "
             "remove train_batch_size (mtds derives it)"
         )
-    cfg["train_micro_batch_size_per_gpu"] = micro
-    cfg["gradient_accumulation_steps"] = accum
-    cfg["train_batch_size"] = expected
+    return {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
+            "train_batch_size": expected}
+
+
+def resolve_ds_config(
+    raw: dict,
+    path: str,
+    world_size: int,
+    train_iters: int | None,
+    cuda_available: bool,
+    log=print,
+) -> dict:
+    """Return a completed copy of `raw` or raise ConfigError naming the key and the fix."""
+    cfg = copy.deepcopy(raw)
+    for key in cfg:
+        if key not in KNOWN_KEYS:
+            close = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.75)
+            if close:
+                raise ConfigError(f"{path}: unknown key {key!r} (did you mean {close[0]!r}?)")
+            log(f"warning: {path}: key {key!r} is not one mtds knows; DeepSpeed may ignore it")
+
+    cfg.update(batch_sizes(cfg, path, world_size))
 
     fp16 = cfg.get("fp16", {})
     if isinstance(fp16, dict) and fp16.get("enabled") in (True, "auto"):

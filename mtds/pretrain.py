@@ -85,7 +85,7 @@ def weight_decay_groups(model) -> list[dict]:
 def run(argv: list[str]) -> int:
     import torch
 
-    from mtds.ds_config import load_ds_config, precision, resolve_ds_config
+    from mtds.ds_config import batch_sizes, load_ds_config, precision, resolve_ds_config
     from mtds.distributed import env_world_size
 
     rank_env = int(os.environ.get("RANK", "0"))
@@ -95,29 +95,36 @@ def run(argv: list[str]) -> int:
     args, cfg = parse_args(argv)
     world = env_world_size()
     ds_raw = load_ds_config(args.deepspeed_config)
-    ds_cfg = resolve_ds_config(ds_raw, args.deepspeed_config, world, cfg.training.train_iters or 1,
-                               torch.cuda.is_available(), log=log)
-    global_batch = ds_cfg["train_batch_size"]
+    global_batch = batch_sizes(ds_raw, args.deepspeed_config, world)["train_batch_size"]
     train_iters = cfg.training.train_iters or math.ceil(cfg.training.train_tokens / (global_batch * cfg.seq_length))
-    ds_cfg = resolve_ds_config(ds_raw, args.deepspeed_config, world, train_iters, torch.cuda.is_available(),
-                               log=lambda *a, **k: None)
+    ds_cfg = resolve_ds_config(ds_raw, args.deepspeed_config, world, train_iters, torch.cuda.is_available(), log=log)
     check_run_dir(cfg.training.run_dir)
 
-    # 2. Processes, data sources and tokenizer.
+    from mtds.data import build_datasets, resolve_sources
+    from mtds.tokenizer import SentencePieceTokenizer
+
+    def data_and_tokenizer():
+        sources = resolve_sources(cfg)
+        tokenizer = SentencePieceTokenizer(sources.tokenizer_model)
+        check_vocab(cfg, tokenizer.vocab_size, sources.tokenizer_model)
+        return sources, tokenizer
+
+    # User data is checked here, before any process group or DeepSpeed work; the default
+    # corpus can only be resolved after init (rank 0 builds it while the others wait).
+    sources, tokenizer = data_and_tokenizer() if cfg.data.paths else (None, None)
+
+    # 2. Processes.
     import deepspeed
 
-    from mtds.data import build_datasets, resolve_sources
     from mtds.distributed import init_distributed, seed_everything
     from mtds.metrics import Metrics, device_peak_tflops
     from mtds.model import build_model, count_parameters, flops_per_token
     from mtds.steps import forward_step
-    from mtds.tokenizer import SentencePieceTokenizer
     from mtds.trainer import Trainer
 
     rank, world, _ = init_distributed()
-    sources = resolve_sources(cfg)
-    tokenizer = SentencePieceTokenizer(sources.tokenizer_model)
-    check_vocab(cfg, tokenizer.vocab_size, sources.tokenizer_model)
+    if sources is None:
+        sources, tokenizer = data_and_tokenizer()
     vocab_size = cfg.model.padded_vocab_size(tokenizer.vocab_size)
     prec = precision(ds_cfg)
 

@@ -1,0 +1,81 @@
+"""Shared test helpers: tiny datasets, small DeepSpeed JSONs, running the real entry point,
+and reading TensorBoard events back with TensorBoard's own reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRETRAIN = os.path.join(ROOT, "mtds", "pretrain.py")
+
+# A tiny GPT that learns visibly in a few dozen CPU steps.
+TINY_GPT = ["--model.preset=none", "--model.num_layers=2", "--model.hidden_size=64",
+            "--model.num_attention_heads=2", "--model.max_position_embeddings=64"]
+
+
+def build_tiny_data(out_dir: str, vocab_size: int = 512, sentences: bool = False) -> dict:
+    """A ~1 MB slice of the stdlib -> sentencepiece model -> .bin/.idx (and _sentence if asked)."""
+    from data_tools.corpus import build_corpus
+    from data_tools.preprocess import preprocess
+    from data_tools.train_tokenizer import train_tokenizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    corpus = os.path.join(out_dir, "corpus.jsonl")
+    build_corpus(corpus, inputs=[os.path.join(stdlib, "email"), os.path.join(stdlib, "json")], quiet=True)
+    train_tokenizer([corpus], os.path.join(out_dir, "tok"), vocab_size=vocab_size, quiet=True)
+    model = os.path.join(out_dir, "tok.model")
+    prefix = os.path.join(out_dir, "tiny")
+    preprocess([corpus], prefix, model, append_eod=True, workers=1, quiet=True)
+    out = {"dir": out_dir, "corpus": corpus, "tokenizer_model": model, "prefix": prefix + "_text_document"}
+    if sentences:
+        preprocess([corpus], prefix, model, append_eod=True, workers=1, split_sentences=True, quiet=True)
+        out["sentence_prefix"] = prefix + "_text_sentence"
+    return out
+
+
+def write_ds_config(path: str, stage: int = 2, micro: int = 4, accum: int = 1, precision: str = "bf16",
+                    warmup: int = 2, lr: float = 3e-3, torch_adam: bool = False, **extra) -> str:
+    """A small DeepSpeed JSON for short runs (the shipped ones warm up for 30 steps)."""
+    cfg = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "optimizer": {"type": "Adam", "params": {"lr": lr, "betas": [0.9, 0.95], "eps": 1e-8,
+                                                 "weight_decay": 0.1, **({"torch_adam": True} if torch_adam else {})}},
+        "scheduler": {"type": "WarmupCosineLR", "params": {"warmup_num_steps": warmup, "total_num_steps": "auto",
+                                                           "cos_min_ratio": 0.1}},
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": stage},
+        "steps_per_print": 10**9,
+        **({"bf16": {"enabled": True}} if precision == "bf16" else {}),
+        **({"fp16": {"enabled": True, "initial_scale_power": 16}} if precision == "fp16" else {}),
+        **extra,
+    }
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
+def run_pretrain(args: list[str], ranks: int = 0, timeout: float = 600, env: dict | None = None,
+                 cwd: str = ROOT) -> subprocess.CompletedProcess:
+    """Run the real entry point: `python mtds/pretrain.py` (ranks=0) or the deepspeed launcher."""
+    if ranks:
+        cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", str(ranks),
+               "--master_port", str(29500 + os.getpid() % 1000), PRETRAIN, *args]
+    else:
+        cmd = [sys.executable, PRETRAIN, *args]
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """All scalar series of a run, read with TensorBoard's EventAccumulator: {tag: [(step, value)]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(run_dir, "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -1,0 +1,103 @@
+"""End-to-end GPT pretraining through the real entry point (marked slow; CI runs them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from helpers import PRETRAIN, ROOT, TINY_GPT, run_pretrain, scalars, write_ds_config
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_args(tiny_data, run_dir, *extra):
+    return ["--data.paths", tiny_data["prefix"], "--data.tokenizer_model", tiny_data["tokenizer_model"],
+            "--run-dir", str(run_dir), *TINY_GPT, "--training.log_interval=2", "--training.eval_iters=2",
+            "--training.progress_bar=false", *extra]
+
+
+def assert_ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_readme_command_trains_default_gpt(tmp_path):
+    """`deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json` with no data flags:
+    builds the stdlib corpus, trains the default tiny GPT, validation loss falls, TensorBoard has
+    the scalars. Shortened to 120 iterations (the README's run does 300)."""
+    ds_launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    import subprocess
+
+    proc = subprocess.run(
+        [ds_launcher, "--master_port", "29911", PRETRAIN, "--deepspeed_config", os.path.join(ROOT, "ds_configs/zero2.json"),
+         "--training.train_iters=120", "--training.eval_interval=60", "--training.progress_bar=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert_ok(proc)
+    assert os.path.isfile(tmp_path / "data/stdlib/stdlib_text_document.idx")
+    run_dir = tmp_path / "runs/default"
+    s = scalars(str(run_dir))
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/skipped_steps", "val/loss", "val/ppl",
+                "throughput/tokens_per_sec", "throughput/tflops_per_device", "data/consumed_samples",
+                "data/consumed_tokens", "memory/max_rss_gb", "train_vs_tokens/loss", "val_vs_tokens/loss"):
+        assert tag in s, f"missing TensorBoard scalar {tag}; have {sorted(s)}"
+    val = [v for _, v in s["val/loss"]]
+    assert s["val/loss"][0][0] == 0 and len(val) == 3
+    assert val[-1] < val[0] - 2.0, f"validation loss did not fall clearly: {val}"
+    assert s["data/consumed_tokens"][-1][1] == 120 * 8 * 256
+    resolved = json.load(open(run_dir / "checkpoints/iter_0000120/mtds_config.json"))
+    assert resolved["deepspeed"]["train_batch_size"] == 8 and resolved["world_size"] == 1
+    assert resolved["run"]["model"]["num_layers"] == 4 and "deepspeed" in resolved["versions"]
+    assert open(run_dir / "checkpoints/latest").read() == "iter_0000120"
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_two_cpu_ranks_train_with_each_zero_stage(tiny_data, tmp_path, stage):
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=stage, micro=2, accum=2)
+    proc = run_pretrain(["--deepspeed_config", ds, *tiny_args(tiny_data, tmp_path / "run", "--training.train_iters=6",
+                                                             "--training.eval_interval=6")], ranks=2)
+    assert_ok(proc)
+    out = proc.stdout
+    assert f"ZeRO {stage} | world 2 | global batch 8" in out
+    assert "iter      6/6" in out
+    assert os.path.isdir(tmp_path / "run/checkpoints/iter_0000006")
+    losses = [v for _, v in scalars(str(tmp_path / "run"))["train/loss"]]
+    assert losses[-1] < losses[0]
+
+
+def test_train_save_resume_continues_at_saved_position(tiny_data, tmp_path):
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=4, accum=1, precision="fp32")
+    run = tmp_path / "run"
+    first = run_pretrain(["--deepspeed_config", ds, *tiny_args(tiny_data, run, "--training.train_iters=8",
+                                                               "--training.save_interval=4", "--training.eval_interval=8")])
+    assert_ok(first)
+    assert sorted(os.listdir(run / "checkpoints")) == ["iter_0000004", "iter_0000008", "latest"]
+    # Resume from iteration 4, as if the run had died after its first save.
+    shutil.rmtree(run / "checkpoints/iter_0000008")
+    (run / "checkpoints/latest").write_text("iter_0000004")
+    second = run_pretrain(["--deepspeed_config", ds, "--load", str(run),
+                           *tiny_args(tiny_data, run, "--training.train_iters=8", "--training.eval_interval=8")])
+    assert_ok(second)
+    assert "resumed from" in second.stdout and "at iteration 4, 16 samples consumed" in second.stdout
+    assert "iter      6/8" in second.stdout and "iter      2/8" not in second.stdout
+    state = json.load(open(run / "config.json"))
+    assert state["train_iters"] == 8
+
+
+def test_config_errors_stop_before_deepspeed(tiny_data, tmp_path):
+    ds = write_ds_config(str(tmp_path / "ds.json"))
+    cases = [
+        (["--data.paths", str(tmp_path / "nope"), "--data.tokenizer_model", tiny_data["tokenizer_model"]],
+         f"error: data.paths: dataset prefix '{tmp_path}/nope' has no {tmp_path}/nope.bin or {tmp_path}/nope.idx"),
+        (["--model.vocab_size=100", "--data.paths", tiny_data["prefix"], "--data.tokenizer_model", tiny_data["tokenizer_model"]],
+         "error: model.vocab_size=100 is smaller than the tokenizer's 512"),
+        (["--training.nope=1"], "error: unknown key training.nope"),
+        (["--run-dir", tiny_data["corpus"]], "is a file; choose a directory"),
+    ]
+    for extra, expected in cases:
+        proc = run_pretrain(["--deepspeed_config", ds, *extra])
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert expected in proc.stderr, proc.stderr[-2000:]
+        assert len(proc.stderr.strip().splitlines()[-1]) > 10 and "Traceback" not in proc.stderr

@@ -6,9 +6,11 @@ Writes `tok.model` and `tok.vocab` (temp names, renamed when complete). The spec
 is the one `mtds.spm` documents and the training code relies on:
     0 <pad>   1 <unk>   2 <s>   3 </s> (= EOD)   4 [CLS]   5 [SEP]   6 [MASK]
 
-Text is streamed to the trainer line by line (`sentence_iterator`), never loaded whole; the
-trainer keeps a uniform random sample of `--input-sentence-size` lines (reservoir sampling),
-which bounds both memory and training time on big corpora.
+Text is streamed line by line, never loaded whole: a uniform random sample of
+`--input-sentence-size` lines (reservoir sampling, seeded) bounds memory and training time on big
+corpora and is handed to the trainer through `sentence_iterator`. We sample here rather than with
+sentencepiece's own `input_sentence_size` because its sampler ignored the seed when fed from an
+iterator (two runs gave two different models); ours makes the same corpus give the same model.
 
 Settings chosen so that decode(encode(text)) == text, which matters for code:
 identity normalization (no NFKC), no whitespace collapsing, no dummy prefix, whitespace-only
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import random
 import sys
 import time
 from typing import Iterator, Sequence
@@ -58,6 +61,21 @@ def iter_training_lines(paths: Sequence[str], json_keys: Sequence[str]) -> Itera
                             yield line[i : i + MAX_SENTENCE_CHARS]
 
 
+def sample_lines(lines: Iterator[str], k: int, seed: int) -> tuple[list[str], int]:
+    """Uniform sample of at most k lines (Algorithm R) and how many lines there were; k=0: all."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    n = 0
+    for n, line in enumerate(lines, 1):
+        if k <= 0 or n <= k:
+            sample.append(line)
+        else:
+            j = rng.randrange(n)
+            if j < k:
+                sample[j] = line
+    return sample, n
+
+
 def train_tokenizer(
     input_paths: Sequence[str | os.PathLike],
     output_prefix: str | os.PathLike,
@@ -82,16 +100,18 @@ def train_tokenizer(
     model_path, vocab_path = f"{prefix}.model", f"{prefix}.vocab"
     t0 = time.perf_counter()
     model = io.BytesIO()
-    # sentencepiece's sampling draws from its own RNG: seed it so the same corpus gives the same model.
+    sample, n_lines = sample_lines(iter_training_lines(paths, json_keys), input_sentence_size, seed)
+    if not sample:
+        raise DataToolsError(f"{paths[0]}: no text under json keys {list(json_keys)} to train on")
     spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter_training_lines(paths, json_keys),
+            sentence_iterator=iter(sample),
             model_writer=model,
             model_type=model_type,
             vocab_size=vocab_size,
-            input_sentence_size=input_sentence_size,
-            shuffle_input_sentence=True,
+            input_sentence_size=0,  # already sampled
+            shuffle_input_sentence=False,
             character_coverage=character_coverage,
             byte_fallback=True,
             pad_id=0, unk_id=1, bos_id=2, eos_id=3,
@@ -118,7 +138,8 @@ def train_tokenizer(
         with open(tmp_model, "wb") as f:
             f.write(proto)
     if not quiet:
-        print(f"train_tokenizer: {model_path} ({model_type}, vocab {sp.get_piece_size()}) in "
+        print(f"train_tokenizer: {model_path} ({model_type}, vocab {sp.get_piece_size()}, trained on "
+              f"{len(sample)} of {n_lines} lines) in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return model_path
 

@@ -162,6 +162,15 @@ def test_tokenizer_layout_and_exact_round_trip(sp, docs):
     assert sp.decode(sp.encode(code)) == code
 
 
+def test_tokenizer_training_is_deterministic_when_sampling(tmp_path, corpus_jsonl):
+    models = []
+    for i in range(2):
+        path = train_tokenizer.train_tokenizer([corpus_jsonl], tmp_path / f"t{i}", vocab_size=400,
+                                               input_sentence_size=3000, quiet=True)
+        models.append(open(path, "rb").read())
+    assert models[0] == models[1]
+
+
 def test_tokenizer_errors(tmp_path, corpus_jsonl, capsys):
     assert run_cli(train_tokenizer.main, ["--input", str(tmp_path / "nope.jsonl"), "--output-prefix",
                                           str(tmp_path / "t")]) == 2

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of bench/RESULTS.md, in stages, for one lease of the lent GPU machine.
+#   bash bench/gpu_suite.sh setup profile throughput tune   (first lease)
+#   bash bench/gpu_suite.sh setup entry sweep memory fit compile   (second lease)
+# Logs go to $OUT (or bench_out/ when unset); each stage prints its own table last.
+# setup installs the carried wheels (.whl, see shared/device/README.md) into .site once.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench_out}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD/.site:$PWD PYTHONUNBUFFERED=1
+# DeepSpeed JIT-builds FusedAdam (and CPUAdam for offload) on first use: Hopper only, cached here.
+export TORCH_EXTENSIONS_DIR=$PWD/.ext TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
+export PYTHONWARNINGS="ignore::UserWarning" DS_ACCELERATOR=cuda
+py=python3
+tp() { $py bench/train_throughput.py --json "$OUT/results.jsonl" "$@" 2>>"$OUT/stderr.log"; }
+
+for stage in "$@"; do
+  echo "=== $stage $(date -u +%H:%M:%S)"
+  case $stage in
+    setup)
+      [ -d .site/deepspeed ] || $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target .site .whl/*.whl || exit 1
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+      $py -c "import torch, deepspeed, megatron.core as m; print(torch.__version__, torch.version.cuda, deepspeed.__version__, m.__version__)"
+      ;;
+    throughput)  # the main table: 3 presets x ZeRO-1/2 bf16, ZeRO-2 fp16, plain PyTorch
+      tp --presets gpt-125m,gpt-350m,gpt-1.3b --variants z1,z2,z2-fp16,torch \
+         --micro gpt-125m=16,gpt-350m=16,gpt-1.3b=8 --warmup 5 --steps 10 | tee "$OUT/throughput.log" ;;
+    tune)  # raising MFU: megatron-core native fusions, bigger micro-batches, recompute, torch.compile
+      tp --presets gpt-1.3b --variants z2+cefuse,z2+swiglufuse,z2+recompute,torch-compile --micro 8 \
+         --warmup 5 --steps 10 | tee "$OUT/tune.log"
+      tp --presets gpt-1.3b --variants z2+cefuse+swiglufuse+recompute --micro 16 --warmup 3 --steps 8 | tee -a "$OUT/tune.log"
+      tp --presets gpt-350m --variants z2+cefuse+swiglufuse,torch-compile --micro 16 --warmup 5 --steps 10 | tee -a "$OUT/tune.log"
+      tp --presets gpt-125m,gpt-350m --variants z2 --micro 32 --warmup 5 --steps 10 | tee -a "$OUT/tune.log" ;;
+    profile)
+      $py bench/profile_step.py --preset gpt-1.3b --variant z2 --micro 8 2>>"$OUT/stderr.log" | tee "$OUT/profile.log" ;;
+    memory)  # model-state memory per ZeRO stage at dp=1 (micro-batch 1): one process each, since
+             # ZeRO-3 and offload engines do not hand all their memory back when destroyed
+      for v in z1 z2 z3 z2-offload; do
+        tp --presets gpt-1.3b --variants $v --micro 1 --warmup 1 --steps 2 | tail -1 | tee -a "$OUT/memory.log"
+      done ;;
+    sweep)  # micro-batch sweep with the fused SwiGLU now on by default (mtds/model.py)
+      tp --presets gpt-1.3b --variants z2 --micro 8 --warmup 5 --steps 10 | tee "$OUT/sweep.log"
+      tp --presets gpt-1.3b --variants z2 --micro 12 --warmup 5 --steps 10 | tail -1 | tee -a "$OUT/sweep.log"
+      tp --presets gpt-350m --variants z2,z2-fp16 --micro 24 --warmup 5 --steps 10 | tail -2 | tee -a "$OUT/sweep.log"
+      tp --presets gpt-125m --variants z2 --micro 24 --warmup 5 --steps 10 | tail -1 | tee -a "$OUT/sweep.log" ;;
+    fit)  # largest GPT (hidden 2048, 16 heads, more layers) that trains with ZeRO-2 + recompute, micro-batch 1
+      for layers in 64 76; do
+        timeout 150 $py bench/train_throughput.py --json "$OUT/results.jsonl" --presets "gpt-1.3b:num_layers=$layers" \
+          --variants z2+recompute --micro 1 --warmup 1 --steps 1 2>>"$OUT/stderr.log" | tail -1 | tee -a "$OUT/fit.log"
+      done ;;
+    compile)  # DeepSpeed's torch.compile switch on the megatron-core module (skipped when short of time)
+      [ "$SECONDS" -lt 380 ] && timeout 200 $py bench/train_throughput.py --json "$OUT/results.jsonl" \
+        --presets gpt-1.3b --variants z2+compile --micro 8 --warmup 5 --steps 10 2>>"$OUT/stderr.log" \
+        | tail -1 | tee "$OUT/compile.log" ;;
+    entry)  # the real entry point, default tiny model and default corpus (built here on first use)
+      for cfg in zero2_fp16 zero2; do
+        /usr/bin/time -f "wall %e s" $py mtds/pretrain.py --deepspeed_config ds_configs/$cfg.json \
+          --run-dir /tmp/mtds_$cfg --training.train_iters=300 --training.log_interval=50 \
+          --training.eval_interval=150 --training.eval_iters=5 2>&1 | grep -v -i warn | tee -a "$OUT/entry.log"
+      done ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done
+echo "=== done $(date -u +%H:%M:%S)"

@@ -206,11 +206,13 @@ def preprocess(
                       input_bytes=total_input_bytes(paths))
     initargs = (os.fspath(tokenizer_model), json_keys, append_eod, split_sentences, dtype.str, 1)
     writers: list[BinIdxWriter] = []
+    results = None
     bar = _progress(summary.input_bytes, quiet, log_interval)
     try:
         writers = [BinIdxWriter(p, dtype) for p in summary.outputs]
         done_bytes: dict[str, int] = {}
-        for res in _ordered_results(iter_chunks(paths), workers, initargs):
+        results = _ordered_results(iter_chunks(paths), workers, initargs)
+        for res in results:
             for skip in res.skips:
                 if strict:
                     raise DataToolsError(f"{skip.message()} (--strict; fix the line or drop --strict to skip it)")
@@ -236,6 +238,8 @@ def preprocess(
             w.abort()
         raise
     finally:
+        if results is not None:
+            results.close()  # stops the worker pool now, not when the traceback is freed
         if bar is not None:
             bar.close()
     summary.sequences = writers[0].sequences
@@ -252,8 +256,9 @@ def _progress(total_bytes: int, quiet: bool, log_interval: float):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1 << 20, file=sys.stderr,
-                mininterval=log_interval, desc="preprocess", dynamic_ncols=True)
+    tqdm.monitor_interval = 0  # no monitor thread: worker processes are forked after this
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, file=sys.stderr,
+                mininterval=log_interval, desc="preprocess")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,10 @@ $(BIN)/.installed: pyproject.toml
 	# a multi-GB CUDA build for the torch range in pyproject.toml.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# Build DeepSpeed's JIT ops (CPU shm comm + fused Adam; ~2 min on 2 cores) once, here, so
+	# no training run or test pays for it or races another process building it.
+	$(BIN)/python -W ignore -c "from deepspeed.accelerator import get_accelerator as acc; \
+	  [acc().create_op_builder(op).load() for op in ('ShareMemCommBuilder', 'FusedAdamBuilder')]"
 	touch $@
 
 venv: $(BIN)/.installed

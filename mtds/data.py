@@ -56,8 +56,32 @@ def split_string(split: str) -> str:
     return split.replace("/", ",")
 
 
+def check_splits(prefixes: list[str], split: str) -> None:
+    """Every split with a nonzero weight must get at least one document of every prefix.
+
+    megatron-core's GPTDataset loops forever computing epochs for a split with no tokens
+    (e.g. the test split of "969,30,1" on a corpus of fewer than ~500 documents), so catch it.
+    """
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.datasets.utils import normalize
+
+    weights = normalize([float(w) for w in split_string(split).split(",")])
+    for prefix in prefixes:
+        n_docs = len(IndexedDataset(prefix).document_indices) - 1
+        start = 0.0
+        for name, w in zip(("train", "valid", "test"), weights):
+            docs = int(round((start + w) * n_docs)) - int(round(start * n_docs))
+            start += w
+            if w > 0 and docs == 0:
+                raise ConfigError(
+                    f"data.split={split!r} leaves the {name} split of {prefix} ({n_docs} documents) empty; "
+                    f"use a larger corpus or give {name} more weight or 0 (e.g. data.split=90,10,0)"
+                )
+
+
 def build_datasets(cfg: RunConfig, sources: DataSources, tokenizer, sizes: list[int], dp_size: int):
     """Train/valid/test datasets with `sizes` samples each, via BlendedMegatronDatasetBuilder."""
+    check_splits(sources.prefixes, cfg.data.split)
     if cfg.model.model_type == "bert":
         from mtds.bert import build_bert_datasets
 

@@ -1,0 +1,131 @@
+"""Sample text from a trained GPT checkpoint.
+
+    python -m mtds.generate --load RUN_DIR [--tag iter_0000040] --prompt "def main(" \\
+        [--max-new-tokens 64] [--temperature 0.8 --top-k 50 --top-p 0.95 | --greedy] [--seed 1234]
+
+Runs in one plain process (CPU by default; no DeepSpeed engine or launcher). Each new token
+re-runs the model on the whole context (no KV cache): simple and exactly the training forward,
+and fast enough for the model sizes mtds trains on one machine. The context is cropped to the
+model's max_position_embeddings. Sampling is deterministic for a given --seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from mtds.load_trained import LoadError, default_device, load_trained
+from mtds.tool_cli import run_tool
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) set to -inf. logits: [b, V]."""
+    if top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # [b, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass, so the
+        # most likely token always survives.
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits: torch.Tensor, *, greedy: bool, temperature: float, top_k: int, top_p: float,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """One token id per row of logits [b, V] -> [b]."""
+    if greedy or temperature == 0.0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, prompt_ids: list[int], *, max_new_tokens: int, max_context: int,
+             vocab_limit: int, greedy: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             seed: int = 1234, stop_ids: tuple[int, ...] = ()) -> list[int]:
+    """Continue `prompt_ids` by up to `max_new_tokens` ids; returns only the new ids.
+
+    `vocab_limit` is the tokenizer's size: the model's vocabulary is padded beyond it and those
+    ids are never sampled. Generation stops after any id in `stop_ids`.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # [1, s]
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        context = ids[:, -max_context:]
+        position_ids = torch.arange(context.size(1), device=device).unsqueeze(0)
+        logits = model(context, position_ids, None)  # [1, s, V_padded]
+        last = logits[:, -1, :vocab_limit].float()
+        token = next_token(last, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
+                           generator=generator)
+        ids = torch.cat([ids, token.view(1, 1)], dim=1)
+        new.append(int(token))
+        if new[-1] in stop_ids:
+            break
+    return new
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mtds.generate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--load", required=True, metavar="RUN_DIR", help="run directory a training run wrote")
+    p.add_argument("--tag", help="checkpoint tag, e.g. iter_0000040 (default: latest)")
+    p.add_argument("--prompt", default="", help="text to continue; empty: start a new document")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples (seeds seed, seed+1, ...)")
+    p.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-document token")
+    p.add_argument("--device", default=default_device())
+    return p
+
+
+def check_args(a: argparse.Namespace) -> None:
+    problems = []
+    if a.max_new_tokens < 1:
+        problems.append("--max-new-tokens must be >= 1")
+    if a.temperature < 0:
+        problems.append("--temperature must be >= 0")
+    if a.top_k < 0:
+        problems.append("--top-k must be >= 0")
+    if not 0 < a.top_p <= 1:
+        problems.append("--top-p must be in (0, 1]")
+    if a.num_samples < 1:
+        problems.append("--num-samples must be >= 1")
+    if problems:
+        raise LoadError("; ".join(problems))
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    check_args(a)
+    run = load_trained(a.load, a.tag, a.device)
+    if run.cfg.model.model_type != "gpt":
+        raise LoadError(f"{run.ckpt_dir}: generation needs a GPT (causal) model, this is {run.cfg.model.model_type}")
+    tok = run.tokenizer()
+    prompt_ids = tok.tokenize(a.prompt) if a.prompt else [tok.eod]
+    max_context = run.cfg.model.max_position_embeddings
+    if len(prompt_ids) > max_context:
+        print(f"note: prompt has {len(prompt_ids)} tokens; the model sees the last {max_context}", file=sys.stderr)
+    for i in range(a.num_samples):
+        new = generate(run.model, prompt_ids, max_new_tokens=a.max_new_tokens, max_context=max_context,
+                       vocab_limit=tok.vocab_size, greedy=a.greedy, temperature=a.temperature, top_k=a.top_k,
+                       top_p=a.top_p, seed=a.seed + i, stop_ids=() if a.no_stop else (tok.eod,))
+        if i:
+            print("-" * 40)
+        print(a.prompt + tok.detokenize([t for t in new if t != tok.eod]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

@@ -1,0 +1,95 @@
+"""Plot a run's training and validation loss against consumed tokens, as a PNG.
+
+    python -m mtds.plot RUN_DIR [--out loss.png] [--log-x]
+
+Reads the TensorBoard events under RUN_DIR/tensorboard with TensorBoard's own reader
+(`EventAccumulator`): the `train_vs_tokens/loss` and `val_vs_tokens/loss` scalars that
+mtds.metrics writes with the consumed-token count as the step, so runs with different batch
+sizes share one x axis. A resumed run appends to the same directory; when a step was written
+twice (a resumed run repeating steps after its last checkpoint) the later value wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+from mtds.tool_cli import LoadError, run_tool
+
+TRAIN_TAG, VAL_TAG = "train_vs_tokens/loss", "val_vs_tokens/loss"
+
+
+def read_scalars(event_dir: str, tags: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...] sorted by step} from every event file under event_dir."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, dict[int, tuple[float, float]]] = {t: {} for t in tags}
+    # One accumulator per event file: a resumed run writes a second file into the same dir.
+    for path in sorted(glob.glob(os.path.join(event_dir, "**", "events.out.tfevents.*"), recursive=True)):
+        acc = EventAccumulator(path, size_guidance={"scalars": 0})  # 0 = keep every point
+        acc.Reload()
+        available = set(acc.Tags().get("scalars", []))
+        for tag in tags:
+            if tag in available:
+                for e in acc.Scalars(tag):
+                    # keep the most recently written value for a step
+                    if e.step not in out[tag] or e.wall_time >= out[tag][e.step][0]:
+                        out[tag][e.step] = (e.wall_time, e.value)
+    return {t: sorted((s, v) for s, (_, v) in pts.items()) for t, pts in out.items()}
+
+
+def plot(run_dir: str, out: str, log_x: bool = False) -> dict[str, int]:
+    """Write the PNG; returns the number of points per curve."""
+    event_dir = os.path.join(run_dir, "tensorboard")
+    if not os.path.isdir(run_dir):
+        raise LoadError(f"{run_dir}: run directory not found")
+    if not glob.glob(os.path.join(event_dir, "**", "events.out.tfevents.*"), recursive=True):
+        raise LoadError(f"{event_dir}: no TensorBoard event files (has this run logged anything yet?)")
+    series = read_scalars(event_dir, (TRAIN_TAG, VAL_TAG))
+    if not any(series.values()):
+        raise LoadError(f"{event_dir}: no {TRAIN_TAG} or {VAL_TAG} scalars yet (the first log interval writes them)")
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for tag, label, style in ((TRAIN_TAG, "train", "-"), (VAL_TAG, "validation", "o-")):
+        if series[tag]:
+            steps, values = zip(*series[tag])
+            ax.plot(steps, values, style, label=label, markersize=4)
+    ax.set_xlabel("consumed tokens")
+    ax.set_ylabel("loss")
+    if log_x:
+        ax.set_xscale("symlog")
+    ax.set_title(os.path.basename(os.path.normpath(run_dir)))
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return {"train": len(series[TRAIN_TAG]), "val": len(series[VAL_TAG])}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mtds.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory a training run wrote")
+    p.add_argument("--out", help="PNG to write (default: RUN_DIR/loss.png)")
+    p.add_argument("--log-x", action="store_true", help="logarithmic token axis")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    out = a.out or os.path.join(a.run_dir, "loss.png")
+    counts = plot(a.run_dir, out, a.log_x)
+    print(f"wrote {out} ({counts['train']} train and {counts['val']} validation points)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

@@ -159,13 +159,13 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int) -> dic
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
-    from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
 
     from mtds.spm import BOS, EOD, PAD, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece
 
     sp = load_sentencepiece(model_path)
     shutil.copyfile(model_path, os.path.join(out_dir, "tokenizer.model"))
-    vocab, merges = _vocab_and_merges(SentencePieceExtractor(model_path))
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    merges = bpe_merges(sp)
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=UNK, fuse_unk=True, byte_fallback=True))
     tok.normalizer = normalizers.Replace(" ", "\u2581")
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("\u2581*[^\u2581]+|\u2581+"), behavior="isolated")
@@ -187,17 +187,21 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int) -> dic
     return ids
 
 
-def _vocab_and_merges(extractor) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """(vocab, merges) from transformers' SentencePieceExtractor, across its 4.x/5.x return shapes."""
-    got = extractor.extract()
-    if isinstance(got, dict):
-        vocab, merges = got["vocab"], got["merges"]
-    else:  # 4.x: (vocab, merges); 5.x: (vocab, scores, merges)
-        vocab, merges = got[0], got[-1]
-    if isinstance(vocab, list):  # [(piece, score), ...] in id order
-        vocab = {piece: i for i, (piece, _score) in enumerate(vocab)}
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
-    return vocab, merges
+def bpe_merges(sp) -> list[tuple[str, str]]:
+    """BPE merge list equivalent to a sentencepiece BPE model's piece scores.
+
+    sentencepiece merges the adjacent pair whose merged piece has the highest score; a rank-ordered
+    merge list does the same when every (left, right) split of each piece into two vocabulary
+    pieces is listed by descending piece score (longer left parts first within a piece).
+    """
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    merges = []
+    for piece, pid in vocab.items():
+        splits = [(piece[:j], piece[j:]) for j in range(1, len(piece)) if piece[:j] in vocab and piece[j:] in vocab]
+        splits.sort(key=lambda lr: (vocab[lr[0]], vocab[lr[1]]))
+        merges += [(left, right, sp.get_score(pid)) for left, right in splits]
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)  # stable: ties keep id order
+    return [(left, right) for left, right, _ in merges]
 
 
 def convert(sd: dict[str, torch.Tensor], m, vocab_size: int, tok_ids: dict) -> tuple[dict, dict[str, torch.Tensor]]:

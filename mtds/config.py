@@ -144,13 +144,15 @@ class TrainingConfig:
     seed: int = 1234
     exit_duration_mins: float | None = None
     """Save and exit cleanly after this many minutes of training (for job time limits)."""
+    exit_interval: int | None = None
+    """Save and exit cleanly when the iteration is a multiple of this (stop early, resume later)."""
     progress_bar: bool | None = None
     """tqdm bar on rank 0; None = only when stdout is a terminal."""
     tflops_peak: float | None = None
     """Peak TFLOP/s per device for MFU; None = looked up for known GPUs, else MFU not shown."""
-    max_nonfinite_steps: int = 20
-    """Stop after this many fp16 overflow (skipped) steps in a row."""
-    loss_spike_factor: float = 0.0
+    max_skipped_steps_in_row: int = 20
+    """fp16: stop after this many overflow (skipped) optimizer steps in a row."""
+    loss_spike_factor: float = 2.0
     """Warn when a logged loss exceeds this multiple of its running mean (0 = off)."""
 
 
@@ -356,8 +358,9 @@ def validate(cfg: RunConfig) -> list[str]:
     for key in ("eval_interval", "log_interval", "keep_last"):
         if getattr(t, key) < 1:
             errs.append(f"training.{key} must be >= 1")
-    if t.save_interval is not None and t.save_interval < 1:
-        errs.append("training.save_interval must be >= 1 or none")
+    for key in ("save_interval", "exit_interval"):
+        if getattr(t, key) is not None and getattr(t, key) < 1:
+            errs.append(f"training.{key} must be >= 1 or none")
     if not 0 <= m.hidden_dropout < 1 or not 0 <= m.attention_dropout < 1:
         errs.append("model dropouts must be in [0, 1)")
     return errs

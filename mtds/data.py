@@ -133,11 +133,15 @@ class ResumableBatchSampler:
             yield list(range(base, base + self.micro))
 
 
-def build_loader(dataset, sampler, num_workers: int) -> torch.utils.data.DataLoader:
+def build_loader(dataset, sampler, num_workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
+    # A private generator: otherwise each new DataLoader iterator draws its workers' base seed
+    # from the global torch RNG, and a resumed run (which creates its iterator at a different
+    # point) would see different dropout masks than the uninterrupted run.
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,

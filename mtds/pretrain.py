@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 from data_tools.errors import DataToolsError
 from mtds.config import ConfigError, RunConfig, build_config, check_vocab, load_file, parse_overrides, resolved_dict
 from mtds.spm import TokenizerError
+from mtds.trainer import TrainingStopped
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
@@ -180,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ class TrainState:
     consumed_tokens: int = 0
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (non-finite loss, endless fp16 overflow); the message says why."""
 
 
 class Trainer:
@@ -50,6 +50,8 @@ class Trainer:
         self.state = TrainState()
         self._signal = False
         self._stop_request: str | None = None
+        self._skipped_in_row = 0
+        self._loss_ema: float | None = None
         self.start_time = time.time()
 
     # -- state -----------------------------------------------------------------------------
@@ -99,20 +101,33 @@ class Trainer:
         mean = total / self.accum
         sig, late, bad = self._stop_flags(mean)
         if bad:
-            raise NonFiniteLoss(
+            raise TrainingStopped(
                 f"non-finite training loss at iteration {self.state.iteration + 1}; the optimizer step was not "
                 "applied and nothing was saved. Lower the LR, raise warmup, or use bf16; resume from the last checkpoint."
             )
+        skipped_before = self.engine.skipped_steps
         self.engine.step()  # the boundary: optimizer step, LR schedule, zero grads
+        self._check_overflow_streak(self.engine.skipped_steps > skipped_before)
         self._stop_request = "SIGTERM" if sig else ("time limit" if late else None)
         return mean, {k: v / self.accum for k, v in extra.items()}
+
+    def _check_overflow_streak(self, skipped: bool) -> None:
+        """fp16: DeepSpeed skips a step whose gradients overflowed and lowers the loss scale;
+        a long run of skips means the scale cannot recover, so stop with advice."""
+        self._skipped_in_row = self._skipped_in_row + 1 if skipped else 0
+        limit = self.cfg.training.max_skipped_steps_in_row
+        if self._skipped_in_row >= limit:
+            raise TrainingStopped(
+                f"{limit} fp16 overflow steps in a row at iteration {self.state.iteration + 1} (loss scale cannot "
+                "recover); lower the LR, raise fp16.min_loss_scale/hysteresis, or use bf16; resume from the last checkpoint"
+            )
 
     def fit(self) -> TrainState:
         t = self.cfg.training
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         sampler = ResumableBatchSampler(len(self.train_ds), self.state.consumed_samples, self.micro,
                                         self.rank, self.world)
-        batches = iter(build_loader(self.train_ds, sampler, self.cfg.data.num_workers))
+        batches = iter(build_loader(self.train_ds, sampler, self.cfg.data.num_workers, self.cfg.data.seed))
         if self.state.iteration == 0:
             self.evaluate()  # the step-0 validation loss: the baseline the curve falls from
         clock = Throughput()
@@ -136,6 +151,8 @@ class Trainer:
                 self.metrics.advance(it)
                 if it % t.eval_interval == 0 or it == self.train_iters:
                     self.evaluate()
+                if t.exit_interval and it % t.exit_interval == 0 and it != self.train_iters:
+                    self._stop_request = f"exit_interval={t.exit_interval}"
                 if self._stop_request:
                     self.log(f"{self._stop_request}: saving at iteration {it} and exiting")
                     self.save()
@@ -180,8 +197,7 @@ class Trainer:
                   **memory_stats()}
         if self.peak:
             values["throughput/mfu"] = tflops / self.peak
-        if not math.isfinite(values["train/loss"]):
-            self.log(f"warning: non-finite loss logged at iteration {it}")
+        self._warn_on_spike(values["train/loss"], it)
         self.metrics.scalars(values, it, self.state.consumed_tokens)
         eta = (self.train_iters - it) * seconds / iters
         line = (f"iter {it:>6}/{self.train_iters} | loss {values['train/loss']:.4f} | "
@@ -196,6 +212,13 @@ class Trainer:
         line += f"ETA {format_eta(eta)}"
         self.metrics.print(line)
         self.metrics.advance(it, f"loss {values['train/loss']:.3f}")
+
+    def _warn_on_spike(self, loss: float, iteration: int) -> None:
+        factor = self.cfg.training.loss_spike_factor
+        if factor and self._loss_ema is not None and loss > factor * self._loss_ema:
+            self.metrics.print(f"warning: loss spike at iteration {iteration}: {loss:.4f} > {factor} x running mean "
+                               f"{self._loss_ema:.4f}")
+        self._loss_ema = loss if self._loss_ema is None else 0.9 * self._loss_ema + 0.1 * loss
 
     @torch.no_grad()
     def evaluate(self) -> float | None:

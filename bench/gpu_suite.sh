@@ -19,7 +19,7 @@ for stage in "$@"; do
   echo "=== $stage $(date -u +%H:%M:%S)"
   case $stage in
     setup)
-      [ -d .site/deepspeed ] || $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+      [ -d .site/deepspeed ] && [ -d .site/orjson ] || $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target .site .whl/*.whl || exit 1
       nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
       $py -c "import torch, deepspeed, megatron.core as m; print(torch.__version__, torch.version.cuda, deepspeed.__version__, m.__version__)"
@@ -35,6 +35,9 @@ for stage in "$@"; do
       tp --presets gpt-125m,gpt-350m --variants z2 --micro 32 --warmup 5 --steps 10 | tee -a "$OUT/tune.log" ;;
     profile)
       $py bench/profile_step.py --preset gpt-1.3b --variant z2 --micro 8 2>>"$OUT/stderr.log" | tee "$OUT/profile.log" ;;
+    confirm)  # the default build after the fused-SwiGLU change, 1.3b and 350m
+      tp --presets gpt-1.3b,gpt-350m --variants z2 --micro gpt-1.3b=8,gpt-350m=16 --warmup 5 --steps 10 \
+        | tail -4 | tee "$OUT/confirm.log" ;;
     memory)  # model-state memory per ZeRO stage at dp=1 (micro-batch 1): one process each, since
              # ZeRO-3 and offload engines do not hand all their memory back when destroyed
       for v in z1 z2 z3 z2-offload; do
@@ -57,8 +60,8 @@ for stage in "$@"; do
     entry)  # the real entry point, default tiny model and default corpus (built here on first use)
       for cfg in zero2_fp16 zero2; do
         /usr/bin/time -f "wall %e s" $py mtds/pretrain.py --deepspeed_config ds_configs/$cfg.json \
-          --run-dir /tmp/mtds_$cfg --training.train_iters=300 --training.log_interval=50 \
-          --training.eval_interval=150 --training.eval_iters=5 2>&1 | grep -v -i warn | tee -a "$OUT/entry.log"
+          --run-dir /tmp/mtds_$cfg --training.train_iters=200 --training.log_interval=50 \
+          --training.eval_interval=100 --training.eval_iters=5 2>&1 | grep -v -i warn | tee -a "$OUT/entry.log"
       done ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

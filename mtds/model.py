@@ -42,9 +42,9 @@ def transformer_config(m: ModelConfig, precision: str, on_gpu: bool) -> Transfor
         use_cpu_initialization=not on_gpu,
         # Fusions that need apex / Transformer Engine / CUDA kernels we do not require.
         gradient_accumulation_fusion=False,
-        # megatron-core's fused SwiGLU (a TorchScript kernel, bias optional) saves only its input
-        # for backward: on an H100, GPT-1.3b went from 58.5 to 50.5 GB peak and 4% faster
-        # (bench/RESULTS.md). It needs CUDA, so CPU runs keep the unfused path.
+        # megatron-core's fused SwiGLU (bias optional; torch.compile'd through megatron's
+        # jit_fuser) saves only its input for backward: on an H100, GPT-1.3b went from 58.5 to
+        # 50.5 GB peak and 8% faster (bench/RESULTS.md). CPU runs keep the unfused path.
         bias_activation_fusion=swiglu and on_gpu,
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,

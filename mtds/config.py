@@ -151,7 +151,7 @@ class TrainingConfig:
     tflops_peak: float | None = None
     """Peak TFLOP/s per device for MFU; None = looked up for known GPUs, else MFU not shown."""
     max_skipped_steps_in_row: int = 20
-    """fp16: stop after this many overflow (skipped) optimizer steps in a row."""
+    """Stop after this many optimizer steps in a row skipped for non-finite gradients (fp16 overflow)."""
     loss_spike_factor: float = 2.0
     """Warn when a logged loss exceeds this multiple of its running mean (0 = off)."""
 

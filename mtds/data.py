@@ -32,6 +32,9 @@ def check_prefix(prefix: str, key: str) -> None:
             f"{key}: dataset prefix {prefix!r} has no {' or '.join(prefix + e for e in missing)}{hint}; "
             "build it with `python -m data_tools.preprocess`"
         )
+    from data_tools.inspect_data import verify_pair
+
+    verify_pair(prefix)  # a truncated or mismatched pair is one line here, not a crash in a worker
 
 
 def resolve_sources(cfg: RunConfig) -> DataSources:

@@ -55,7 +55,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
     return args, build_config(file_dict, overrides)
 
 
-def check_run_dir(run_dir: str) -> None:
+def check_run_dir(run_dir: str, load: str | None) -> None:
+    if load is not None and os.path.exists(load) and not os.path.isdir(load):
+        raise ConfigError(f"training.load={load!r} is a file; give the run directory to resume from")
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ConfigError(f"training.run_dir={run_dir!r} is a file; choose a directory")
     try:
@@ -99,7 +101,7 @@ def run(argv: list[str]) -> int:
     global_batch = batch_sizes(ds_raw, args.deepspeed_config, world)["train_batch_size"]
     train_iters = cfg.training.train_iters or math.ceil(cfg.training.train_tokens / (global_batch * cfg.seq_length))
     ds_cfg = resolve_ds_config(ds_raw, args.deepspeed_config, world, train_iters, torch.cuda.is_available(), log=log)
-    check_run_dir(cfg.training.run_dir)
+    check_run_dir(cfg.training.run_dir, cfg.training.load)
 
     from mtds.data import build_datasets, resolve_sources
     from mtds.tokenizer import SentencePieceTokenizer

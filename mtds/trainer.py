@@ -112,14 +112,16 @@ class Trainer:
         return mean, {k: v / self.accum for k, v in extra.items()}
 
     def _check_overflow_streak(self, skipped: bool) -> None:
-        """fp16: DeepSpeed skips a step whose gradients overflowed and lowers the loss scale;
-        a long run of skips means the scale cannot recover, so stop with advice."""
+        """DeepSpeed skips a step whose gradients are not finite (fp16 overflow, and under ZeRO
+        in any precision; in fp16 it also lowers the loss scale). A long run of skips means
+        training cannot recover, so stop with advice."""
         self._skipped_in_row = self._skipped_in_row + 1 if skipped else 0
         limit = self.cfg.training.max_skipped_steps_in_row
         if self._skipped_in_row >= limit:
             raise TrainingStopped(
-                f"{limit} fp16 overflow steps in a row at iteration {self.state.iteration + 1} (loss scale cannot "
-                "recover); lower the LR, raise fp16.min_loss_scale/hysteresis, or use bf16; resume from the last checkpoint"
+                f"{limit} optimizer steps in a row skipped for non-finite gradients (iteration "
+                f"{self.state.iteration + 1}); lower the LR, raise warmup, in fp16 raise min_loss_scale or "
+                "use bf16; resume from the last checkpoint"
             )
 
     def fit(self) -> TrainState:

@@ -39,7 +39,7 @@ def build_tiny_data(out_dir: str, vocab_size: int = 512, sentences: bool = False
 
 
 def write_ds_config(path: str, stage: int = 2, micro: int = 4, accum: int = 1, precision: str = "bf16",
-                    warmup: int = 2, lr: float = 3e-3, torch_adam: bool = False, **extra) -> str:
+                    warmup: int = 1, lr: float = 3e-3, torch_adam: bool = False, **extra) -> str:
     """A small DeepSpeed JSON for short runs (the shipped ones warm up for 30 steps)."""
     cfg = {
         "train_micro_batch_size_per_gpu": micro,

@@ -1,0 +1,186 @@
+"""Reliability with real processes: exact resume, SIGTERM, SIGKILL during a save, refused
+checkpoints, non-finite losses. All slow (each starts DeepSpeed); CI runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers import PRETRAIN, TINY_GPT, run_pretrain, scalars, write_ds_config
+
+pytestmark = pytest.mark.slow
+
+
+def args_for(tiny_data, run_dir, ds, *extra):
+    return ["--deepspeed_config", ds, "--data.paths", tiny_data["prefix"], "--data.tokenizer_model",
+            tiny_data["tokenizer_model"], "--data.split=90,10,0", "--run-dir", str(run_dir), *TINY_GPT,
+            "--training.log_interval=1", "--training.eval_iters=1", "--training.progress_bar=false", *extra]
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def train_losses(run_dir) -> list[tuple[int, float]]:
+    return sorted(scalars(str(run_dir))["train/loss"])
+
+
+def final_weights(run_dir, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights consolidated from the ZeRO shards with DeepSpeed's own utility."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(os.path.join(run_dir, "checkpoints"), tag=tag)
+
+
+# -- exact resume ------------------------------------------------------------------------------
+@pytest.mark.parametrize("ranks,stage", [(0, 2), (2, 1), (2, 3)], ids=["1rank-zero2", "2ranks-zero1", "2ranks-zero3"])
+def test_resume_is_bitwise_identical(tiny_data, tmp_path, ranks, stage):
+    """fp32, dropout 0.1, gradient accumulation 2. torch Adam because DeepSpeed's fused CPU Adam
+    is not bit-reproducible after a load (~1e-7 relative; ../shared/DESIGN.md)."""
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=stage, micro=2, accum=2, precision="fp32",
+                         torch_adam=True)
+    common = ["--training.train_iters=6", "--training.eval_interval=3", "--model.hidden_dropout=0.1",
+              "--model.attention_dropout=0.1"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    ok(run_pretrain(args_for(tiny_data, straight, ds, *common), ranks=ranks))
+    first = ok(run_pretrain(args_for(tiny_data, split, ds, *common, "--training.exit_interval=3"), ranks=ranks))
+    assert "exit_interval=3: saving at iteration 3 and exiting" in first.stdout
+    second = ok(run_pretrain(args_for(tiny_data, split, ds, *common, "--load", str(split)), ranks=ranks))
+    assert "at iteration 3, 12 samples consumed" in second.stdout
+
+    expected, got = train_losses(straight), train_losses(split)
+    assert [s for s, _ in expected] == [1, 2, 3, 4, 5, 6]
+    assert got == expected  # bitwise: same floats at the same iterations
+    a, b = final_weights(straight, "iter_0000006"), final_weights(split, "iter_0000006")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# -- SIGTERM and SIGKILL ----------------------------------------------------------------------
+def start(cmd, **kw):
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, **kw)
+
+
+def wait_for_line(proc, needle: str, timeout: float = 600) -> list[str]:
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not seen; output:\n" + "".join(lines[-40:]))
+
+
+def test_sigterm_to_launcher_saves_and_exits_zero(tiny_data, tmp_path):
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
+    run = tmp_path / "run"
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    proc = start([launcher, "--num_gpus", "2", "--master_port", "29733", PRETRAIN,
+                  *args_for(tiny_data, run, ds, "--training.train_iters=100000", "--training.eval_interval=100000")])
+    wait_for_line(proc, "iter      3/")
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)  # what SLURM sends before a time limit or preemption
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
+    assert time.time() - sent < 30, "must finish inside the launcher's 30 s grace period"
+    assert "SIGTERM: saving at iteration" in out
+    tag = (run / "checkpoints/latest").read_text()
+    saved_at = int(tag.split("_")[1])
+    assert 3 <= saved_at < 100000
+    resumed = ok(run_pretrain(args_for(tiny_data, run, ds, f"--training.train_iters={saved_at + 2}",
+                                      "--training.eval_interval=100000", "--load", str(run)), ranks=2))
+    assert f"at iteration {saved_at}, {saved_at * 4} samples consumed" in resumed.stdout
+    assert (run / "checkpoints/latest").read_text() == f"iter_{saved_at + 2:07d}"
+
+
+def test_sigkill_during_save_never_publishes_a_partial_checkpoint(tiny_data, tmp_path):
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    proc = start([sys.executable, PRETRAIN, *args_for(tiny_data, run, ds, "--training.train_iters=100000",
+                                                      "--training.save_interval=1", "--training.eval_interval=100000")])
+    # Wait until at least one checkpoint is published, then kill at the moment a save is in flight.
+    deadline, killed_mid_save = time.time() + 600, False
+    while time.time() < deadline and proc.poll() is None:
+        names = os.listdir(ckpts) if ckpts.is_dir() else []
+        if "latest" in names and any(n.endswith(".tmp") for n in names):
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_mid_save = True
+            break
+        time.sleep(0.002)
+    proc.communicate(timeout=60)
+    assert killed_mid_save, "never caught a save in flight"
+    partial = [n for n in os.listdir(ckpts) if n.endswith(".tmp")]
+    latest = (ckpts / "latest").read_text()
+    assert partial, "the kill should have left the in-flight save's .tmp directory behind"
+    assert (ckpts / latest / "mtds_config.json").is_file(), "latest must name a complete checkpoint"
+    done = int(latest.split("_")[1])
+    resumed = ok(run_pretrain(args_for(tiny_data, run, ds, f"--training.train_iters={done + 3}",
+                                      "--training.eval_interval=100000", "--load", str(run))))
+    assert "warning: skipping partial checkpoint" in resumed.stdout
+    assert f"resumed from {ckpts / latest} at iteration {done}" in resumed.stdout
+
+
+# -- refused checkpoints and non-finite losses ------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    ds = write_ds_config(str(tmp / "ds.json"), stage=2, micro=2, precision="fp32")
+    ok(run_pretrain(args_for(tiny_data, tmp / "run", ds, "--training.train_iters=2", "--training.eval_interval=2")))
+    return tmp / "run", ds
+
+
+def test_checkpoint_with_other_model_shape_is_refused(tiny_data, trained_run, tmp_path):
+    run, ds = trained_run
+    proc = run_pretrain(args_for(tiny_data, tmp_path / "new", ds, "--training.train_iters=4", "--load", str(run),
+                                 "--model.hidden_size=128", "--model.num_layers=3"))
+    assert proc.returncode == 2
+    assert ("error: checkpoint does not fit this model: model.hidden_size: 64 -> 128; model.num_layers: 2 -> 3"
+            in proc.stderr), proc.stderr[-2000:]
+
+
+def test_harmless_config_differences_are_logged_and_allowed(tiny_data, trained_run, tmp_path):
+    run, ds = trained_run
+    proc = ok(run_pretrain(args_for(tiny_data, tmp_path / "new", ds, "--training.train_iters=3", "--load", str(run),
+                                    "--training.eval_interval=7")))
+    assert "note: config differs from the checkpoint's (allowed): training.eval_interval: 2 -> 7" in proc.stdout
+    assert "at iteration 2" in proc.stdout
+
+
+def test_non_finite_loss_stops_before_the_step_and_saves_nothing(tiny_data, tmp_path):
+    # An absurd LR blows the weights up after the first step, so a later loss is inf/NaN. ZeRO
+    # stage 0: stages 1-3 would already skip steps whose gradients are not finite (next test).
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=0, micro=2, precision="fp32", lr=1e30, warmup=1,
+                         gradient_clipping=0.0)
+    run = tmp_path / "run"
+    proc = run_pretrain(args_for(tiny_data, run, ds, "--training.train_iters=20", "--training.save_interval=1",
+                                 "--training.eval_interval=100"))
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = [l for l in proc.stderr.splitlines() if l.startswith("error:")][-1]
+    assert "non-finite training loss at iteration" in line and "the optimizer step was not applied" in line
+    bad_iter = int(line.split("at iteration ")[1].split(";")[0])
+    saved = sorted(int(n.split("_")[1]) for n in os.listdir(run / "checkpoints") if n.startswith("iter_")) \
+        if (run / "checkpoints").is_dir() else []
+    assert all(it < bad_iter for it in saved)
+
+
+def test_a_run_of_skipped_steps_stops_with_advice(tiny_data, tmp_path):
+    # Under ZeRO, DeepSpeed skips steps with non-finite gradients (as fp16 overflow does on GPU).
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32", lr=1e30, warmup=1,
+                         gradient_clipping=0.0)
+    proc = run_pretrain(args_for(tiny_data, tmp_path / "run", ds, "--training.train_iters=50",
+                                 "--training.eval_interval=100", "--training.max_skipped_steps_in_row=3"))
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "error: 3 optimizer steps in a row skipped for non-finite gradients" in proc.stderr
+    assert "skipped 2 |" in proc.stdout or "skipped 1 |" in proc.stdout  # counted on the console too

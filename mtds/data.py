@@ -43,6 +43,7 @@ def resolve_sources(cfg: RunConfig) -> DataSources:
     if d.paths:
         for p in d.paths:
             check_prefix(p, "data.paths")
+        check_splits(d.paths, d.split)
         return DataSources(list(d.paths), d.weights, d.tokenizer_model)
     from data_tools.default_dataset import build_default_dataset
 
@@ -52,6 +53,7 @@ def resolve_sources(cfg: RunConfig) -> DataSources:
     barrier()  # the other ranks wait for rank 0's files, then only look them up
     paths = build_default_dataset(d.default_dir, split_sentences=split_sentences, quiet=True)
     check_prefix(paths["prefix"], "data.default_dir")
+    check_splits([paths["prefix"]], d.split)
     return DataSources([paths["prefix"]], None, paths["tokenizer_model"])
 
 
@@ -84,7 +86,6 @@ def check_splits(prefixes: list[str], split: str) -> None:
 
 def build_datasets(cfg: RunConfig, sources: DataSources, tokenizer, sizes: list[int], dp_size: int):
     """Train/valid/test datasets with `sizes` samples each, via BlendedMegatronDatasetBuilder."""
-    check_splits(sources.prefixes, cfg.data.split)
     if cfg.model.model_type == "bert":
         from mtds.bert import build_bert_datasets
 

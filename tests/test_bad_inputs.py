@@ -1,0 +1,153 @@
+"""Bad-input sweep for the training entry point: every input a user can get wrong gives one
+exact `error:` line (exit 2) before any process group or DeepSpeed work, and nothing is
+written. Runs `mtds.pretrain.main` in this process (errors come before distributed init).
+data_tools' bad inputs are swept in tests/test_data_tools.py; tests/README.md lists both."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from helpers import ROOT, TINY_GPT
+from mtds.pretrain import main
+
+GOOD_DS = os.path.join(ROOT, "ds_configs", "zero2.json")
+
+
+@pytest.fixture()
+def case(tiny_data, tmp_path):
+    """Runs main() with the tiny dataset and a fresh run dir; returns (exit code, error line)."""
+
+    def run(*extra, ds=GOOD_DS, data=True):
+        argv = ["--deepspeed_config", ds, "--run-dir", str(tmp_path / "run"), "--data.split=90,10,0", *TINY_GPT]
+        if data:
+            argv += ["--data.paths", tiny_data["prefix"], "--data.tokenizer_model", tiny_data["tokenizer_model"]]
+        return main(argv + list(extra))
+
+    return run
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "expected an error line on stderr"
+    assert err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def nothing_written(tmp_path):
+    run = tmp_path / "run"
+    return not run.exists() or not any(run.iterdir())
+
+
+def copy_pair(tiny_data, tmp_path, name="copy"):
+    dst = str(tmp_path / name)
+    for ext in (".bin", ".idx"):
+        shutil.copy(tiny_data["prefix"] + ext, dst + ext)
+    return dst
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+SIMPLE_CASES = [
+    # (id, extra argv, expected text in the error line)
+    ("unknown-key", ["--training.train_iter=5"], "unknown key training.train_iter (did you mean 'train_iters'?)"),
+    ("wrong-type", ["--training.train_iters=many"], "training.train_iters: expected int or none, got 'many'"),
+    ("blend-weights", ["--data.weights=heavy"], "data.weights: expected float, got 'heavy'"),
+    ("blend-count", ["--data.weights=1,2"], "data.weights has 2 entries for 1 data.paths"),
+    ("split-sum", ["--data.split=90,10"], "data.split='90,10': give three non-negative train,valid,test weights"),
+    ("split-parse", ["--data.split=a,b,c"], "data.split='a,b,c': give three non-negative"),
+    ("split-empty", ["--data.split=999,1,0"], "leaves the valid split of"),
+    ("seq-too-long", ["--data.seq_length=128"], "data.seq_length=128 exceeds model.max_position_embeddings=64"),
+    ("vocab-too-small", ["--model.vocab_size=256"], "model.vocab_size=256 is smaller than the tokenizer's 512"),
+    ("bad-choice", ["--model.activation=relu"], "model.activation='relu': choose one of swiglu, gelu"),
+    ("no-section", ["--train_iters=5"], "name the section, e.g. --training.train_iters="),
+]
+
+
+@pytest.mark.parametrize("name,extra,expected", SIMPLE_CASES, ids=[c[0] for c in SIMPLE_CASES])
+def test_config_mistakes(case, capsys, tmp_path, name, extra, expected):
+    assert case(*extra) == 2
+    assert expected in error_line(capsys)
+    assert nothing_written(tmp_path)
+
+
+def test_missing_deepspeed_json(case, capsys, tmp_path):
+    assert case(ds=str(tmp_path / "nope.json")) == 2
+    assert error_line(capsys) == f"error: {tmp_path}/nope.json: DeepSpeed config not found (see ds_configs/ for examples)"
+
+
+def test_invalid_deepspeed_json(case, capsys, tmp_path):
+    assert case(ds=write(tmp_path, "bad.json", '{"train_micro_batch_size_per_gpu": 4,}')) == 2
+    assert "bad.json: not valid JSON" in error_line(capsys)
+
+
+def test_deepspeed_key_typo(case, capsys, tmp_path):
+    ds = write(tmp_path, "typo.json", json.dumps({"train_micro_batch_size_per_gpu": 4, "gradient_clippping": 1.0}))
+    assert case(ds=ds) == 2
+    assert "unknown key 'gradient_clippping' (did you mean 'gradient_clipping'?)" in error_line(capsys)
+
+
+def test_batch_sizes_that_do_not_divide(case, capsys, tmp_path):
+    ds = write(tmp_path, "batch.json", json.dumps({"train_batch_size": 10, "gradient_accumulation_steps": 3}))
+    assert case(ds=ds) == 2
+    assert "train_batch_size=10 is not divisible by gradient_accumulation_steps=3 x world size 1" in error_line(capsys)
+
+
+def test_dataset_prefix_that_does_not_exist(case, capsys, tmp_path, tiny_data):
+    code = case("--data.paths", str(tmp_path / "absent_text_document"), "--data.tokenizer_model",
+                tiny_data["tokenizer_model"], data=False)
+    assert code == 2
+    assert f"dataset prefix '{tmp_path}/absent_text_document' has no" in error_line(capsys)
+
+
+def test_prefix_given_with_extension(case, capsys, tiny_data):
+    assert case("--data.paths", tiny_data["prefix"] + ".bin", "--data.tokenizer_model",
+                tiny_data["tokenizer_model"], data=False) == 2
+    assert "(give the prefix without .bin/.idx)" in error_line(capsys)
+
+
+@pytest.mark.parametrize("damage", ["truncate-bin", "truncate-idx", "mismatched"])
+def test_damaged_bin_idx_pair(case, capsys, tmp_path, tiny_data, damage):
+    prefix = copy_pair(tiny_data, tmp_path)
+    if damage == "truncate-bin":
+        os.truncate(prefix + ".bin", os.path.getsize(prefix + ".bin") - 10)
+    elif damage == "truncate-idx":
+        os.truncate(prefix + ".idx", os.path.getsize(prefix + ".idx") - 8)
+    else:  # the .idx of another dataset beside this .bin
+        shutil.copy(tiny_data["sentence_prefix"] + ".idx", prefix + ".idx")
+    assert case("--data.paths", prefix, "--data.tokenizer_model", tiny_data["tokenizer_model"], data=False) == 2
+    line = error_line(capsys)
+    assert "truncated" in line or "disagree" in line or "not the matching" in line, line
+    assert os.path.basename(prefix) in line
+
+
+def test_tokenizer_that_is_not_sentencepiece(case, capsys, tmp_path, tiny_data):
+    fake = write(tmp_path, "tok.model", "not a model")
+    assert case("--data.paths", tiny_data["prefix"], "--data.tokenizer_model", fake, data=False) == 2
+    assert f"error: {fake}: not a sentencepiece model" in error_line(capsys)
+
+
+def test_load_dir_that_is_a_file(case, capsys, tmp_path):
+    f = write(tmp_path, "ckpt", "x")
+    assert case("--load", f) == 2
+    assert error_line(capsys) == f"error: training.load={f!r} is a file; give the run directory to resume from"
+
+
+def test_run_dir_that_is_a_file(tiny_data, capsys, tmp_path):
+    f = write(tmp_path, "runfile", "keep me")
+    assert main(["--deepspeed_config", GOOD_DS, "--run-dir", f]) == 2
+    assert "is a file; choose a directory" in error_line(capsys)
+    assert open(f).read() == "keep me"
+
+
+def test_run_dir_that_cannot_be_written(capsys):
+    # /proc refuses new entries even for root (a chmod'ed directory would not stop root).
+    assert main(["--deepspeed_config", GOOD_DS, "--run-dir", "/proc/mtds-run"]) == 2
+    assert "error: training.run_dir='/proc/mtds-run' is not writable" in error_line(capsys)

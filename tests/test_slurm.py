@@ -93,8 +93,8 @@ def _train_args(tiny_data) -> list[str]:
     return ["--data.paths", tiny_data["prefix"], "--data.tokenizer_model", tiny_data["tokenizer_model"], *TINY_GPT,
             f"--training.train_iters={TRAIN_ITERS}", "--training.log_interval=1", "--training.eval_interval=1000",
             "--training.eval_iters=1", "--training.progress_bar=false", "--data.num_workers=0",
-            # No test split: megatron-core's GPTDataset loops forever on a split with no documents,
-            # which "969,30,1" gives on a corpus this small.
+            # No test split: "969,30,1" leaves it without documents on a corpus this small (mtds
+            # refuses that; megatron-core's GPTDataset would loop forever on it).
             "--data.split=95,5,0"]
 
 

@@ -106,6 +106,18 @@ for var in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_IB_HCA NCCL_IB_GID_INDEX N
     if [[ -n "${!var}" ]]; then export "${var?}"; else unset "$var"; fi
 done
 
+# Installed first: USR1's default action would end this script without a checkpoint.
+stop_requested=""
+# shellcheck disable=SC2317  # only called from the traps below
+forward_stop() {
+    # $1: USR1 (time limit ahead) or TERM. The ranks get SIGTERM directly from slurmd.
+    echo "=== $(date -Is) batch script got SIG$1: asking every rank to save a checkpoint and exit"
+    if [[ "$1" == USR1 || -z "$stop_requested" ]]; then stop_requested="$1"; fi
+    scancel --signal=TERM "$SLURM_JOB_ID" || true
+}
+trap 'forward_stop USR1' USR1
+trap 'forward_stop TERM' TERM
+
 if [[ -z "${SLURM_JOB_ID:-}" ]]; then
     echo "error: run this with sbatch (it reads the allocation from SLURM's environment)" >&2
     exit 2
@@ -145,16 +157,11 @@ env | grep -E '^(SLURM_|NCCL_|TORCH_|MASTER_|OMP_|CUDA_)' | sort > "$LOG_DIR/env
 latest_checkpoint() { cat "$RUN_DIR/checkpoints/latest" 2>/dev/null || true; }
 checkpoint_at_start=$(latest_checkpoint)
 
-stop_requested=""
-# shellcheck disable=SC2317  # only called from the traps below
-forward_stop() {
-    # $1: USR1 (time limit ahead) or TERM. The ranks get SIGTERM directly from slurmd.
-    echo "=== $(date -Is) batch script got SIG$1: asking every rank to save a checkpoint and exit"
-    if [[ "$1" == USR1 || -z "$stop_requested" ]]; then stop_requested="$1"; fi
-    scancel --signal=TERM "$SLURM_JOB_ID" || true
-}
-trap 'forward_stop USR1' USR1
-trap 'forward_stop TERM' TERM
+
+if [[ -n "$stop_requested" ]]; then
+    echo "=== stop requested (SIG$stop_requested) before training started; exiting"
+    exit 0
+fi
 
 # One task per GPU; every task turns SLURM's ids into torch.distributed's variables. All GPUs of
 # a node stay visible to each task (LOCAL_RANK picks one), so no --gpus-per-task here.
@@ -182,8 +189,8 @@ if [[ "$stop_requested" == USR1 && "$REQUEUE_AT_TIME_LIMIT" == 1 ]]; then
     # otherwise requeue forever without ever saving.
     if [[ "$(latest_checkpoint)" != "$checkpoint_at_start" ]]; then
         echo "=== $(date -Is) checkpoint $(latest_checkpoint) saved before the time limit; requeueing job $SLURM_JOB_ID"
-        scontrol requeue "$SLURM_JOB_ID"
-        exit 0
+        if scontrol requeue "$SLURM_JOB_ID"; then exit 0; fi
+        echo "=== scontrol requeue failed; resubmit to resume from the checkpoint" >&2
     fi
     echo "=== no new checkpoint since the job started; not requeueing (is --time shorter than the --signal lead?)" >&2
 fi

@@ -151,3 +151,17 @@ def test_run_dir_that_cannot_be_written(capsys):
     # /proc refuses new entries even for root (a chmod'ed directory would not stop root).
     assert main(["--deepspeed_config", GOOD_DS, "--run-dir", "/proc/mtds-run"]) == 2
     assert "error: training.run_dir='/proc/mtds-run' is not writable" in error_line(capsys)
+
+
+@pytest.mark.parametrize("content", [b"", b'{"text": ""}\n{"title": "x"}\n'], ids=["empty-file", "nothing-usable"])
+def test_preprocess_of_an_empty_corpus(tiny_data, tmp_path, capsys, content):
+    from data_tools import preprocess
+    from data_tools.errors import run_cli
+
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(content)
+    rc = run_cli(preprocess.main, ["--input", str(path), "--output-prefix", str(tmp_path / "out"),
+                                   "--tokenizer-model", tiny_data["tokenizer_model"], "--workers", "1", "--quiet"])
+    assert rc == 2
+    assert error_line(capsys).startswith(f"error: {path}: no usable documents in the input")
+    assert sorted(os.listdir(tmp_path)) == ["in.jsonl"]

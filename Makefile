@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   build the default corpus + tokenizer + .bin/.idx, then train a small GPT
 #   make test   run the whole test suite (unit + slow end-to-end)
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
@@ -22,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 demo: venv
-	$(BIN)/deepspeed --num_gpus 1 mtds/pretrain.py --deepspeed_config ds_configs/zero2.json
+	$(BIN)/deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json
 
 test: venv
 	$(BIN)/python -m pytest -q tests

@@ -1,0 +1,289 @@
+"""BERT unit tests: model build and mask layout, the loss/metrics of the forward step, and the
+masking / sentence-order statistics of megatron-core's BERT dataset as mtds configures it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mtds.config import build_config
+
+SEQ = 64
+
+
+@pytest.fixture(scope="module")
+def world_of_one():
+    """A one-process gloo group and megatron-core parallel state (TP = PP = 1), torn down after.
+
+    megatron-core layers look up their tensor-parallel group when built, and the BERT dataset
+    asks torch.distributed for the rank when it builds its sample index.
+    """
+    from megatron.core import parallel_state
+
+    from mtds.cpu_compat import enable_if_no_cuda
+
+    enable_if_no_cuda()
+    made_group = not torch.distributed.is_initialized()
+    if made_group:
+        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    made_state = not parallel_state.model_parallel_is_initialized()
+    if made_state:
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+    yield
+    if made_state:
+        parallel_state.destroy_model_parallel()
+    if made_group:
+        torch.distributed.destroy_process_group()
+
+
+def tiny_bert_config(binary_head: bool = True, **data):
+    model = {"preset": "bert-tiny", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
+             "max_position_embeddings": SEQ, "bert_binary_head": binary_head}
+    return build_config({"model": model, "data": data})
+
+
+def build(binary_head: bool = True, vocab: int = 512, seed: int = 0):
+    from mtds.model import build_model
+
+    torch.manual_seed(seed)
+    return build_model(tiny_bert_config(binary_head).model, vocab, "fp32", on_gpu=False).eval()
+
+
+# -- model ---------------------------------------------------------------------------------
+def test_bert_builds_without_transformer_engine_with_exact_parameter_count(world_of_one):
+    """BertModel on our SDPA spec builds with TE absent; count = embeddings + layers + heads."""
+    from mtds.attention import SDPAttention
+
+    h, v, s, layers = 64, 512, SEQ, 2
+    with_head, without = build(True), build(False)
+    assert with_head.attn_mask_dimensions == "b11s"
+    core = with_head.encoder.layers[0].self_attention.core_attention
+    assert isinstance(core, SDPAttention)
+    # Per layer: 2 LayerNorms (2h each), QKV (3h*h, no bias), proj (h*h), fc1 (4h*h), fc2 (4h*h).
+    layer = 2 * 2 * h + 3 * h * h + h * h + 4 * h * h + 4 * h * h
+    # Word + position embeddings (output layer tied to the word embedding), final LayerNorm,
+    # LM head (dense h*h+h, LayerNorm 2h) and the output bias (v).
+    common = v * h + s * h + layers * layer + 2 * h + (h * h + h) + 2 * h + v
+    # Binary head: segment embeddings (2h), pooler (h*h+h), classifier (2h+2).
+    sop = 2 * h + (h * h + h) + (2 * h + 2)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(without) == common
+    assert count(with_head) == common + sop
+    assert without.binary_head is None and with_head.binary_head is not None
+
+
+def test_key_padding_mask_gives_the_same_outputs_as_megatrons_square_mask(world_of_one):
+    """b11s (what SDPABertModel asks for) vs b1ss (DotProductAttention's layout): identical
+    logits at every real token and identical SOP logits; padding changes nothing real."""
+    model = build(True)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(7, 512, (3, SEQ), generator=g)
+    lengths = torch.tensor([SEQ, 40, 17])
+    padding = (torch.arange(SEQ)[None] < lengths[:, None]).long()  # 1 = token
+    types = (torch.arange(SEQ)[None] >= lengths[:, None] // 2).long() * padding
+    with torch.no_grad():
+        logits, sop = model(tokens, padding, tokentype_ids=types)
+        model.attn_mask_dimensions = "b1ss"
+        logits_sq, sop_sq = model(tokens, padding, tokentype_ids=types)
+        model.attn_mask_dimensions = "b11s"
+        # The 17-token sample alone, unpadded: same outputs as inside the padded batch.
+        alone, sop_alone = model(tokens[2:, :17], padding[2:, :17], tokentype_ids=types[2:, :17])
+    real = padding.bool()
+    torch.testing.assert_close(logits[real], logits_sq[real])
+    torch.testing.assert_close(sop, sop_sq)
+    torch.testing.assert_close(logits[2, :17], alone[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sop[2], sop_alone[0], rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(logits).all() and torch.isfinite(logits_sq).all()
+
+
+def fake_batch(b: int = 4, vocab: int = 512, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(7, vocab, (b, SEQ), generator=g)
+    loss_mask = (torch.rand(b, SEQ, generator=g) < 0.15).long()
+    loss_mask[:, 1] = 1
+    labels = torch.where(loss_mask.bool(), torch.randint(7, vocab, (b, SEQ), generator=g), -1)
+    padding = torch.ones(b, SEQ, dtype=torch.long)
+    padding[0, 50:] = 0
+    loss_mask[0, 50:], labels[0, 50:] = 0, -1
+    types = (torch.arange(SEQ)[None] >= 20).long().expand(b, SEQ) * padding
+    return {"text": text, "types": types, "labels": labels, "loss_mask": loss_mask, "padding_mask": padding,
+            "is_random": torch.tensor([0, 1, 1, 0][:b]), "truncated": torch.zeros(b, dtype=torch.long)}
+
+
+def test_forward_step_loss_is_mlm_plus_sop_and_mlm_matches_megatrons_own_loss(world_of_one):
+    from mtds.bert import bert_forward
+
+    model = build(True)
+    batch = fake_batch()
+    with torch.no_grad():
+        loss, metrics = bert_forward(model, batch, torch.device("cpu"))
+        # Independent reference: BertModel's own per-token LM loss (megatron's vocab-parallel
+        # cross entropy), averaged over masked positions, and plain CE on the binary logits.
+        per_token, sop_logits = model(batch["text"], batch["padding_mask"], tokentype_ids=batch["types"],
+                                      lm_labels=batch["labels"].clamp(min=0))
+        mask = batch["loss_mask"].float()
+        ref_mlm = (per_token * mask).sum() / mask.sum()
+        ref_sop = torch.nn.functional.cross_entropy(sop_logits, batch["is_random"])
+    assert set(metrics) == {"mlm_loss", "mlm_acc", "sop_loss", "sop_acc"}
+    torch.testing.assert_close(metrics["mlm_loss"], ref_mlm, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(metrics["sop_loss"], ref_sop, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, ref_mlm + ref_sop, rtol=1e-5, atol=1e-5)
+    assert 0.0 <= metrics["mlm_acc"] <= 1.0 and metrics["sop_acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert not any(v.requires_grad for v in metrics.values())
+
+
+def test_forward_step_accuracy_counts_argmax_hits_on_masked_positions_only(world_of_one):
+    """A model whose logits are one-hot on the labels at masked positions scores mlm_acc 1."""
+    from mtds.bert import bert_forward
+
+    batch = fake_batch()
+
+    class Oracle(torch.nn.Module):
+        add_binary_head = True
+
+        def forward(self, tokens, padding_mask, tokentype_ids=None):
+            logits = torch.zeros(*tokens.shape, 512)
+            logits.scatter_(-1, batch["labels"].clamp(min=0)[..., None], 30.0)  # right at masked rows
+            logits[~batch["loss_mask"].bool()] = 0  # unmasked rows: argmax 0, never a label
+            sop = torch.nn.functional.one_hot(1 - batch["is_random"], 2).float()  # always wrong
+            return logits, sop
+
+    _, metrics = bert_forward(Oracle(), batch, torch.device("cpu"))
+    assert metrics["mlm_acc"] == 1.0 and metrics["sop_acc"] == 0.0
+    assert metrics["mlm_loss"] < 1e-3
+
+
+def test_forward_step_without_binary_head_reports_mlm_only(world_of_one):
+    from mtds.bert import bert_forward
+
+    model = build(False)
+    with torch.no_grad():
+        loss, metrics = bert_forward(model, fake_batch(), torch.device("cpu"))
+    assert set(metrics) == {"mlm_loss", "mlm_acc"}
+    torch.testing.assert_close(loss, metrics["mlm_loss"])
+
+
+# -- dataset -------------------------------------------------------------------------------
+N_SAMPLES = 3000
+
+
+def bert_train_set(tiny_data, tmp_path, binary_head: bool):
+    from mtds.bert import build_bert_datasets
+    from mtds.data import DataSources
+    from mtds.tokenizer import SentencePieceTokenizer
+
+    cfg = tiny_bert_config(binary_head, paths=[tiny_data["sentence_prefix"]],
+                           tokenizer_model=tiny_data["tokenizer_model"], seq_length=SEQ,
+                           cache_dir=str(tmp_path / "cache"), seed=1234)
+    tok = SentencePieceTokenizer(tiny_data["tokenizer_model"])
+    sources = DataSources([tiny_data["sentence_prefix"]], None, tiny_data["tokenizer_model"])
+    train, _, _ = build_bert_datasets(cfg, sources, tok, [N_SAMPLES, 0, 0])
+    return train, tok
+
+
+@pytest.fixture(scope="module")
+def sop_samples(world_of_one, tiny_data, tmp_path_factory):
+    train, tok = bert_train_set(tiny_data, tmp_path_factory.mktemp("bert_sop"), binary_head=True)
+    return train, tok, [train[i] for i in range(N_SAMPLES)]
+
+
+def test_masking_fraction_and_80_10_10_split(sop_samples):
+    """Over 3000 samples of 64 tokens (~25k masked tokens) with a fixed seed.
+
+    Fraction: the dataset masks floor(min(p * target_len, max(1, round(p * n_tokens)))) tokens per
+    sample ([CLS]/[SEP] count in n_tokens but are never masked), i.e. slightly under p; measured
+    over all real tokens it must lie in [0.13, 0.15], and per sample never above p * n + 0.5.
+    Split: each masked token independently becomes [MASK] w.p. 0.8, a random id w.p. 0.1 (which
+    equals the original w.p. 1/vocab, counted as unchanged), else stays. With n >= 20k the
+    binomial standard deviation of a share is <= 0.003, so +-0.015 is > 5 sigma.
+    """
+    train, tok, samples = sop_samples
+    text = np.stack([s["text"] for s in samples])
+    labels = np.stack([s["labels"] for s in samples])
+    loss_mask = np.stack([s["loss_mask"] for s in samples]).astype(bool)
+    real = np.stack([s["padding_mask"] for s in samples]).astype(bool)
+    assert (labels[~loss_mask] == -1).all() and (labels[loss_mask] >= 0).all()
+    # megatron-core derives padding_mask from `text == pad`, and its random replacement draws
+    # from the whole vocabulary, so a random <pad> (p = 0.1 / vocab per masked token) turns a
+    # masked token into an attention hole. That, and only that, may put a masked token outside.
+    holes = loss_mask & ~real
+    assert (text[holes] == tok.pad).all() and holes.sum() <= 10, holes.sum()
+    real |= holes
+    specials = np.isin(np.where(loss_mask, labels, text), [tok.cls, tok.sep])
+    assert not (loss_mask & specials).any(), "[CLS] or [SEP] was masked"
+    per_sample = loss_mask.sum(1) / real.sum(1)
+    assert (loss_mask.sum(1) <= 0.15 * real.sum(1) + 0.5).all()
+    fraction = loss_mask.sum() / real.sum()
+    assert 0.13 <= fraction <= 0.15, fraction
+    # Only samples drawn very short (short_seq_prob) get no masked token: p * target_len < 1.
+    targets = np.asarray(train.sample_index[:len(samples), 2])
+    assert (targets[per_sample == 0] * 0.15 < 1).all()
+
+    masked_in, original = text[loss_mask], labels[loss_mask]
+    n = masked_in.size
+    assert n > 20_000
+    to_mask = np.mean(masked_in == tok.mask)
+    unchanged = np.mean(masked_in == original)
+    random_id = 1.0 - to_mask - unchanged
+    assert abs(to_mask - 0.8) < 0.015, to_mask
+    assert abs(random_id - 0.1) < 0.015, random_id
+    assert abs(unchanged - 0.1) < 0.015, unchanged
+    # Random replacements spread over the vocabulary, not a handful of ids.
+    assert len(np.unique(masked_in[(masked_in != tok.mask) & (masked_in != original)])) > 200
+
+
+def _find_all(haystack: bytes, needle: bytes, width: int = 4) -> list[int]:
+    """Token offsets where `needle` occurs in `haystack` (int32 bytes, aligned matches only)."""
+    out, start = [], 0
+    while (i := haystack.find(needle, start)) >= 0:
+        if i % width == 0:
+            out.append(i // width)
+        start = i + 1
+    return out
+
+
+def test_sentence_order_label_matches_segment_swap_and_is_balanced(sop_samples):
+    """is_random = 1 exactly when segment B precedes segment A in the source document.
+
+    Segments are recovered from `types` and un-masked with `labels`, then located in the
+    sample's original sentences (from the dataset's sample index); truncation only trims their
+    ends, so each stays a contiguous run. Samples whose segments can be placed both ways
+    (repeated text) are skipped; they are rare. Labels are Bernoulli(0.5): over 3000 samples the
+    standard deviation of the share is 0.009, so 0.5 +- 0.05 is > 5 sigma.
+    """
+    train, tok, samples = sop_samples
+    low = train.dataset  # the IndexedDataset of sentences
+    checked = 0
+    for idx, s in enumerate(samples):
+        real = s["padding_mask"].astype(bool) | s["loss_mask"].astype(bool)  # see the random-<pad> note above
+        original = np.where(s["loss_mask"].astype(bool), s["labels"], s["text"])[real]
+        types = s["types"][real]
+        assert original[0] == tok.cls and types[0] == 0
+        seg_a, seg_b = original[1:][types[1:] == 0], original[1:][types[1:] == 1]
+        assert seg_a[-1] == tok.sep and seg_b[-1] == tok.sep and len(seg_b) > 1, "expected two segments"
+        seg_a, seg_b = seg_a[:-1], seg_b[:-1]
+        beg, end, _ = train.sample_index[idx]
+        stream = np.concatenate([low[i] for i in range(beg, end)]).astype(np.int32).tobytes()
+        at_a = _find_all(stream, seg_a.astype(np.int32).tobytes())
+        at_b = _find_all(stream, seg_b.astype(np.int32).tobytes())
+        assert at_a and at_b, "a segment is not a contiguous run of the sample's sentences"
+        in_order = any(a + len(seg_a) <= b for a in at_a for b in at_b)
+        swapped = any(b + len(seg_b) <= a for a in at_a for b in at_b)
+        if in_order == swapped:
+            continue
+        assert s["is_random"] == int(swapped), f"sample {idx}: is_random={s['is_random']}, swapped={swapped}"
+        checked += 1
+    assert checked > 0.95 * len(samples)
+    share = np.mean([s["is_random"] for s in samples])
+    assert abs(share - 0.5) < 0.05, share
+
+
+def test_without_binary_head_samples_are_one_segment(world_of_one, tiny_data, tmp_path):
+    train, tok = bert_train_set(tiny_data, tmp_path, binary_head=False)
+    for i in range(200):
+        s = train[i]
+        real = s["padding_mask"].astype(bool) | s["loss_mask"].astype(bool)
+        assert (s["types"] == 0).all() and s["is_random"] == 0
+        original = np.where(s["loss_mask"].astype(bool), s["labels"], s["text"])[real]
+        assert original[0] == tok.cls and original[-1] == tok.sep and (original[1:-1] != tok.sep).all()

@@ -17,7 +17,6 @@ from megatron.core.models.bert.bert_model import BertModel
 
 from mtds.attention import SDPAttention
 from mtds.config import ConfigError, ModelConfig, RunConfig
-from mtds.distributed import is_rank0
 
 
 class SDPABertModel(BertModel):
@@ -131,8 +130,8 @@ def usable_documents(prefix: str, min_sentences: int) -> tuple[np.ndarray, np.nd
     return (n_sentences >= min_sentences) & ~(has_long & (n_sentences > 1)), n_sentences
 
 
-def _check_splits(config, cfg: RunConfig, prefixes: list[str], log) -> None:
-    """Fail clearly if a train split has no usable document; leave out empty valid/test splits."""
+def _check_splits(config, cfg: RunConfig, prefixes: list[str]) -> None:
+    """One-line ConfigError instead of a hang when a split has no document BERT can sample."""
     need = 2 if config.classification_head else 1
     for prefix in prefixes:
         usable, n_sentences = usable_documents(prefix, need)
@@ -145,32 +144,28 @@ def _check_splits(config, cfg: RunConfig, prefixes: list[str], log) -> None:
                 continue
             where = (f"{prefix}: the {name} split (documents {beg}..{end} of {n}, data.split={cfg.data.split!r}) "
                      f"has no document of >= {need} sentences with none over {LONG_SENTENCE_LEN} tokens")
-            if i > 0:
-                config.split_matrix[i] = None  # megatron-core then builds no dataset for this split
-                log(f"note: {where}; no {name} set")
-                continue
             if need == 2 and (n_sentences <= 1).all():
                 hint = ("the sentence-order head needs sentence-split data: preprocess with "
                         "`python -m data_tools.preprocess --split-sentences` and give the _sentence prefix "
                         "(or set model.bert_binary_head=false)")
             else:
-                hint = "give more data or a larger train share in data.split"
+                hint = f"give more data, more weight to {name} in data.split, or 0 (e.g. data.split=90,10,0)"
             raise ConfigError(f"data.paths: {where}; {hint}")
 
 
-def build_bert_datasets(cfg: RunConfig, sources, tokenizer, sizes: list[int], log=None):
+def build_bert_datasets(cfg: RunConfig, sources, tokenizer, sizes: list[int]):
     """(train, valid, test) BERTMaskedWordPieceDatasets over `_sentence` .bin/.idx prefixes.
 
     Each sample is a dict of [seq_length] arrays: text (masked ids), types (segment 0/1),
     labels (original id at masked positions, -1 elsewhere), loss_mask, padding_mask
-    (1 = token, 0 = pad), and the scalars is_random and truncated. A valid/test split without
-    usable documents is None (no evaluation); a train split without them is a ConfigError.
+    (1 = token, 0 = pad), and the scalars is_random and truncated. A split without documents
+    BERT can sample from is a ConfigError (megatron-core would loop forever).
     """
     from megatron.core.datasets.bert_dataset import BERTMaskedWordPieceDataset
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 
     config = bert_dataset_config(cfg, sources, tokenizer)
-    _check_splits(config, cfg, sources.prefixes, log or (print if is_rank0() else (lambda *a: None)))
+    _check_splits(config, cfg, sources.prefixes)
     return BlendedMegatronDatasetBuilder(BERTMaskedWordPieceDataset, sizes, lambda: True, config).build()
 
 

@@ -175,7 +175,7 @@ def bert_train_set(tiny_data, tmp_path, binary_head: bool):
 
     cfg = tiny_bert_config(binary_head, paths=[tiny_data["sentence_prefix"]],
                            tokenizer_model=tiny_data["tokenizer_model"], seq_length=SEQ,
-                           cache_dir=str(tmp_path / "cache"), seed=1234)
+                           cache_dir=str(tmp_path / "cache"), seed=1234, split="90,10,0")
     tok = SentencePieceTokenizer(tiny_data["tokenizer_model"])
     sources = DataSources([tiny_data["sentence_prefix"]], None, tiny_data["tokenizer_model"])
     train, _, _ = build_bert_datasets(cfg, sources, tok, [N_SAMPLES, 0, 0])
@@ -287,3 +287,18 @@ def test_without_binary_head_samples_are_one_segment(world_of_one, tiny_data, tm
         assert (s["types"] == 0).all() and s["is_random"] == 0
         original = np.where(s["loss_mask"].astype(bool), s["labels"], s["text"])[real]
         assert original[0] == tok.cls and original[-1] == tok.sep and (original[1:-1] != tok.sep).all()
+
+
+def test_document_level_data_is_refused_instead_of_hanging(world_of_one, tiny_data, tmp_path):
+    """One sequence per document gives the sentence-order head no sentence pairs; megatron-core's
+    sample builder would loop forever, so build_bert_datasets names the fix instead."""
+    from mtds.bert import build_bert_datasets
+    from mtds.config import ConfigError
+    from mtds.data import DataSources
+    from mtds.tokenizer import SentencePieceTokenizer
+
+    prefix, model = tiny_data["prefix"], tiny_data["tokenizer_model"]
+    cfg = tiny_bert_config(True, paths=[prefix], tokenizer_model=model, split="90,10,0",
+                           cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="--split-sentences.*_sentence prefix"):
+        build_bert_datasets(cfg, DataSources([prefix], None, model), SentencePieceTokenizer(model), [10, 2, 0])

@@ -1,8 +1,9 @@
 """Tools on a trained checkpoint: generate, evaluate, export to Hugging Face, plot.
 
-Two tiny models are trained once per session by the real entry point (`python mtds/pretrain.py`,
-two subprocesses side by side):
+Three tiny models are trained once per session by the real entry point (`python mtds/pretrain.py`,
+subprocesses side by side):
 - "llama": RoPE + RMSNorm + SwiGLU, GQA (4 heads, 2 groups), untied embeddings, fp32, ZeRO-2;
+- "llama_tied_bias": the same with tied embeddings and linear biases, MHA, bf16, ZeRO-0;
 - "gpt2": learned positions + LayerNorm + GELU + biases, tied embeddings, bf16, ZeRO-3.
 Everything else runs in this process against those checkpoints.
 """
@@ -30,6 +31,9 @@ COMMON = ["--model.preset=none", "--model.num_layers=2", "--model.hidden_size=64
 MODELS = {
     "llama": dict(ds=dict(stage=2, precision="fp32"),
                   args=["--model.num_query_groups=2"]),
+    # ZeRO-0 keeps no fp32 master shards: the loader reads the module's bf16 weights instead.
+    "llama_tied_bias": dict(ds=dict(stage=0, precision="bf16"),
+                            args=["--model.tie_embeddings=true", "--model.add_bias_linear=true"]),
     "gpt2": dict(ds=dict(stage=3, precision="bf16"),
                  args=["--model.position_embedding_type=learned_absolute", "--model.normalization=LayerNorm",
                        "--model.activation=gelu", "--model.tie_embeddings=true", "--model.add_bias_linear=true"]),
@@ -259,9 +263,10 @@ def exported(runs, tmp_path_factory):
 
 
 # fp32 run: the same weights, data, batches and forward code as the training loop's validation, so
-# only summation order could differ (measured: identical). The bf16 run validated its bf16 weights
-# while the tool reads the fp32 master copy (relative weight rounding <= 2^-9; measured 1e-5).
-VAL_LOSS_ATOL = {"llama": 1e-5, "gpt2": 5e-3}
+# only summation order could differ (measured: identical). bf16 runs validated in bf16 (weights
+# rounded to 2^-9 relative, bf16 activations) while the tool computes in fp32, from the fp32 master
+# copy (ZeRO 1-3) or the bf16 weights themselves (ZeRO-0); measured |diff| 1e-5 and 8e-5 on a loss of ~5.6.
+VAL_LOSS_ATOL = {"llama": 1e-5, "llama_tied_bias": 5e-3, "gpt2": 5e-3}
 
 
 @pytest.mark.slow
@@ -339,7 +344,7 @@ def test_export_logits_and_greedy_generation_match_transformers(loaded, exported
 
     run = loaded[name]
     hf = AutoModelForCausalLM.from_pretrained(exported[name], dtype=torch.float32).eval()
-    assert type(hf).__name__ == {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}[name]
+    assert type(hf).__name__ == ("GPT2LMHeadModel" if name == "gpt2" else "LlamaForCausalLM")
     ids = _tokens(run)
     ours = _our_logits(run.model, ids)
     with torch.no_grad():
@@ -372,7 +377,7 @@ def test_export_mapping_on_random_weights(loaded, tmp_path, name):
     model = build_model(run.cfg.model, run.vocab_size, "fp32", on_gpu=False).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+            p.add_(torch.randn_like(p) * 0.3)
     sd = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v) and not k.endswith("_extra_state")}
     config, weights = convert(sd, run.cfg.model, run.vocab_size, {"pad_token_id": 0, "bos_token_id": 2,
                                                                    "eos_token_id": 3})

@@ -11,8 +11,9 @@ Which models export (the architecture decides the Hugging Face class):
   groups (GQA), tied or untied embeddings, with or without linear biases.
 - learned positions + LayerNorm + GELU + linear biases, multi-head attention, tied embeddings
   -> `GPT2LMHeadModel`.
-Anything else (BERT, and mixed GPT combinations such as RoPE + LayerNorm) is refused with one
-line naming these two combinations.
+Anything else is refused with one line naming these two combinations: mixed GPT combinations
+such as RoPE + LayerNorm, and BERT (megatron-core's BERT layers are pre-LayerNorm, while
+`BertForMaskedLM` is post-LayerNorm, so its weights would compute something else).
 
 Weight layout differences handled here:
 - megatron's fused QKV weight is [groups x (q heads of the group, k, v) x head_dim, hidden];
@@ -33,7 +34,7 @@ import sys
 
 import torch
 
-from mtds.load_trained import LoadError, consolidated_state_dict, find_checkpoint, read_saved_config
+from mtds.load_trained import LoadError, consolidated_state_dict, find_checkpoint, read_saved_config, saved_run_config
 from mtds.tool_cli import run_tool
 
 SUPPORTED = ("exportable: RoPE+RMSNorm+SwiGLU GPT (as LlamaForCausalLM) or learned-position+LayerNorm+GELU GPT "
@@ -44,7 +45,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def architecture(m) -> str:
     """"llama" or "gpt2" for a ModelConfig, or raise LoadError naming what exports."""
     if m.model_type != "gpt":
-        raise LoadError(f"model_type={m.model_type!r} does not export; {SUPPORTED}")
+        # megatron-core's BERT layers are pre-LayerNorm; HF's BertForMaskedLM is post-LayerNorm.
+        raise LoadError(f"model_type={m.model_type!r} does not export (megatron-core BERT is pre-LayerNorm, "
+                        f"HF BERT post-LayerNorm); {SUPPORTED}")
     combo = (m.position_embedding_type, m.normalization, m.activation)
     if combo == ("rope", "RMSNorm", "swiglu"):
         return "llama"
@@ -213,11 +216,9 @@ def convert(sd: dict[str, torch.Tensor], m, vocab_size: int, tok_ids: dict) -> t
 
 def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp32", log=print) -> str:
     """Write the HF model directory for a run's checkpoint; returns the architecture name."""
-    from mtds.config import from_dict
-
     root, tag = find_checkpoint(run_dir, tag)
     saved = read_saved_config(os.path.join(root, tag))
-    m = from_dict(saved["run"]).model
+    m = saved_run_config(saved).model
     arch = architecture(m)  # refuse before reading any weights
     if os.path.isfile(out_dir):
         raise LoadError(f"--out {out_dir}: is a file; give a directory")

@@ -116,6 +116,28 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: 
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+def saved_run_config(saved: dict):
+    """The RunConfig a checkpoint was trained with.
+
+    Keys of the data/training sections that this mtds version no longer knows (renamed or
+    removed since the run) are dropped with a note: they do not change the model. Model keys
+    stay strict, since they decide the parameter shapes.
+    """
+    import dataclasses
+
+    from mtds.config import DataConfig, TrainingConfig, from_dict
+
+    run = {k: dict(v) for k, v in saved["run"].items() if isinstance(v, dict)}
+    for section, cls in (("data", DataConfig), ("training", TrainingConfig)):
+        known = {f.name for f in dataclasses.fields(cls)}
+        dropped = sorted(set(run.get(section, {})) - known)
+        if dropped:
+            print(f"note: ignoring saved {section} keys this version does not know: {', '.join(dropped)}",
+                  file=sys.stderr)
+            run[section] = {k: v for k, v in run[section].items() if k in known}
+    return from_dict(run)
+
+
 @contextlib.contextmanager
 def stdout_to_stderr():
     """Send file descriptor 1 to stderr for a while: DeepSpeed's import-time logger and its op
@@ -141,11 +163,10 @@ def load_trained(run_dir: str, tag: str | None = None, device: str = "cpu") -> T
     ckpt_dir = os.path.join(root, tag)
     saved = read_saved_config(ckpt_dir)
 
-    from mtds.config import from_dict
     from mtds.distributed import init_distributed, seed_everything
     from mtds.model import build_model
 
-    cfg = from_dict(saved["run"])
+    cfg = saved_run_config(saved)
     with stdout_to_stderr():
         init_distributed()
         seed_everything(cfg.training.seed)  # initial weights are overwritten; this only fixes the RNG state

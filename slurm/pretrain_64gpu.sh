@@ -178,7 +178,10 @@ while true; do
     if ! kill -0 "$srun_pid" 2>/dev/null; then break; fi
 done
 
-if [[ $rc -ne 0 ]]; then
+if [[ $rc -eq 143 && -n "$stop_requested" && "$(latest_checkpoint)" == "$checkpoint_at_start" ]]; then
+    # SIGTERM before the trainer's handler is installed (model/data set-up) ends a rank with 143.
+    echo "=== $(date -Is) stopped during start-up, before training: nothing new to save" >&2
+elif [[ $rc -ne 0 ]]; then
     echo "=== $(date -Is) training failed (srun exit $rc); rank stderr in $LOG_DIR:" >&2
     for f in "$LOG_DIR"/rank-*.err; do
         if grep -qE 'Error|error:' "$f"; then echo "--- $f" >&2; tail -n 20 "$f" >&2; fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of bench/RESULTS.md, in stages, for one lease of the lent GPU machine.
-#   bash bench/gpu_suite.sh setup profile throughput tune   (first lease)
-#   bash bench/gpu_suite.sh setup entry sweep memory fit compile   (second lease)
+#   bash bench/gpu_suite.sh setup profile throughput tune   (~10 min with the FusedAdam build)
+#   bash bench/gpu_suite.sh setup entry confirm memory         (~5 min)
+#   bash bench/gpu_suite.sh setup sweep fit compile            (not run yet: device time ran out)
+# The wheels must include orjson (data_tools needs it for the default corpus).
 # Logs go to $OUT (or bench_out/ when unset); each stage prints its own table last.
 # setup installs the carried wheels (.whl, see shared/device/README.md) into .site once.
 set -uo pipefail

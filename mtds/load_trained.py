@@ -17,6 +17,7 @@ import contextlib
 import glob
 import json
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 
@@ -95,21 +96,37 @@ def consolidated_state_dict(root: str, tag: str, saved: dict) -> dict[str, torch
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         # zero_to_fp32 prints progress lines and a bar; keep the tools' output clean (errors still raise).
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            state = get_fp32_state_dict_from_zero_checkpoint(root, tag)
+        try:
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                state = get_fp32_state_dict_from_zero_checkpoint(root, tag)
+        except (FileNotFoundError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # missing/damaged shard
+            raise LoadError(f"{ckpt_dir}: DeepSpeed cannot consolidate this checkpoint: {str(e).splitlines()[0]}") from None
     else:
+        if zero_stage(saved) == 3:  # ZeRO-3 model states hold no weights, only the shards do
+            raise LoadError(f"{ckpt_dir}: ZeRO-3 checkpoint without its *_optim_states.pt shards; copy the whole "
+                            "checkpoint directory")
+        if zero_stage(saved) >= 1:
+            print(f"note: {ckpt_dir} has no *_optim_states.pt shards; using the module weights "
+                  "(bf16 for a bf16 run)", file=sys.stderr)
         files = sorted(glob.glob(os.path.join(ckpt_dir, "*mp_rank_00_model_states.pt")))
         if not files:
             raise LoadError(f"{ckpt_dir}: no DeepSpeed model states file (*mp_rank_00_model_states.pt); "
                             "is this a complete checkpoint?")
-        state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        try:
+            state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:
+            raise LoadError(f"{files[0]}: cannot read this DeepSpeed model states file: {str(e).splitlines()[0]}") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()
             if torch.is_tensor(v) and not k.endswith("_extra_state")}
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Load `state` into `model`; every weight must be present and match (extra states aside)."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise LoadError(f"{where}: checkpoint does not fit the model rebuilt from its config "
+                        f"({str(e).splitlines()[-1].strip()[:200]})") from None
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
         raise LoadError(f"{where}: checkpoint does not fit the model rebuilt from its config "

@@ -206,7 +206,7 @@ def run_deepspeed(preset, variant, micro, seq, vocab, warmup, steps) -> dict:
     out = dict(stack="mtds+deepspeed", precision=prec, zero=engine.zero_optimization_stage(),
                skipped_steps=int(engine.skipped_steps), loss_scale_start=scale0, loss_scale_end=loss_scale(engine),
                state_gb_after_step1=state_mem, first_loss=float(losses[0]), last_loss=float(losses[-1]))
-    out.update(_summary(preset, variant, micro, seq, m, n_params, durations))
+    out.update(_summary(preset, variant, micro, seq, m, n_params, durations, vocab))
     if hasattr(engine, "destroy"):
         engine.destroy()
     del engine, batches
@@ -246,18 +246,18 @@ def run_torch(preset, variant, micro, seq, vocab, warmup, steps) -> dict:
     out = dict(stack="plain torch", precision="bf16 autocast, fp32 params", zero=None, skipped_steps=0,
                loss_scale_start=None, loss_scale_end=None, state_gb_after_step1=state_mem,
                first_loss=None, last_loss=float(loss))
-    out.update(_summary(preset, variant, micro, seq, m, n_params, clock.durations()))
+    out.update(_summary(preset, variant, micro, seq, m, n_params, clock.durations(), vocab))
     del model, opt, step_model, batches
     free_memory()
     return out
 
 
-def _summary(preset, variant, micro, seq, m, n_params, durations) -> dict:
+def _summary(preset, variant, micro, seq, m, n_params, durations, vocab) -> dict:
     from mtds.model import flops_per_token
 
     step = statistics.median(durations)
     tokens_per_s = micro * seq / step
-    fpt = flops_per_token(m, n_params, seq)
+    fpt = flops_per_token(m, n_params, seq, vocab)
     tflops = fpt * tokens_per_s / 1e12
     return dict(preset=preset, variant=variant, micro_batch=micro, seq=seq, params_m=n_params / 1e6,
                 flops_per_token=fpt, step_s=step, step_s_min=min(durations), tokens_per_s=tokens_per_s,

@@ -17,11 +17,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def env_world_size() -> int:
-    """World size as the launcher announced it (1 when started as a plain script)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def init_distributed() -> tuple[int, int, int]:
     """Initialise torch.distributed through DeepSpeed and megatron-core's parallel state.
 

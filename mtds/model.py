@@ -102,8 +102,12 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_token(m: ModelConfig, num_params: int, seq_length: int) -> float:
-    """Training FLOPs per token: 6N + 12*L*h*T (PaLM, Chowdhery et al. 2022, appendix B;
-    the estimate nanoGPT's estimate_mfu uses). N excludes the position table."""
-    non_embedding = num_params
-    return 6 * non_embedding + 12 * m.num_layers * m.hidden_size * seq_length
+def flops_per_token(m: ModelConfig, num_params: int, seq_length: int, vocab_size: int) -> float:
+    """Training FLOPs per token: 6N + 12*L*h*T (PaLM, Chowdhery et al. 2022, appendix B; the
+    estimate nanoGPT's estimate_mfu uses). N counts the parameters that take part in matmuls:
+    the input embedding (when untied from the output layer) and a learned position table are
+    lookups, not matmuls, so they are left out; the output layer stays in."""
+    lookups = 0 if m.tie_embeddings else vocab_size * m.hidden_size
+    if m.position_embedding_type == "learned_absolute":
+        lookups += m.max_position_embeddings * m.hidden_size
+    return 6 * (num_params - lookups) + 12 * m.num_layers * m.hidden_size * seq_length

@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 from data_tools.errors import DataToolsError
 from mtds.config import ConfigError, RunConfig, build_config, check_vocab, load_file, parse_overrides, resolved_dict
 from mtds.spm import TokenizerError
-from mtds.trainer import TrainingStopped
+from mtds.errors import TrainingStopped
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
@@ -86,21 +86,25 @@ def weight_decay_groups(model) -> list[dict]:
 
 
 def run(argv: list[str]) -> int:
-    import torch
-
     from mtds.ds_config import batch_sizes, load_ds_config, precision, resolve_ds_config
-    from mtds.distributed import env_world_size
 
     rank_env = int(os.environ.get("RANK", "0"))
     log = print if rank_env == 0 else (lambda *a, **k: None)
 
-    # 1. Everything that can be checked without DeepSpeed or data.
+    # 1. Everything that can be checked without DeepSpeed or data (config errors come before
+    #    even the torch import).
     args, cfg = parse_args(argv)
-    world = env_world_size()
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # as the launcher announced it
     ds_raw = load_ds_config(args.deepspeed_config)
     global_batch = batch_sizes(ds_raw, args.deepspeed_config, world)["train_batch_size"]
     train_iters = cfg.training.train_iters or math.ceil(cfg.training.train_tokens / (global_batch * cfg.seq_length))
-    ds_cfg = resolve_ds_config(ds_raw, args.deepspeed_config, world, train_iters, torch.cuda.is_available(), log=log)
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    ds_cfg = resolve_ds_config(ds_raw, args.deepspeed_config, world, train_iters, on_gpu, log=log)
+    if cfg.model.recompute_activations and not on_gpu:
+        raise ConfigError("model.recompute_activations=true needs CUDA (megatron-core's activation checkpointing "
+                          "uses the CUDA RNG tracker); set it false on CPU")
     check_run_dir(cfg.training.run_dir, cfg.training.load)
 
     from mtds.data import build_datasets, resolve_sources
@@ -133,7 +137,6 @@ def run(argv: list[str]) -> int:
 
     # 3. Model and engine.
     seed_everything(cfg.training.seed)
-    on_gpu = torch.cuda.is_available()
     model = build_model(cfg.model, vocab_size, prec, on_gpu)
     n_params = count_parameters(model)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg)
@@ -158,7 +161,7 @@ def run(argv: list[str]) -> int:
     metrics = Metrics(cfg.training.run_dir, rank == 0, train_iters, cfg.training.progress_bar)
     trainer = Trainer(cfg, engine, datasets, resolved, forward_step(cfg.model.model_type), metrics,
                       rank=rank, world_size=world, train_iters=train_iters,
-                      flops_per_token=flops_per_token(cfg.model, n_params, cfg.seq_length),
+                      flops_per_token=flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size),
                       peak_tflops=cfg.training.tflops_peak or device_peak_tflops(prec), log=log)
     if cfg.training.load:
         from mtds.checkpoint import find_latest

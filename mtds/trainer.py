@@ -18,6 +18,7 @@ import torch
 
 from mtds import checkpoint
 from mtds.data import ResumableBatchSampler, build_loader, fixed_eval_batches
+from mtds.errors import TrainingStopped
 from mtds.metrics import Metrics, Throughput, format_eta, memory_stats
 
 
@@ -26,10 +27,6 @@ class TrainState:
     iteration: int = 0
     consumed_samples: int = 0
     consumed_tokens: int = 0
-
-
-class TrainingStopped(RuntimeError):
-    """The run cannot go on (non-finite loss, endless fp16 overflow); the message says why."""
 
 
 class Trainer:

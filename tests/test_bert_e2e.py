@@ -61,6 +61,9 @@ def test_bert_tiny_learns_masked_lm_and_logs_both_heads(sentence_data, tmp_path)
     # Step 0 is ln(512) = 6.24 with ~1/512 accuracy; 300 steps reach ~5.1 and ~4% (frequent tokens).
     assert val_mlm[-1] < val_mlm[0] - 0.7, val_mlm
     assert val_acc[-1] > val_acc[0] + 0.015, val_acc
+    step_s = [v for _, v in s["throughput/step_seconds"]]
+    print(f"val mlm_loss {val_mlm}, val mlm_acc {val_acc}, val sop_acc {[v for _, v in s['val/sop_acc']]}, "
+          f"s/step (last windows) {step_s[-4:]}")  # figures for the record (pytest -s)
     train_mlm = [v for _, v in s["train/mlm_loss"]]
     train_acc = [v for _, v in s["train/mlm_acc"]]
     assert train_mlm[-1] < train_mlm[0] - 0.2 and train_acc[-1] > train_acc[0]
@@ -85,7 +88,7 @@ def test_bert_two_ranks_zero3_saves_and_resumes_on_the_same_curve(sentence_data,
     proc = run_pretrain([*common, "--run-dir", str(first), "--training.save_interval=3"], ranks=2)
     assert_ok(proc)
     assert "ZeRO 3 | world 2 | global batch 4" in proc.stdout
-    assert sorted(os.listdir(first / "checkpoints")) == ["iter_0000003", "iter_0000006", "latest"]
+    assert {"iter_0000003", "iter_0000006", "latest"} <= set(os.listdir(first / "checkpoints"))
 
     second = tmp_path / "second"
     shutil.copytree(first / "checkpoints/iter_0000003", second / "checkpoints/iter_0000003")

@@ -332,6 +332,27 @@ def test_generate_cli_greedy_sampling_and_bad_tag(runs, loaded, capsys):
     assert rc == 2 and "--top-p" in err
 
 
+@pytest.mark.slow
+def test_damaged_checkpoints_are_one_line_errors(runs, loaded, tmp_path, capsys):
+    import shutil
+
+    from mtds import generate
+
+    for name, damage, expected in (("llama", "garbage", "DeepSpeed cannot consolidate"),
+                                   ("gpt2", "delete", "ZeRO-3 checkpoint without its")):
+        run = str(tmp_path / name)
+        shutil.copytree(runs[name], run, ignore=shutil.ignore_patterns("index_cache", "tensorboard"))
+        ckpt = os.path.join(run, "checkpoints", f"iter_{ITERS:07d}")
+        (shard,) = [f for f in os.listdir(ckpt) if f.endswith("_optim_states.pt")]
+        if damage == "garbage":
+            with open(os.path.join(ckpt, shard), "wb") as f:
+                f.write(b"not a checkpoint")
+        else:
+            os.remove(os.path.join(ckpt, shard))
+        rc, _, err = call(generate.main, ["--load", run, "--max-new-tokens", "1"], capsys)
+        assert rc == 2 and err.splitlines()[-1].startswith("error: ") and expected in err, (name, err)
+
+
 def _tokens(run, n=48):
     text = "import os\nimport sys\n\n\ndef main(argv):\n    if not argv:\n        return 1\n    return 0\n" * 3
     return torch.tensor([run.tokenizer().tokenize(text)[:n]])

@@ -214,6 +214,17 @@ def convert(sd: dict[str, torch.Tensor], m, vocab_size: int, tok_ids: dict) -> t
     return gpt2_config(m, vocab_size, tok_ids), gpt2_weights(sd, m)
 
 
+def _is_export(out_dir: str) -> bool:
+    """A directory an earlier export wrote (safe to overwrite): HF config.json + model.safetensors."""
+    try:
+        with open(os.path.join(out_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "architectures" in config and \
+        os.path.isfile(os.path.join(out_dir, "model.safetensors"))
+
+
 def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp32", log=print) -> str:
     """Write the HF model directory for a run's checkpoint; returns the architecture name."""
     root, tag = find_checkpoint(run_dir, tag)
@@ -222,7 +233,7 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     arch = architecture(m)  # refuse before reading any weights
     if os.path.isfile(out_dir):
         raise LoadError(f"--out {out_dir}: is a file; give a directory")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "config.json")):
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not _is_export(out_dir):
         raise LoadError(f"--out {out_dir}: exists and is not an exported model; give a new or empty directory")
     sd = consolidated_state_dict(root, tag, saved)
     vocab_size = int(saved["vocab_size"])

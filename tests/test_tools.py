@@ -353,6 +353,18 @@ def test_damaged_checkpoints_are_one_line_errors(runs, loaded, tmp_path, capsys)
         assert rc == 2 and err.splitlines()[-1].startswith("error: ") and expected in err, (name, err)
 
 
+@pytest.mark.slow
+def test_export_never_writes_into_a_non_export_directory(runs, capsys):
+    from mtds import export_hf
+
+    before = sorted(os.listdir(runs["llama"]))
+    config = open(os.path.join(runs["llama"], "config.json")).read()
+    rc, _, err = call(export_hf.main, ["--load", runs["llama"], "--out", runs["llama"]], capsys)
+    assert rc == 2 and "is not an exported model" in err
+    assert sorted(os.listdir(runs["llama"])) == before
+    assert open(os.path.join(runs["llama"], "config.json")).read() == config
+
+
 def _tokens(run, n=48):
     text = "import os\nimport sys\n\n\ndef main(argv):\n    if not argv:\n        return 1\n    return 0\n" * 3
     return torch.tensor([run.tokenizer().tokenize(text)[:n]])

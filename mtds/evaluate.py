@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         check_prefix(prefix, "--data")
     check_split_not_empty(sources.prefixes, cfg.data.split, a.split)
     # Only the asked-for split is read, but the builder builds every split: the others get one
-    # epoch (None) or, where blend weights require a size, one sample.
+    # GPT epoch (None), or one sample where blend weights or BERT's sample mapping need a number.
     want = SPLITS[a.split]
-    spare = 1 if sources.weights is not None else None
+    spare = 1 if sources.weights is not None or cfg.model.model_type == "bert" else None
     sizes = [n if i == want else spare for i in range(3)]
     datasets = build_datasets(cfg, sources, run.tokenizer(), sizes, 1)
     dataset = datasets[SPLITS[a.split]]

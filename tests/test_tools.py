@@ -4,7 +4,8 @@ Three tiny models are trained once per session by the real entry point (`python 
 subprocesses side by side):
 - "llama": RoPE + RMSNorm + SwiGLU, GQA (4 heads, 2 groups), untied embeddings, fp32, ZeRO-2;
 - "llama_tied_bias": the same with tied embeddings and linear biases, MHA, bf16, ZeRO-0;
-- "gpt2": learned positions + LayerNorm + GELU + biases, tied embeddings, bf16, ZeRO-3.
+- "gpt2": learned positions + LayerNorm + GELU + biases, tied embeddings, bf16, ZeRO-3;
+- "bert": the BERT preset shrunk to the same size, fp32, ZeRO-2 (evaluate only).
 Everything else runs in this process against those checkpoints.
 """
 
@@ -37,7 +38,11 @@ MODELS = {
     "gpt2": dict(ds=dict(stage=3, precision="bf16"),
                  args=["--model.position_embedding_type=learned_absolute", "--model.normalization=LayerNorm",
                        "--model.activation=gelu", "--model.tie_embeddings=true", "--model.add_bias_linear=true"]),
+    # evaluate only (generate and export refuse BERT): masked-LM + sentence-order metrics
+    "bert": dict(ds=dict(stage=2, precision="fp32"), data="sentence_prefix",
+                 args=["--model-type", "bert", "--model.preset=bert-tiny"]),
 }
+GPT_MODELS = [name for name in MODELS if name != "bert"]
 
 
 def train_runs(data: dict, work: str, names=tuple(MODELS)) -> dict[str, str]:
@@ -48,7 +53,7 @@ def train_runs(data: dict, work: str, names=tuple(MODELS)) -> dict[str, str]:
         ds = write_ds_config(os.path.join(work, f"ds_{name}.json"), **spec["ds"])
         run_dir = os.path.join(work, name)
         cmd = [sys.executable, PRETRAIN, "--deepspeed_config", ds, "--run-dir", run_dir,
-               f"--data.paths={data['prefix']}", f"--data.tokenizer_model={data['tokenizer_model']}",
+               f"--data.paths={data[spec.get('data', 'prefix')]}", f"--data.tokenizer_model={data['tokenizer_model']}",
                *COMMON, *spec["args"]]
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(29700 + len(procs) + os.getpid() % 200)}
         procs[name] = (run_dir, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -269,9 +274,9 @@ def exported(runs, tmp_path_factory):
     from mtds.export_hf import main
 
     out = {}
-    for name, run_dir in runs.items():
+    for name in GPT_MODELS:
         out[name] = str(tmp_path_factory.mktemp(f"hf_{name}"))
-        assert main(["--load", run_dir, "--out", out[name]]) == 0
+        assert main(["--load", runs[name], "--out", out[name]]) == 0
     return out
 
 
@@ -279,7 +284,7 @@ def exported(runs, tmp_path_factory):
 # only summation order could differ (measured: identical). bf16 runs validated in bf16 (weights
 # rounded to 2^-9 relative, bf16 activations) while the tool computes in fp32, from the fp32 master
 # copy (ZeRO 1-3) or the bf16 weights themselves (ZeRO-0); measured |diff| 1e-5 and 8e-5 on a loss of ~5.6.
-VAL_LOSS_ATOL = {"llama": 1e-5, "llama_tied_bias": 5e-3, "gpt2": 5e-3}
+VAL_LOSS_ATOL = {"llama": 1e-5, "llama_tied_bias": 5e-3, "gpt2": 5e-3, "bert": 1e-5}
 
 
 @pytest.mark.slow
@@ -293,6 +298,11 @@ def test_evaluate_reproduces_training_validation_loss(runs, loaded, name, capsys
     result = json.loads(out)
     assert result["batches"] == 2 and result["samples"] == 8
     assert result["loss"] == pytest.approx(logged, abs=VAL_LOSS_ATOL[name])
+    if name == "bert":  # the masked-LM / sentence-order parts too
+        logged_all = {tag: dict(series)[ITERS] for tag, series in scalars(runs[name]).items()
+                      if tag.startswith("val/")}
+        for key in ("mlm_loss", "mlm_acc", "sop_loss", "sop_acc"):
+            assert result[key] == pytest.approx(logged_all[f"val/{key}"], abs=1e-5), key
     assert result["ppl"] == pytest.approx(torch.tensor(result["loss"]).exp().item(), rel=1e-6)
 
 
@@ -382,7 +392,7 @@ LOGITS_ATOL = 1e-4
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", GPT_MODELS)
 def test_export_logits_and_greedy_generation_match_transformers(loaded, exported, name):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -407,7 +417,7 @@ def test_export_logits_and_greedy_generation_match_transformers(loaded, exported
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", GPT_MODELS)
 def test_export_mapping_on_random_weights(loaded, tmp_path, name):
     """12 training steps leave greedy decoding repeating one token; random weights give varied
     continuations, so the greedy comparison also exercises position handling and the KV cache."""

@@ -55,7 +55,8 @@ def train_runs(data: dict, work: str, names=tuple(MODELS)) -> dict[str, str]:
         cmd = [sys.executable, PRETRAIN, "--deepspeed_config", ds, "--run-dir", run_dir,
                f"--data.paths={data[spec.get('data', 'prefix')]}", f"--data.tokenizer_model={data['tokenizer_model']}",
                *COMMON, *spec["args"]]
-        env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(29700 + len(procs) + os.getpid() % 200)}
+        # A plain process of its own: no launcher variables, so it binds a free port itself.
+        env = {**{k: v for k, v in os.environ.items() if k not in _DIST_ENV}, "PYTHONWARNINGS": "ignore"}
         procs[name] = (run_dir, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                                  stderr=subprocess.STDOUT, text=True))
     out = {}

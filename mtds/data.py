@@ -8,6 +8,7 @@ scripts), so `ResumableBatchSampler` is ours.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +138,13 @@ class ResumableBatchSampler:
             yield list(range(base, base + self.micro))
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    # SLURM and DeepSpeed's launcher send SIGTERM to every process, loader workers included.
+    # A worker dying of it makes the DataLoader raise in the training process mid-save; the
+    # training process decides when to stop and its workers end with it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_loader(dataset, sampler, num_workers: int, seed: int = 0) -> torch.utils.data.DataLoader:
     # A private generator: otherwise each new DataLoader iterator draws its workers' base seed
     # from the global torch RNG, and a resumed run (which creates its iterator at a different
@@ -146,6 +154,7 @@ def build_loader(dataset, sampler, num_workers: int, seed: int = 0) -> torch.uti
         batch_sampler=sampler,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_ignore_sigterm,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,

@@ -53,7 +53,7 @@ def test_resume_is_bitwise_identical(tiny_data, tmp_path, ranks, stage):
     first = ok(run_pretrain(args_for(tiny_data, split, ds, *common, "--training.exit_interval=3"), ranks=ranks))
     assert "exit_interval=3: saving at iteration 3 and exiting" in first.stdout
     second = ok(run_pretrain(args_for(tiny_data, split, ds, *common, "--load", str(split)), ranks=ranks))
-    assert "at iteration 3, 12 samples consumed" in second.stdout
+    assert f"at iteration 3, {3 * 2 * 2 * max(ranks, 1)} samples consumed" in second.stdout
 
     expected, got = train_losses(straight), train_losses(split)
     assert [s for s, _ in expected] == [1, 2, 3, 4, 5, 6]
@@ -82,22 +82,40 @@ def wait_for_line(proc, needle: str, timeout: float = 600) -> list[str]:
     raise AssertionError(f"{needle!r} not seen; output:\n" + "".join(lines[-40:]))
 
 
-def test_sigterm_to_launcher_saves_and_exits_zero(tiny_data, tmp_path):
+def rank_pids(launcher_pid: int) -> dict[int, int]:
+    """{local rank: pid} of the training processes under a deepspeed launcher."""
+    import psutil
+
+    ranks = {}
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        cmd = " ".join(child.cmdline())
+        if "pretrain.py" in cmd and "--local_rank=" in cmd and "deepspeed.launcher" not in cmd:
+            rank = int(cmd.split("--local_rank=")[1].split()[0])
+            ranks.setdefault(rank, child.pid)  # the first is the rank itself, not a loader worker
+    return ranks
+
+
+def test_sigterm_to_one_rank_all_ranks_save_and_exit_zero(tiny_data, tmp_path):
+    """SLURM signals every task; here only rank 1 gets SIGTERM, and both ranks must still agree
+    on the step, save together and exit 0 (the launcher then exits 0 too)."""
     ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
     run = tmp_path / "run"
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     proc = start([launcher, "--num_gpus", "2", "--master_port", "29733", PRETRAIN,
-                  *args_for(tiny_data, run, ds, "--training.train_iters=100000", "--training.eval_interval=100000")])
+                  *args_for(tiny_data, run, ds, "--training.train_iters=100000", "--training.eval_interval=100000",
+                            "--data.num_workers=1")])
     wait_for_line(proc, "iter      3/")
     sent = time.time()
-    proc.send_signal(signal.SIGTERM)  # what SLURM sends before a time limit or preemption
-    out, _ = proc.communicate(timeout=60)
+    os.kill(rank_pids(proc.pid)[1], signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     assert time.time() - sent < 30, "must finish inside the launcher's 30 s grace period"
     assert "SIGTERM: saving at iteration" in out
     tag = (run / "checkpoints/latest").read_text()
     saved_at = int(tag.split("_")[1])
     assert 3 <= saved_at < 100000
+    assert sorted(f for f in os.listdir(run / "checkpoints" / tag) if f.startswith("rng_rank")) == [
+        "rng_rank0.pt", "rng_rank1.pt"]
     resumed = ok(run_pretrain(args_for(tiny_data, run, ds, f"--training.train_iters={saved_at + 2}",
                                       "--training.eval_interval=100000", "--load", str(run)), ranks=2))
     assert f"at iteration {saved_at}, {saved_at * 4} samples consumed" in resumed.stdout

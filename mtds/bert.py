@@ -87,15 +87,10 @@ def bert_dataset_config(cfg: RunConfig, sources, tokenizer):
     """
     from megatron.core.datasets.bert_dataset import BERTMaskedWordPieceDatasetConfig
 
-    from mtds.data import split_string
+    from mtds.data import shared_dataset_fields
 
     return BERTMaskedWordPieceDatasetConfig(
-        random_seed=cfg.data.seed,
-        sequence_length=cfg.seq_length,
-        blend=(sources.prefixes, sources.weights),
-        split=split_string(cfg.data.split),
-        path_to_cache=cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"),
-        tokenizer=tokenizer,
+        **shared_dataset_fields(cfg, sources, tokenizer),
         masking_probability=cfg.data.masking_probability,
         short_sequence_probability=cfg.data.short_seq_prob,
         masking_max_ngram=1,

@@ -85,6 +85,18 @@ def check_splits(prefixes: list[str], split: str) -> None:
                 )
 
 
+def shared_dataset_fields(cfg: RunConfig, sources: DataSources, tokenizer) -> dict:
+    """The BlendedMegatronDatasetConfig fields that GPT and BERT datasets share."""
+    return dict(
+        random_seed=cfg.data.seed,
+        sequence_length=cfg.seq_length,
+        blend=(sources.prefixes, sources.weights),
+        split=split_string(cfg.data.split),
+        path_to_cache=cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"),
+        tokenizer=tokenizer,
+    )
+
+
 def build_datasets(cfg: RunConfig, sources: DataSources, tokenizer, sizes: list[int], dp_size: int):
     """Train/valid/test datasets with `sizes` samples each, via BlendedMegatronDatasetBuilder."""
     if cfg.model.model_type == "bert":
@@ -95,12 +107,7 @@ def build_datasets(cfg: RunConfig, sources: DataSources, tokenizer, sizes: list[
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     config = GPTDatasetConfig(
-        random_seed=cfg.data.seed,
-        sequence_length=cfg.seq_length,
-        blend=(sources.prefixes, sources.weights),
-        split=split_string(cfg.data.split),
-        path_to_cache=cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"),
-        tokenizer=tokenizer,
+        **shared_dataset_fields(cfg, sources, tokenizer),
         reset_position_ids=False,
         reset_attention_mask=False,
         eod_mask_loss=False,

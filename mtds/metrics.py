@@ -99,8 +99,7 @@ class Throughput:
     """Wall-clock rates over the last logging window (first window includes warm-up)."""
 
     def __init__(self):
-        self.t0 = time.perf_counter()
-        self.window_start = self.t0
+        self.window_start = time.perf_counter()
 
     def window(self) -> float:
         now = time.perf_counter()

@@ -131,7 +131,6 @@ class Trainer:
             self.evaluate()  # the step-0 validation loss: the baseline the curve falls from
         clock = Throughput()
         window_loss, window_extra, window_iters = torch.zeros((), device=self.device), {}, 0
-        start_iter = self.state.iteration
         try:
             while self.state.iteration < self.train_iters:
                 loss, extra = self.train_step(batches)
@@ -145,7 +144,7 @@ class Trainer:
                 it = self.state.iteration
                 if it % t.log_interval == 0 or it == self.train_iters:
                     self._log(window_loss / window_iters, {k: v / window_iters for k, v in window_extra.items()},
-                              window_iters, clock.window(), it - start_iter)
+                              window_iters, clock.window())
                     window_loss, window_extra, window_iters = torch.zeros((), device=self.device), {}, 0
                 self.metrics.advance(it)
                 if it % t.eval_interval == 0 or it == self.train_iters:
@@ -177,7 +176,7 @@ class Trainer:
                 stats["train/loss_scale"] = float(scale)
         return stats
 
-    def _log(self, loss, extra, iters, seconds, done_since_start) -> None:
+    def _log(self, loss, extra, iters, seconds) -> None:
         if torch.distributed.is_initialized():  # mean over data-parallel ranks
             packed = torch.stack([loss] + [extra[k] for k in sorted(extra)])
             torch.distributed.all_reduce(packed)

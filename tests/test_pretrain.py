@@ -92,7 +92,8 @@ def test_config_errors_stop_before_deepspeed(tiny_data, tmp_path):
     cases = [
         (["--data.paths", str(tmp_path / "nope"), "--data.tokenizer_model", tiny_data["tokenizer_model"]],
          f"error: data.paths: dataset prefix '{tmp_path}/nope' has no {tmp_path}/nope.bin or {tmp_path}/nope.idx"),
-        (["--model.vocab_size=100", "--data.paths", tiny_data["prefix"], "--data.tokenizer_model", tiny_data["tokenizer_model"]],
+        (["--model.vocab_size=100", "--data.split=90,10,0", "--data.paths", tiny_data["prefix"],
+          "--data.tokenizer_model", tiny_data["tokenizer_model"]],
          "error: model.vocab_size=100 is smaller than the tokenizer's 512"),
         (["--training.nope=1"], "error: unknown key training.nope"),
         (["--run-dir", tiny_data["corpus"]], "is a file; choose a directory"),

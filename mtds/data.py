@@ -92,7 +92,8 @@ def shared_dataset_fields(cfg: RunConfig, sources: DataSources, tokenizer) -> di
         sequence_length=cfg.seq_length,
         blend=(sources.prefixes, sources.weights),
         split=split_string(cfg.data.split),
-        path_to_cache=cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"),
+        path_to_cache=(cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"))
+        if cfg.data.index_cache else None,
         tokenizer=tokenizer,
     )
 

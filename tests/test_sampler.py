@@ -24,3 +24,24 @@ def test_partial_last_global_batch_is_dropped():
     assert len(batches(10, 0, 2, 0, 2)) == 2
     assert len(ResumableBatchSampler(10, 0, 2, 1, 2)) == 2
     assert batches(10, 8, 2, 0, 2) == []
+
+
+def test_index_cache_off_builds_in_memory(tiny_data, tmp_path):
+    """data.index_cache=false (nodes without a shared filesystem): indices built, nothing cached."""
+    from mtds.config import build_config
+    from mtds.data import build_datasets, resolve_sources
+    from mtds.tokenizer import SentencePieceTokenizer
+
+    def build(index_cache: bool, run_dir):
+        cfg = build_config(overrides={
+            "data": {"paths": tiny_data["prefix"], "tokenizer_model": tiny_data["tokenizer_model"],
+                     "split": "90,10,0", "seq_length": "32", "index_cache": str(index_cache)},
+            "training": {"run_dir": str(run_dir)}})
+        sources = resolve_sources(cfg)
+        return build_datasets(cfg, sources, SentencePieceTokenizer(sources.tokenizer_model), [64, 8, 0], 1)
+
+    cached, uncached = build(True, tmp_path / "a"), build(False, tmp_path / "b")
+    assert (tmp_path / "a" / "index_cache").is_dir()
+    assert not (tmp_path / "b").exists()
+    for i in (0, 17, 63):  # same samples either way
+        assert (cached[0][i]["tokens"] == uncached[0][i]["tokens"]).all()

@@ -1,19 +1,26 @@
-"""Export a trained GPT checkpoint as a Hugging Face `transformers` model directory.
+"""Export a trained GPT or BERT checkpoint as a Hugging Face `transformers` model directory.
 
     python -m mtds.export_hf --load RUN_DIR [--tag iter_0000040] --out DIR [--dtype fp32|bf16|fp16]
 
-Writes config.json + model.safetensors + generation_config.json and the tokenizer
+Writes config.json + model.safetensors (+ generation_config.json for GPT) and the tokenizer
 (tokenizer.model, tokenizer.json, tokenizer_config.json), loadable with
-`AutoModelForCausalLM.from_pretrained(DIR)` / `AutoTokenizer.from_pretrained(DIR)`.
+`AutoModelForCausalLM.from_pretrained(DIR)` (GPT) or `AutoModelForMaskedLM.from_pretrained(DIR)`
+(BERT) and `AutoTokenizer.from_pretrained(DIR)`.
 
 Which models export (the architecture decides the Hugging Face class):
 - RoPE + RMSNorm + SwiGLU (mtds's default GPT) -> `LlamaForCausalLM`: any number of key/value
   groups (GQA), tied or untied embeddings, with or without linear biases.
 - learned positions + LayerNorm + GELU + linear biases, multi-head attention, tied embeddings
   -> `GPT2LMHeadModel`.
-Anything else is refused with one line naming these two combinations: mixed GPT combinations
-such as RoPE + LayerNorm, and BERT (megatron-core's BERT layers are pre-LayerNorm, while
-`BertForMaskedLM` is post-LayerNorm, so its weights would compute something else).
+- BERT (learned positions + LayerNorm + GELU, multi-head attention) -> `MegatronBertForMaskedLM`,
+  the masked-LM head only (the sentence-order pooler and binary head are left out). It is an exact
+  match: pre-LayerNorm layers, a final LayerNorm, and no LayerNorm on the summed embeddings, as in
+  megatron-core's BertModel. `BertForMaskedLM` is post-LayerNorm, and `RobertaPreLayerNormForMaskedLM`
+  normalises the summed embeddings (and counts positions from pad_token_id + 1), so neither fits.
+  Linear layers trained without biases get zero biases; without token types (no binary head) the
+  one token-type embedding is zero.
+Anything else is refused with one line naming these combinations, e.g. mixed GPT combinations such
+as RoPE + LayerNorm.
 
 Weight layout differences handled here:
 - megatron's fused QKV weight is [groups x (q heads of the group, k, v) x head_dim, hidden];
@@ -37,18 +44,21 @@ import torch
 from mtds.load_trained import LoadError, consolidated_state_dict, find_checkpoint, read_saved_config, saved_run_config
 from mtds.tool_cli import run_tool
 
-SUPPORTED = ("exportable: RoPE+RMSNorm+SwiGLU GPT (as LlamaForCausalLM) or learned-position+LayerNorm+GELU GPT "
-             "with linear biases, multi-head attention and tied embeddings (as GPT2LMHeadModel)")
+SUPPORTED = ("exportable: RoPE+RMSNorm+SwiGLU GPT (as LlamaForCausalLM), learned-position+LayerNorm+GELU GPT "
+             "with linear biases, multi-head attention and tied embeddings (as GPT2LMHeadModel), or "
+             "LayerNorm+GELU BERT with multi-head attention (as MegatronBertForMaskedLM)")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def architecture(m) -> str:
-    """"llama" or "gpt2" for a ModelConfig, or raise LoadError naming what exports."""
-    if m.model_type != "gpt":
-        # megatron-core's BERT layers are pre-LayerNorm; HF's BertForMaskedLM is post-LayerNorm.
-        raise LoadError(f"model_type={m.model_type!r} does not export (megatron-core BERT is pre-LayerNorm, "
-                        f"HF BERT post-LayerNorm); {SUPPORTED}")
+    """"llama", "gpt2" or "bert" for a ModelConfig, or raise LoadError naming what exports."""
     combo = (m.position_embedding_type, m.normalization, m.activation)
+    if m.model_type == "bert":
+        if combo[1:] != ("LayerNorm", "gelu"):
+            raise LoadError(f"BERT with normalization={combo[1]}, activation={combo[2]} does not export; {SUPPORTED}")
+        if m.num_query_groups not in (None, m.num_attention_heads):
+            raise LoadError(f"BERT with num_query_groups={m.num_query_groups} does not export; {SUPPORTED}")
+        return "bert"
     if combo == ("rope", "RMSNorm", "swiglu"):
         return "llama"
     if combo == ("learned_absolute", "LayerNorm", "gelu"):
@@ -151,6 +161,60 @@ def gpt2_weights(sd: dict, m) -> dict[str, torch.Tensor]:
     return out
 
 
+def bert_config(m, vocab_size: int, tok_ids: dict) -> dict:
+    """MegatronBertForMaskedLM config.json for a BERT ModelConfig (megatron's LayerNorm eps, no dropout)."""
+    return {
+        "architectures": ["MegatronBertForMaskedLM"], "model_type": "megatron-bert",
+        "vocab_size": vocab_size, "hidden_size": m.hidden_size, "num_hidden_layers": m.num_layers,
+        "num_attention_heads": m.num_attention_heads, "intermediate_size": m.ffn_size(),
+        "hidden_act": "gelu",  # F.gelu (erf) in megatron's MLP and in its BertLMHead
+        "max_position_embeddings": m.max_position_embeddings, "position_embedding_type": "absolute",
+        "type_vocab_size": 2 if m.bert_binary_head else 1, "layer_norm_eps": 1e-5,
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": m.init_method_std,
+        "tie_word_embeddings": m.tie_embeddings, "is_decoder": False, "use_cache": False, **tok_ids,
+    }
+
+
+def bert_weights(sd: dict, m) -> dict[str, torch.Tensor]:
+    """megatron BertModel state dict -> MegatronBertForMaskedLM's (pooler and binary head dropped)."""
+    heads, d, h = m.num_attention_heads, m.hidden_size // m.num_attention_heads, m.hidden_size
+
+    def bias(key: str, size: int) -> torch.Tensor:  # add_bias_linear=false: HF's Linear layers get zeros
+        return sd.get(key, torch.zeros(size))
+
+    out = {"bert.embeddings.word_embeddings.weight": sd["embedding.word_embeddings.weight"],
+           "bert.embeddings.position_embeddings.weight": sd["embedding.position_embeddings.weight"],
+           # no binary head: no token types in megatron; HF adds type 0's embedding, so make it zero
+           "bert.embeddings.token_type_embeddings.weight": sd.get("embedding.tokentype_embeddings.weight",
+                                                                  torch.zeros(1, h)),
+           "bert.encoder.ln.weight": sd["encoder.final_layernorm.weight"],
+           "bert.encoder.ln.bias": sd["encoder.final_layernorm.bias"],
+           "cls.predictions.transform.dense.weight": sd["lm_head.dense.weight"],
+           "cls.predictions.transform.dense.bias": sd["lm_head.dense.bias"],
+           "cls.predictions.transform.LayerNorm.weight": sd["lm_head.layer_norm.weight"],
+           "cls.predictions.transform.LayerNorm.bias": sd["lm_head.layer_norm.bias"],
+           "cls.predictions.bias": sd["output_layer.bias"]}
+    if not m.tie_embeddings:
+        # untied, HF also stops tying the decoder's bias to cls.predictions.bias
+        out["cls.predictions.decoder.weight"] = sd["output_layer.weight"]
+        out["cls.predictions.decoder.bias"] = sd["output_layer.bias"].clone()  # safetensors: no shared storage
+    for i in range(m.num_layers):
+        src, dst = f"encoder.layers.{i}.", f"bert.encoder.layer.{i}."
+        for ln_src, ln_dst in (("input_layernorm", "attention.ln"), ("pre_mlp_layernorm", "ln")):
+            out[f"{dst}{ln_dst}.weight"] = sd[f"{src}{ln_src}.weight"]
+            out[f"{dst}{ln_dst}.bias"] = sd[f"{src}{ln_src}.bias"]
+        qkv = src + "self_attention.linear_qkv."
+        for name, w, b in zip(("query", "key", "value"), split_qkv(sd[qkv + "weight"], heads, heads, d),
+                              split_qkv(bias(qkv + "bias", 3 * h), heads, heads, d)):
+            out[f"{dst}attention.self.{name}.weight"], out[f"{dst}attention.self.{name}.bias"] = w, b
+        for name_src, name_dst, size in (("self_attention.linear_proj", "attention.output.dense", h),
+                                         ("mlp.linear_fc1", "intermediate.dense", m.ffn_size()),
+                                         ("mlp.linear_fc2", "output.dense", h)):
+            out[f"{dst}{name_dst}.weight"] = sd[f"{src}{name_src}.weight"]
+            out[f"{dst}{name_dst}.bias"] = bias(f"{src}{name_src}.bias", size)
+    return out
+
+
 def write_tokenizer(model_path: str, out_dir: str, model_max_length: int) -> dict:
     """tokenizer.model (the sentencepiece file as trained) + an equivalent fast tokenizer.json.
 
@@ -208,9 +272,12 @@ def bpe_merges(sp) -> list[tuple[str, str]]:
 
 
 def convert(sd: dict[str, torch.Tensor], m, vocab_size: int, tok_ids: dict) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(HF config.json dict, HF state dict) for a megatron GPT state dict of ModelConfig `m`."""
-    if architecture(m) == "llama":
+    """(HF config.json dict, HF state dict) for a megatron GPT/BERT state dict of ModelConfig `m`."""
+    arch = architecture(m)
+    if arch == "llama":
         return llama_config(m, vocab_size, tok_ids), llama_weights(sd, m)
+    if arch == "bert":
+        return bert_config(m, vocab_size, tok_ids), bert_weights(sd, m)
     return gpt2_config(m, vocab_size, tok_ids), gpt2_weights(sd, m)
 
 
@@ -247,10 +314,14 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    generation = {"bos_token_id": tok_ids["bos_token_id"], "eos_token_id": tok_ids["eos_token_id"],
-                  "pad_token_id": tok_ids["pad_token_id"]}
-    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-        json.dump(generation, f, indent=2)
+    # BERT is no generator. Its [CLS]/[SEP]/[MASK] stay plain added tokens (encoded as sentencepiece
+    # does): naming them cls_token/mask_token would make them special, and split_special_tokens
+    # would then split "[MASK]" in text into characters.
+    if arch != "bert":
+        generation = {"bos_token_id": tok_ids["bos_token_id"], "eos_token_id": tok_ids["eos_token_id"],
+                      "pad_token_id": tok_ids["pad_token_id"]}
+        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+            json.dump(generation, f, indent=2)
     log(f"exported {os.path.join(root, tag)} as {config['architectures'][0]} ({dtype}) to {out_dir}")
     return arch
 

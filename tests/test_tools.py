@@ -5,7 +5,7 @@ subprocesses side by side):
 - "llama": RoPE + RMSNorm + SwiGLU, GQA (4 heads, 2 groups), untied embeddings, fp32, ZeRO-2;
 - "llama_tied_bias": the same with tied embeddings and linear biases, MHA, bf16, ZeRO-0;
 - "gpt2": learned positions + LayerNorm + GELU + biases, tied embeddings, bf16, ZeRO-3;
-- "bert": the BERT preset shrunk to the same size, fp32, ZeRO-2 (evaluate only).
+- "bert": the BERT preset shrunk to the same size, fp32, ZeRO-2 (evaluate, export as a masked LM).
 Everything else runs in this process against those checkpoints.
 """
 
@@ -38,7 +38,7 @@ MODELS = {
     "gpt2": dict(ds=dict(stage=3, precision="bf16"),
                  args=["--model.position_embedding_type=learned_absolute", "--model.normalization=LayerNorm",
                        "--model.activation=gelu", "--model.tie_embeddings=true", "--model.add_bias_linear=true"]),
-    # evaluate only (generate and export refuse BERT): masked-LM + sentence-order metrics
+    # evaluate (masked-LM + sentence-order metrics) and export; generate refuses BERT
     "bert": dict(ds=dict(stage=2, precision="fp32"), data="sentence_prefix",
                  args=["--model-type", "bert", "--model.preset=bert-tiny"]),
 }
@@ -201,7 +201,11 @@ def test_split_qkv_follows_megatron_group_layout():
     ({"position_embedding_type": "learned_absolute", "normalization": "LayerNorm", "activation": "gelu",
       "tie_embeddings": True, "add_bias_linear": False}, "add_bias_linear=false"),
     ({"position_embedding_type": "rope", "normalization": "LayerNorm"}, "does not export"),
-    ({"model_type": "bert", "preset": "bert-tiny"}, "model_type='bert' does not export"),
+    ({"model_type": "bert", "preset": "bert-tiny"}, "bert"),
+    ({"model_type": "bert", "preset": "bert-tiny", "tie_embeddings": False, "bert_binary_head": False}, "bert"),
+    ({"model_type": "bert", "preset": "bert-tiny", "normalization": "RMSNorm"},
+     "BERT with normalization=RMSNorm"),
+    ({"model_type": "bert", "preset": "bert-tiny", "num_query_groups": 2}, "BERT with num_query_groups=2"),
 ])
 def test_export_architecture_choice_and_refusals(overrides, expected):
     from mtds.config import build_config
@@ -209,7 +213,7 @@ def test_export_architecture_choice_and_refusals(overrides, expected):
     from mtds.tool_cli import LoadError
 
     m = build_config({"model": overrides}).model
-    if expected in ("llama", "gpt2"):
+    if expected in ("llama", "gpt2", "bert"):
         assert architecture(m) == expected
     else:
         with pytest.raises(LoadError) as e:
@@ -389,7 +393,8 @@ def _our_logits(model, ids):
 # Both sides run fp32 on CPU through different kernels (megatron's fused QKV GEMM vs three
 # GEMMs, SDPA vs HF's attention); 1e-4 absolute on logits of magnitude ~1-10 is well above
 # that rounding (measured max |diff|: 0 for the Llama models, 4e-7 for gpt2 trained and 5e-6 with
-# the random weights below, logits up to ~11) and far below any layout bug.
+# the random weights below, logits up to ~11; BERT's masked-LM logits: 4e-7 trained, 2e-5 with
+# random weights) and far below any layout bug.
 LOGITS_ATOL = 1e-4
 
 
@@ -452,6 +457,75 @@ def test_export_mapping_on_random_weights(loaded, tmp_path, name):
                              pad_token_id=0)[0, len(prompt):]
     assert len(set(new)) > 5  # a varied continuation, not one repeated token
     assert hf_new.tolist() == new
+
+
+def _bert_inputs(run, n=48):
+    """A padding-free two-segment input: [CLS] a [SEP] b [SEP], token types 0 then 1, two [MASK]s."""
+    tok, text = run.tokenizer(), _tokens(run, n)[0].tolist()
+    a, b = text[: n // 2 - 2], text[n // 2: n - 1]
+    a[3] = b[5] = tok.mask
+    ids = [tok.cls] + a + [tok.sep] + b + [tok.sep]
+    types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    return torch.tensor([ids]), torch.tensor([types])
+
+
+def _our_mlm_logits(model, ids, types):
+    with torch.no_grad():
+        logits, _ = model(ids, torch.ones_like(ids), tokentype_ids=types if model.add_binary_head else None)
+    return logits
+
+
+@pytest.mark.slow
+def test_export_bert_mlm_logits_match_transformers(runs, loaded, tmp_path, capsys):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from mtds.export_hf import main
+
+    run, out = loaded["bert"], str(tmp_path / "hf_bert")
+    rc, _, err = call(main, ["--load", runs["bert"], "--out", out], capsys)
+    assert rc == 0, err
+    hf = AutoModelForMaskedLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(hf).__name__ == "MegatronBertForMaskedLM"
+    ids, types = _bert_inputs(run)
+    with torch.no_grad():
+        theirs = hf(ids, token_type_ids=types).logits
+    torch.testing.assert_close(theirs, _our_mlm_logits(run.model, ids, types), atol=LOGITS_ATOL, rtol=0)
+    tok, text = run.tokenizer(), "[CLS] a [MASK] b[SEP]"
+    assert AutoTokenizer.from_pretrained(out).encode(text, add_special_tokens=False) == tok.tokenize(text)
+    assert tok.mask in tok.tokenize(text) and not os.path.exists(os.path.join(out, "generation_config.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": False, "bert_binary_head": False,
+                                            "add_bias_linear": True}])
+def test_export_bert_mapping_on_random_weights(loaded, tmp_path, overrides):
+    """Random weights (not 12 steps from init) and the untied / no-token-type / biased variants."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForMaskedLM
+
+    from mtds.export_hf import convert
+    from mtds.model import build_model
+
+    run = loaded["bert"]
+    m = dataclasses.replace(run.cfg.model, **overrides)
+    torch.manual_seed(0)
+    model = build_model(m, run.vocab_size, "fp32", on_gpu=False).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    sd = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v) and not k.endswith("_extra_state")}
+    config, weights = convert(sd, m, run.vocab_size, {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3})
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    hf = AutoModelForMaskedLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    ids, types = _bert_inputs(run, 64)
+    if not m.bert_binary_head:
+        types = torch.zeros_like(types)
+    with torch.no_grad():
+        theirs = hf(ids, token_type_ids=types).logits
+    torch.testing.assert_close(theirs, _our_mlm_logits(model, ids, types), atol=LOGITS_ATOL, rtol=0)
 
 
 @pytest.mark.slow

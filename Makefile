@@ -4,6 +4,10 @@
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
+# DeepSpeed JIT-builds its ops into TORCH_EXTENSIONS_DIR. One directory per venv: checkouts
+# sharing ~/.cache/torch_extensions rebuild each other's ops (the include paths differ), and a
+# build killed mid-way leaves a lock that makes every later DeepSpeed process wait forever.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: venv demo test test-fast bench clean
 

@@ -1,6 +1,8 @@
 """Samples/s from the project's training data path at GPT sequence length, and index-cache cost.
 
-    python bench/data_loader.py --prefix /tmp/d/stdlib_text_document --tokenizer /tmp/d/tokenizer.model
+    python bench/data_loader.py --prefix data/stdlib/stdlib_text_document --tokenizer data/stdlib/tokenizer.model
+
+(the default data, built by `make demo` or `python -m data_tools.default_dataset --out-dir data/stdlib`)
 
 Builds GPTDataset with mtds.data.build_datasets (megatron-core BlendedMegatronDatasetBuilder,
 index cache in a fresh temp dir: first build = cold, second = cache reuse), then reads
@@ -24,8 +26,8 @@ warnings.filterwarnings("ignore")
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--prefix", default="/tmp/d/stdlib_text_document")
-    p.add_argument("--tokenizer", default="/tmp/d/tokenizer.model")
+    p.add_argument("--prefix", default="data/stdlib/stdlib_text_document")
+    p.add_argument("--tokenizer", default="data/stdlib/tokenizer.model")
     p.add_argument("--seq", type=int, default=2048)
     p.add_argument("--micro", type=int, default=8)
     p.add_argument("--batches", type=int, default=100)

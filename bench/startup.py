@@ -21,8 +21,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_ARGS = ["--deepspeed_config", "{ds}", "--data.paths=/tmp/d/stdlib_text_document",
-                "--data.tokenizer_model=/tmp/d/tokenizer.model", "--training.train_iters=40",
+DEFAULT_ARGS = ["--deepspeed_config", "{ds}", "--data.paths=data/stdlib/stdlib_text_document",
+                "--data.tokenizer_model=data/stdlib/tokenizer.model", "--training.train_iters=40",
                 "--training.eval_iters=2", "--training.progress_bar=false"]
 
 

@@ -19,7 +19,8 @@ Variants (comma-separated; names compose with '+'):
   +cefuse          megatron-core's native fused cross entropy (TransformerConfig override)
   +swiglufuse      megatron-core's fused SwiGLU (TransformerConfig override; the GPU default
                    in mtds/model.py since these measurements)
-  +compile         engine.compile(): torch.compile of the megatron-core module
+  +compile         training.compile="model": DeepSpeed's engine.compile(), the whole module
+  +layers          training.compile="layers": each transformer layer compiled (mtds/compile.py)
   torch            plain PyTorch: fp32 params, bf16 autocast, AdamW(fused=True)
   torch-compile    the same under torch.compile
 Timing: CUDA events between steps, read once at the end (no host sync in the loop beyond
@@ -160,9 +161,15 @@ def build_engine(preset: str, variant: str, micro: int, vocab: int):
     finally:
         mm.transformer_config = original
     n_params = mm.count_parameters(model)
+    if "layers" in extras:
+        from mtds.compile import compile_layers
+
+        compile_layers(model)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg)
     if "compile" in extras:
-        engine.compile()  # torch.compile of the wrapped module (DeepSpeed's own switch)
+        from mtds.compile import compile_engine
+
+        compile_engine(engine)
     return engine, m, n_params, prec
 
 

@@ -158,6 +158,9 @@ class TrainingConfig:
     """Stop after this many optimizer steps in a row skipped for non-finite gradients (fp16 overflow)."""
     loss_spike_factor: float = 2.0
     """Warn when a logged loss exceeds this multiple of its running mean (0 = off)."""
+    compile: str = "none"
+    """torch.compile: "none", "layers" (each transformer layer, compiled once and reused) or
+    "model" (DeepSpeed's engine.compile(), whole module). See mtds/compile.py."""
 
 
 @dataclass
@@ -181,6 +184,7 @@ CHOICES = {
     ("model", "position_embedding_type"): ("rope", "learned_absolute"),
     ("model", "normalization"): ("RMSNorm", "LayerNorm"),
     ("model", "activation"): ("swiglu", "gelu"),
+    ("training", "compile"): ("none", "layers", "model"),
 }
 
 

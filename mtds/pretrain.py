@@ -139,7 +139,15 @@ def run(argv: list[str]) -> int:
     seed_everything(cfg.training.seed)
     model = build_model(cfg.model, vocab_size, prec, on_gpu)
     n_params = count_parameters(model)
+    if cfg.training.compile == "layers":
+        from mtds.compile import compile_layers
+
+        compile_layers(model)  # compiles lazily, on the first forward
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg)
+    if cfg.training.compile == "model":
+        from mtds.compile import compile_engine
+
+        compile_engine(engine)
 
     resolved = {"run": resolved_dict(cfg), "deepspeed": ds_cfg, "world_size": world, "versions": versions(),
                 "data_sources": {"prefixes": sources.prefixes, "weights": sources.weights,

@@ -11,3 +11,29 @@ from helpers import build_tiny_data
 def tiny_data(tmp_path_factory) -> dict:
     """Small corpus, 512-piece tokenizer, `_document` and `_sentence` .bin/.idx; built once."""
     return build_tiny_data(str(tmp_path_factory.mktemp("tiny_data")), sentences=True)
+
+
+@pytest.fixture(scope="module")
+def world_of_one():
+    """A one-process gloo group and megatron-core parallel state (TP = PP = 1), torn down after.
+
+    megatron-core layers look up their tensor-parallel group when built, and the BERT dataset
+    asks torch.distributed for the rank when it builds its sample index.
+    """
+    import torch
+    from megatron.core import parallel_state
+
+    from mtds.cpu_compat import enable_if_no_cuda
+
+    enable_if_no_cuda()
+    made_group = not torch.distributed.is_initialized()
+    if made_group:
+        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    made_state = not parallel_state.model_parallel_is_initialized()
+    if made_state:
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+    yield
+    if made_state:
+        parallel_state.destroy_model_parallel()
+    if made_group:
+        torch.distributed.destroy_process_group()

@@ -12,31 +12,6 @@ from mtds.config import build_config
 SEQ = 64
 
 
-@pytest.fixture(scope="module")
-def world_of_one():
-    """A one-process gloo group and megatron-core parallel state (TP = PP = 1), torn down after.
-
-    megatron-core layers look up their tensor-parallel group when built, and the BERT dataset
-    asks torch.distributed for the rank when it builds its sample index.
-    """
-    from megatron.core import parallel_state
-
-    from mtds.cpu_compat import enable_if_no_cuda
-
-    enable_if_no_cuda()
-    made_group = not torch.distributed.is_initialized()
-    if made_group:
-        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
-    made_state = not parallel_state.model_parallel_is_initialized()
-    if made_state:
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
-    yield
-    if made_state:
-        parallel_state.destroy_model_parallel()
-    if made_group:
-        torch.distributed.destroy_process_group()
-
-
 def tiny_bert_config(binary_head: bool = True, **data):
     model = {"preset": "bert-tiny", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
              "max_position_embeddings": SEQ, "bert_binary_head": binary_head}

@@ -110,6 +110,7 @@ def test_bad_choices_and_shapes():
     assert "model.normalization='BatchNorm': choose one of RMSNorm, LayerNorm" in errors_of(model={"normalization": "BatchNorm"})
     assert "must be divisible by model.num_attention_heads=5" in errors_of(model={"num_attention_heads": 5})
     assert "divisible by model.num_query_groups=3" in errors_of(model={"num_query_groups": 3})
+    assert "training.compile='true': choose one of none, layers, model" in errors_of(training={"compile": "true"})
 
 
 def test_data_errors():

@@ -1,0 +1,63 @@
+"""torch.compile for the model (`training.compile`): fuse the elementwise work around the matmuls.
+
+Without Transformer Engine or apex, megatron-core's local layer spec runs RMSNorm, RoPE,
+residual adds and the fp32 cross entropy as separate eager kernels; on an H100 they took ~37%
+of a GPT-1.3b step (bench/RESULTS.md). torch.compile (Inductor) fuses them.
+
+Modes:
+  "none"    eager (the default until GPU runs say otherwise: bench/gpu_suite.sh stage `compile`).
+  "layers"  every transformer layer's forward compiled in place (`nn.Module.compile`), the way
+            torchtitan compiles blocks. The layers share one code object and parameters are
+            graph inputs, so one layer is traced once and reused by all of them: compile time
+            does not grow with depth, and since the module tree is untouched, state_dict keys
+            and checkpoints are the same as in eager runs.
+  "model"   DeepSpeed's own switch, `engine.compile()`: the whole module as one graph, which also
+            fuses the output layer and the loss; compile time grows with depth.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def quiet_tp_group_lookup() -> None:
+    """Make megatron-core's linear layers traceable without graph breaks.
+
+    megatron-core 0.16.1's RowParallelLinear passes `tp_group=None` on every forward, and the
+    default-group lookup it then does (`get_tensor_model_parallel_group_if_none`) calls
+    `warnings.warn` each time on rank 0. Dynamo cannot trace `warnings.warn`, so each layer split
+    into 9 graphs (8 breaks: after the attention projection and after fc2). This returns the
+    same group without the warning; rebound only in the module that calls it per forward.
+    """
+    import megatron.core.tensor_parallel.layers as layers
+    from megatron.core import parallel_state
+
+    def group_or_default(tp_group, is_expert=False, check_initialized=True):
+        if tp_group is not None:
+            return tp_group
+        if is_expert:
+            return parallel_state.get_expert_tensor_parallel_group(check_initialized)
+        return parallel_state.get_tensor_model_parallel_group(check_initialized)
+
+    layers.get_tensor_model_parallel_group_if_none = group_or_default
+
+
+def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer layers of a megatron-core GPTModel/BertModel (its `decoder`/`encoder`)."""
+    stack = model.decoder if hasattr(model, "decoder") else model.encoder
+    return list(stack.layers)
+
+
+def compile_layers(model: torch.nn.Module) -> int:
+    """`training.compile="layers"`: compile each transformer layer in place; returns how many."""
+    quiet_tp_group_lookup()
+    layers = transformer_layers(model)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def compile_engine(engine) -> None:
+    """`training.compile="model"`: DeepSpeed's whole-module torch.compile."""
+    quiet_tp_group_lookup()
+    engine.compile()

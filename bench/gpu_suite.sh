@@ -2,7 +2,8 @@
 # The GPU benchmarks of bench/RESULTS.md, in stages, for one lease of the lent GPU machine.
 #   bash bench/gpu_suite.sh setup profile throughput tune   (~10 min with the FusedAdam build)
 #   bash bench/gpu_suite.sh setup entry confirm memory         (~5 min)
-#   bash bench/gpu_suite.sh setup sweep fit compile            (not run yet: device time ran out)
+#   bash bench/gpu_suite.sh setup compile                      (~6 min; not run yet, first priority)
+#   bash bench/gpu_suite.sh setup sweep fit                    (~6 min; not run yet)
 # The wheels must include orjson (data_tools needs it for the default corpus).
 # Logs go to $OUT (or bench_out/ when unset); each stage prints its own table last.
 # setup installs the carried wheels (.whl, see shared/device/README.md) into .site once.
@@ -55,10 +56,10 @@ for stage in "$@"; do
         timeout 150 $py bench/train_throughput.py --json "$OUT/results.jsonl" --presets "gpt-1.3b:num_layers=$layers" \
           --variants z2+recompute --micro 1 --warmup 1 --steps 1 2>>"$OUT/stderr.log" | tail -1 | tee -a "$OUT/fit.log"
       done ;;
-    compile)  # DeepSpeed's torch.compile switch on the megatron-core module (skipped when short of time)
-      [ "$SECONDS" -lt 380 ] && timeout 200 $py bench/train_throughput.py --json "$OUT/results.jsonl" \
-        --presets gpt-1.3b --variants z2+compile --micro 8 --warmup 5 --steps 10 2>>"$OUT/stderr.log" \
-        | tail -1 | tee "$OUT/compile.log" ;;
+    compile)  # training.compile (mtds/compile.py): per-layer torch.compile and DeepSpeed's whole-module
+              # engine.compile(), against the eager default in the same stage
+      tp --presets gpt-1.3b --variants z2,z2+layers,z2+compile --micro 8 --warmup 5 --steps 10 | tee "$OUT/compile.log"
+      tp --presets gpt-350m --variants z2,z2+layers,z2+compile --micro 16 --warmup 5 --steps 10 | tail -3 | tee -a "$OUT/compile.log" ;;
     entry)  # the real entry point, default tiny model and default corpus (built here on first use)
       for cfg in zero2_fp16 zero2; do
         /usr/bin/time -f "wall %e s" $py mtds/pretrain.py --deepspeed_config ds_configs/$cfg.json \

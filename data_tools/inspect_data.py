@@ -102,6 +102,34 @@ def verify_pair(prefix: str) -> PairInfo:
     return PairInfo(prefix, dtype, lengths, docs, bin_size)
 
 
+def max_token_id(info: PairInfo, sample_tokens: int | None = None) -> int:
+    """Largest token id in the .bin: all of it, or about `sample_tokens` read from 16 evenly
+    spaced windows (a tokenizer mismatch shows up everywhere, so a sample finds it in
+    milliseconds where a full scan of a large corpus would take minutes). -1 if empty."""
+    data = np.memmap(info.prefix + ".bin", dtype=info.dtype, mode="r") if info.bin_bytes else np.empty(0)
+    n = len(data)
+    if n == 0:
+        return -1
+    if sample_tokens is None or n <= sample_tokens:
+        chunk = 1 << 24
+        return int(max(data[i : i + chunk].max() for i in range(0, n, chunk)))
+    width = max(1, sample_tokens // 16)
+    starts = np.linspace(0, n - width, 16).astype(np.int64)
+    return int(max(data[s : s + width].max() for s in starts))
+
+
+def check_token_ids(info: PairInfo, vocab_size: int, tokenizer_model: str, sample_tokens: int | None = None) -> None:
+    """Every token id must be below the tokenizer's vocabulary size: a .bin built with another
+    (larger) tokenizer would otherwise fail deep inside the embedding, or train on wrong text."""
+    top = max_token_id(info, sample_tokens)
+    if top >= vocab_size:
+        raise DataToolsError(
+            f"{info.prefix}.bin holds token id {top} but {tokenizer_model} has only {vocab_size} pieces: the data "
+            f"was built with another tokenizer; give that tokenizer, or rebuild the data with "
+            f"`python -m data_tools.preprocess --tokenizer-model {tokenizer_model}`"
+        )
+
+
 def open_indexed_dataset(prefix: str):
     """megatron-core `IndexedDataset` for `prefix`, verified first so problems are one line."""
     info = verify_pair(prefix)
@@ -128,17 +156,32 @@ def length_histogram(lengths: np.ndarray, width: int = 40) -> list[str]:
     return rows
 
 
+def load_tokenizer(path: str):
+    from mtds.spm import TokenizerError, load_sentencepiece
+
+    try:
+        return load_sentencepiece(path)
+    except TokenizerError as e:
+        raise DataToolsError(str(e)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_tools.inspect_data", description=__doc__.split("\n\n")[0])
     p.add_argument("prefix", help="dataset prefix (PREFIX.bin + PREFIX.idx); PREFIX.bin/.idx also accepted")
     p.add_argument("--verify", action="store_true", help="only check the pair; exit 0 if consistent")
     p.add_argument("--decode", type=int, default=0, metavar="N", help="print the first N documents decoded")
-    p.add_argument("--tokenizer-model", help="sentencepiece model, for --decode")
+    p.add_argument("--tokenizer-model",
+                   help="sentencepiece model: for --decode, and with --verify every token id is checked against it")
     a = p.parse_args(argv)
     info = verify_pair(a.prefix)
     if a.verify:
+        checked = ""
+        if a.tokenizer_model:
+            vocab = load_tokenizer(a.tokenizer_model).vocab_size()
+            check_token_ids(info, vocab, a.tokenizer_model)
+            checked = f", every id below the tokenizer's {vocab}"
         print(f"ok: {info.prefix}: {info.documents} documents, {info.sequences} sequences, "
-              f"{info.tokens} tokens ({info.dtype.name})")
+              f"{info.tokens} tokens ({info.dtype.name}){checked}")
         return 0
     lengths = info.sequence_lengths
     print(f"{info.prefix}\n  dtype      {info.dtype.name}\n  documents  {info.documents}\n"
@@ -150,12 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.decode:
         if not a.tokenizer_model:
             raise DataToolsError("--decode needs --tokenizer-model")
-        from mtds.spm import TokenizerError, load_sentencepiece
-
-        try:
-            sp = load_sentencepiece(a.tokenizer_model)
-        except TokenizerError as e:
-            raise DataToolsError(str(e)) from None
+        sp = load_tokenizer(a.tokenizer_model)
         data = np.memmap(info.prefix + ".bin", dtype=info.dtype, mode="r")
         offsets = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
         for d in range(min(a.decode, info.documents)):

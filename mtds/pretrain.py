@@ -107,13 +107,14 @@ def run(argv: list[str]) -> int:
                           "uses the CUDA RNG tracker); set it false on CPU")
     check_run_dir(cfg.training.run_dir, cfg.training.load)
 
-    from mtds.data import build_datasets, resolve_sources
+    from mtds.data import build_datasets, check_token_ids, resolve_sources
     from mtds.tokenizer import SentencePieceTokenizer
 
     def data_and_tokenizer():
         sources = resolve_sources(cfg)
         tokenizer = SentencePieceTokenizer(sources.tokenizer_model)
         check_vocab(cfg, tokenizer.vocab_size, sources.tokenizer_model)
+        check_token_ids(sources, tokenizer.vocab_size)
         return sources, tokenizer
 
     # User data is checked here, before any process group or DeepSpeed work; the default

@@ -128,6 +128,18 @@ def test_damaged_bin_idx_pair(case, capsys, tmp_path, tiny_data, damage):
     assert os.path.basename(prefix) in line
 
 
+def test_data_built_with_another_tokenizer(case, capsys, tmp_path, tiny_data):
+    import numpy as np
+
+    prefix = copy_pair(tiny_data, tmp_path)
+    data = np.memmap(prefix + ".bin", dtype=np.uint16, mode="r+")
+    data[len(data) // 2] = 600  # an id the 512-piece tokenizer cannot produce
+    data.flush()
+    assert case("--data.paths", prefix, "--data.tokenizer_model", tiny_data["tokenizer_model"], data=False) == 2
+    assert f"{prefix}.bin holds token id 600 but {tiny_data['tokenizer_model']} has only 512 pieces" in error_line(capsys)
+    assert nothing_written(tmp_path)
+
+
 def test_tokenizer_that_is_not_sentencepiece(case, capsys, tmp_path, tiny_data):
     fake = write(tmp_path, "tok.model", "not a model")
     assert case("--data.paths", tiny_data["prefix"], "--data.tokenizer_model", fake, data=False) == 2

@@ -385,6 +385,26 @@ def test_merge_and_verify(tok, tmp_path, doc_prefix, docs, sp, capsys):
     assert "documents  %d" % (2 * len(docs)) in shown and docs[0][:200] in shown and "histogram" in shown
 
 
+def test_verify_checks_token_ids_against_the_tokenizer(tok, tmp_path, doc_prefix, sp, capsys):
+    vocab = sp.vocab_size()
+    assert run_cli(inspect_data.main, [doc_prefix, "--verify", "--tokenizer-model", tok]) == 0
+    assert capsys.readouterr().out.strip().endswith(f", every id below the tokenizer's {vocab}")
+    p = str(tmp_path / "wide")
+    _copy_pair(doc_prefix, p)
+    data = np.memmap(p + ".bin", dtype=np.uint16, mode="r+")
+    data[-1] = vocab + 7  # the last token: data built with a bigger tokenizer
+    data.flush()
+    assert run_cli(inspect_data.main, [p, "--verify", "--tokenizer-model", tok]) == 2
+    assert capsys.readouterr().err == (f"error: {p}.bin holds token id {vocab + 7} but {tok} has only {vocab} pieces: "
+                                       "the data was built with another tokenizer; give that tokenizer, or rebuild "
+                                       f"the data with `python -m data_tools.preprocess --tokenizer-model {tok}`\n")
+    info = inspect_data.verify_pair(p)
+    assert inspect_data.max_token_id(info, sample_tokens=64) == vocab + 7  # the sample windows reach the end
+    data[-1] = 0
+    data.flush()
+    assert inspect_data.max_token_id(info, sample_tokens=64) < vocab
+
+
 def test_merge_refuses_mixed_dtypes(tmp_path, doc_prefix, capsys):
     from data_tools.indexed_writer import BinIdxWriter
 

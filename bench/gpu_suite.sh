@@ -3,7 +3,8 @@
 #   bash bench/gpu_suite.sh setup profile throughput tune   (~10 min with the FusedAdam build)
 #   bash bench/gpu_suite.sh setup entry confirm memory         (~5 min)
 #   bash bench/gpu_suite.sh setup compile                      (~6 min; not run yet, first priority)
-#   bash bench/gpu_suite.sh setup sweep fit                    (~6 min; not run yet)
+#   bash bench/gpu_suite.sh setup fit                          (~8 min; not run yet)
+#   bash bench/gpu_suite.sh setup fit-offload sweep            (~9 min; not run yet)
 # The wheels must include orjson (data_tools needs it for the default corpus).
 # Logs go to $OUT (or bench_out/ when unset); each stage prints its own table last.
 # setup installs the carried wheels (.whl, see shared/device/README.md) into .site once.
@@ -51,11 +52,13 @@ for stage in "$@"; do
       tp --presets gpt-1.3b --variants z2 --micro 12 --warmup 5 --steps 10 | tail -1 | tee -a "$OUT/sweep.log"
       tp --presets gpt-350m --variants z2,z2-fp16 --micro 24 --warmup 5 --steps 10 | tail -2 | tee -a "$OUT/sweep.log"
       tp --presets gpt-125m --variants z2 --micro 24 --warmup 5 --steps 10 | tail -1 | tee -a "$OUT/sweep.log" ;;
-    fit)  # largest GPT (hidden 2048, 16 heads, more layers) that trains with ZeRO-2 + recompute, micro-batch 1
-      for layers in 64 76; do
-        timeout 150 $py bench/train_throughput.py --json "$OUT/results.jsonl" --presets "gpt-1.3b:num_layers=$layers" \
-          --variants z2+recompute --micro 1 --warmup 1 --steps 1 2>>"$OUT/stderr.log" | tail -1 | tee -a "$OUT/fit.log"
-      done ;;
+    fit)  # largest GPT (hidden 2048, 16 heads, more layers) per ZeRO variant, micro-batch 1 (bench/largest_fit.py):
+          # estimated 4.2 B params (~80 layers) for ZeRO-1/2 + recompute, ~7 B with offload (host-bound)
+      $py bench/largest_fit.py --variants z2+recompute,z3+recompute --lo 64 --hi 96 --timeout 150 2>>"$OUT/stderr.log" \
+        | tee "$OUT/fit.log" ;;
+    fit-offload)
+      $py bench/largest_fit.py --variants z2-offload+recompute --lo 96 --hi 160 --step 8 --timeout 200 2>>"$OUT/stderr.log" \
+        | tee "$OUT/fit_offload.log" ;;
     compile)  # training.compile (mtds/compile.py): per-layer torch.compile and DeepSpeed's whole-module
               # engine.compile(), against the eager default in the same stage
       tp --presets gpt-1.3b --variants z2,z2+layers,z2+compile --micro 8 --warmup 5 --steps 10 | tee "$OUT/compile.log"

@@ -125,6 +125,11 @@ def usable_documents(prefix: str, min_sentences: int) -> tuple[np.ndarray, np.nd
     return (n_sentences >= min_sentences) & ~(has_long & (n_sentences > 1)), n_sentences
 
 
+def check_bert_data(cfg: RunConfig, sources, tokenizer) -> None:
+    """The BERT data checks of build_bert_datasets, for pretrain.py to run before DeepSpeed starts."""
+    _check_splits(bert_dataset_config(cfg, sources, tokenizer), cfg, sources.prefixes)
+
+
 def _check_splits(config, cfg: RunConfig, prefixes: list[str]) -> None:
     """One-line ConfigError instead of a hang when a split has no document BERT can sample."""
     need = 2 if config.classification_head else 1
@@ -160,7 +165,7 @@ def build_bert_datasets(cfg: RunConfig, sources, tokenizer, sizes: list[int]):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 
     config = bert_dataset_config(cfg, sources, tokenizer)
-    _check_splits(config, cfg, sources.prefixes)
+    _check_splits(config, cfg, sources.prefixes)  # again: the default corpus is only known here
     return BlendedMegatronDatasetBuilder(BERTMaskedWordPieceDataset, sizes, lambda: True, config).build()
 
 

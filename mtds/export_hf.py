@@ -215,19 +215,22 @@ def bert_weights(sd: dict, m) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_tokenizer(model_path: str, out_dir: str, model_max_length: int) -> dict:
+def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: bool = False) -> dict:
     """tokenizer.model (the sentencepiece file as trained) + an equivalent fast tokenizer.json.
 
     The tokenizer.json reproduces data_tools.train_tokenizer's sentencepiece settings: spaces become
     U+2581 with no dummy prefix and no normalization, a word starts at a U+2581 that follows
     non-space (runs of spaces stay one word: allow_whitespace_only_pieces), BPE merges ranked by
     piece score, byte fallback, and [CLS]/[SEP]/[MASK] as atomic user-defined symbols.
+    For BERT, [CLS]/[SEP]/[MASK] are also named cls/sep/mask tokens and encoding with special
+    tokens frames the text as in training ([CLS] a [SEP] (b [SEP]), token types 0 then 1), so
+    `pipeline("fill-mask")` works as is.
     Returns the special-token ids for the model config.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    from mtds.spm import BOS, EOD, PAD, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece
+    from mtds.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece
 
     sp = load_sentencepiece(model_path)
     shutil.copyfile(model_path, os.path.join(out_dir, "tokenizer.model"))
@@ -239,18 +242,25 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int) -> dic
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in (PAD, UNK, BOS, EOD)])
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in USER_DEFINED_SYMBOLS])
+    special = {"pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOD}
+    if bert:
+        cls_id, sep_id = sp.piece_to_id(CLS), sp.piece_to_id(SEP)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{CLS}:0 $A:0 {SEP}:0", pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
+            special_tokens=[(CLS, cls_id), (SEP, sep_id)])
+        special.update(cls_token=CLS, sep_token=SEP, mask_token=MASK)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     ids = {"pad_token_id": sp.piece_to_id(PAD), "bos_token_id": sp.piece_to_id(BOS),
            "eos_token_id": sp.piece_to_id(EOD)}
     tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
-                  "pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOD,
-                  "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
-                  # sentencepiece reads "</s>" in text as plain characters; so does this tokenizer
-                  "split_special_tokens": True}
+                  **special, "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+                  # sentencepiece reads "</s>" in text as plain characters; so does this tokenizer. Not
+                  # for BERT: there "[MASK]" in text must stay the mask token once it is named special.
+                  "split_special_tokens": not bert}
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(tok_config, f, indent=2)
     with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
-        json.dump({"pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOD}, f, indent=2)
+        json.dump(special, f, indent=2)
     return ids
 
 
@@ -305,7 +315,8 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     sd = consolidated_state_dict(root, tag, saved)
     vocab_size = int(saved["vocab_size"])
     os.makedirs(out_dir, exist_ok=True)
-    tok_ids = write_tokenizer(saved["data_sources"]["tokenizer_model"], out_dir, m.max_position_embeddings)
+    tok_ids = write_tokenizer(saved["data_sources"]["tokenizer_model"], out_dir, m.max_position_embeddings,
+                              bert=arch == "bert")
     config, weights = convert(sd, m, vocab_size, tok_ids)
     config["torch_dtype"] = config["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     from safetensors.torch import save_file
@@ -314,10 +325,7 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    # BERT is no generator. Its [CLS]/[SEP]/[MASK] stay plain added tokens (encoded as sentencepiece
-    # does): naming them cls_token/mask_token would make them special, and split_special_tokens
-    # would then split "[MASK]" in text into characters.
-    if arch != "bert":
+    if arch != "bert":  # BERT is no generator
         generation = {"bos_token_id": tok_ids["bos_token_id"], "eos_token_id": tok_ids["eos_token_id"],
                       "pad_token_id": tok_ids["pad_token_id"]}
         with open(os.path.join(out_dir, "generation_config.json"), "w") as f:

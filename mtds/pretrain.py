@@ -115,6 +115,10 @@ def run(argv: list[str]) -> int:
         tokenizer = SentencePieceTokenizer(sources.tokenizer_model)
         check_vocab(cfg, tokenizer.vocab_size, sources.tokenizer_model)
         check_token_ids(sources, tokenizer.vocab_size)
+        if cfg.model.model_type == "bert":
+            from mtds.bert import check_bert_data
+
+            check_bert_data(cfg, sources, tokenizer)
         return sources, tokenizer
 
     # User data is checked here, before any process group or DeepSpeed work; the default

@@ -140,6 +140,13 @@ def test_data_built_with_another_tokenizer(case, capsys, tmp_path, tiny_data):
     assert nothing_written(tmp_path)
 
 
+def test_bert_on_document_level_data(case, capsys, tmp_path):
+    """The sentence-order head needs sentence-split data; refused before DeepSpeed starts."""
+    assert case("--model.model_type=bert", "--model.position_embedding_type=learned_absolute") == 2
+    assert "the sentence-order head needs sentence-split data" in error_line(capsys)
+    assert nothing_written(tmp_path)
+
+
 def test_tokenizer_that_is_not_sentencepiece(case, capsys, tmp_path, tiny_data):
     fake = write(tmp_path, "tok.model", "not a model")
     assert case("--data.paths", tiny_data["prefix"], "--data.tokenizer_model", fake, data=False) == 2

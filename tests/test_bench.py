@@ -29,13 +29,41 @@ def test_reference_gpt_matches_mtds_parameter_count():
 
 @pytest.mark.slow
 def test_train_throughput_runs_on_cpu_and_prints_table(tmp_path):
-    """A DeepSpeed variant and the plain-PyTorch variant both produce a row of the table."""
+    """A DeepSpeed variant, the plain-PyTorch variant and per-layer torch.compile each produce a row."""
     out = subprocess.run(
-        [sys.executable, "bench/train_throughput.py", "--presets", "gpt-tiny", "--variants", "z2,torch",
+        [sys.executable, "bench/train_throughput.py", "--presets", "gpt-tiny", "--variants", "z2,torch,z2+layers",
          "--micro", "1", "--seq", "32", "--vocab", "512", "--warmup", "1", "--steps", "2",
          "--json", str(tmp_path / "r.jsonl")],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [ln for ln in out.stdout.splitlines() if ln.startswith("| gpt-tiny |")]
-    assert len(rows) == 2 and not any("error" in r for r in rows), out.stdout[-2000:]
-    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+    assert len(rows) == 3 and not any("error" in r for r in rows), out.stdout[-2000:]
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("limit", [0, 3, 24, 50, 200])
+def test_largest_fit_bisection_finds_the_threshold(limit):
+    from bench.largest_fit import largest_that_fits
+
+    calls = []
+
+    def fits(n):
+        calls.append(n)
+        return n <= limit, {"layers": n}
+
+    good, bad, tried = largest_that_fits(fits, lo=4, hi=100, step=4)
+    expected_good = None if limit < 4 else min(100, limit // 4 * 4)
+    assert good == expected_good
+    assert bad == (None if limit >= 100 else (4 if limit < 4 else expected_good + 4))
+    assert all(n % 4 == 0 for n in calls) and len(calls) == len(set(calls)) <= 7 and set(tried) == set(calls)
+
+
+@pytest.mark.slow
+def test_largest_fit_runs_each_try_in_its_own_process():
+    out = subprocess.run(
+        [sys.executable, "bench/largest_fit.py", "--variants", "z2", "--width", "gpt-tiny", "--lo", "1", "--hi", "2",
+         "--step", "1", "--seq", "32", "--vocab", "512"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "z2 layers=1: fits" in out.stdout and "z2 layers=2: fits" in out.stdout
+    assert "| z2 | 2 |" in out.stdout and "| > 2 |" in out.stdout, out.stdout[-1000:]

@@ -491,8 +491,22 @@ def test_export_bert_mlm_logits_match_transformers(runs, loaded, tmp_path, capsy
         theirs = hf(ids, token_type_ids=types).logits
     torch.testing.assert_close(theirs, _our_mlm_logits(run.model, ids, types), atol=LOGITS_ATOL, rtol=0)
     tok, text = run.tokenizer(), "[CLS] a [MASK] b[SEP]"
-    assert AutoTokenizer.from_pretrained(out).encode(text, add_special_tokens=False) == tok.tokenize(text)
+    hf_tok = AutoTokenizer.from_pretrained(out)
+    assert hf_tok.encode(text, add_special_tokens=False) == tok.tokenize(text)
     assert tok.mask in tok.tokenize(text) and not os.path.exists(os.path.join(out, "generation_config.json"))
+    # Framed as in training: [CLS] a [SEP] b [SEP] with token types 0 then 1.
+    pair = hf_tok("def f(x):", "    return x")
+    a, b = tok.tokenize("def f(x):"), tok.tokenize("    return x")
+    assert pair["input_ids"] == [tok.cls] + a + [tok.sep] + b + [tok.sep]
+    assert pair["token_type_ids"] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    # The fill-mask pipeline finds the mask token by itself and predicts what our model predicts.
+    from transformers import pipeline
+
+    masked = "import os\nimport [MASK]\n"
+    ids = torch.tensor([hf_tok(masked)["input_ids"]])
+    ours = _our_mlm_logits(run.model, ids, torch.zeros_like(ids))[0, ids[0].tolist().index(tok.mask)]
+    best = pipeline("fill-mask", model=hf, tokenizer=hf_tok)(masked, top_k=1)[0]
+    assert best["token"] == int(ours.argmax())
 
 
 @pytest.mark.slow

@@ -257,6 +257,8 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: 
                   # sentencepiece reads "</s>" in text as plain characters; so does this tokenizer. Not
                   # for BERT: there "[MASK]" in text must stay the mask token once it is named special.
                   "split_special_tokens": not bert}
+    if bert:  # segment ids for the pair framing
+        tok_config["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump(tok_config, f, indent=2)
     with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:

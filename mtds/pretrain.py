@@ -147,12 +147,14 @@ def run(argv: list[str]) -> int:
     if cfg.training.compile == "layers":
         from mtds.compile import compile_layers
 
-        compile_layers(model)  # compiles lazily, on the first forward
+        n = compile_layers(model)  # compiles lazily, on the first forward
+        log(f"torch.compile: each of the {n} transformer layers (training.compile=layers)")
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg)
     if cfg.training.compile == "model":
         from mtds.compile import compile_engine
 
         compile_engine(engine)
+        log("torch.compile: the whole model, DeepSpeed's engine.compile() (training.compile=model)")
 
     resolved = {"run": resolved_dict(cfg), "deepspeed": ds_cfg, "world_size": world, "versions": versions(),
                 "data_sources": {"prefixes": sources.prefixes, "weights": sources.weights,

@@ -53,13 +53,15 @@ def test_readme_command_trains_default_gpt(tmp_path):
     assert open(run_dir / "checkpoints/latest").read() == "iter_0000120"
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_two_cpu_ranks_train_with_each_zero_stage(tiny_data, tmp_path, stage):
+@pytest.mark.parametrize("stage,compile_mode", [(1, "none"), (2, "none"), (3, "none"), (2, "layers")])
+def test_two_cpu_ranks_train_with_each_zero_stage(tiny_data, tmp_path, stage, compile_mode):
     ds = write_ds_config(str(tmp_path / "ds.json"), stage=stage, micro=2, accum=2)
     proc = run_pretrain(["--deepspeed_config", ds, *tiny_args(tiny_data, tmp_path / "run", "--training.train_iters=6",
-                                                             "--training.eval_interval=6")], ranks=2)
+                                                             "--training.eval_interval=6",
+                                                             f"--training.compile={compile_mode}")], ranks=2)
     assert_ok(proc)
     out = proc.stdout
+    assert ("torch.compile: each of the 2 transformer layers" in out) == (compile_mode == "layers")
     assert f"ZeRO {stage} | world 2 | global batch 8" in out
     assert "iter      6/6" in out
     assert os.path.isdir(tmp_path / "run/checkpoints/iter_0000006")

@@ -10,9 +10,15 @@ Two more CPU differences are handled where they arise, not here:
   (mtds.distributed.seed_everything);
 - attention dropout does not fork megatron's CUDA RNG tracker because our core attention
   (mtds.attention.SDPAttention) calls PyTorch SDPA, which draws from the default generator.
+
+One DeepSpeed cost on CPU is cut here too: its CPU op builder asks py-cpuinfo about the CPU
+twice each time an op loads (FusedAdam at `deepspeed.initialize`), and each ask spawns a Python
+subprocess (~1.1 s here). The answer cannot change within a process, so it is asked once.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -28,5 +34,14 @@ def enable_if_no_cuda() -> bool:
         # torch.cuda.current_device() would raise "Torch not compiled with CUDA enabled";
         # megatron-core passes its result as `device=`, so "cpu" is a drop-in answer.
         torch.cuda.current_device = lambda: "cpu"
+        _ask_cpuinfo_once()
         _enabled = True
     return True
+
+
+def _ask_cpuinfo_once() -> None:
+    try:
+        import cpuinfo
+    except ImportError:  # DeepSpeed then reads lscpu instead, which is fast
+        return
+    cpuinfo.get_cpu_info = functools.lru_cache(maxsize=1)(cpuinfo.get_cpu_info)

@@ -138,6 +138,37 @@ def check_compatible(saved: dict, current: dict, log=print) -> None:
         log(f"note: config differs from the checkpoint's (allowed): {item}")
 
 
+def plan_resume(load_dir: str, world_size: int, ds_cfg: dict, log=print) -> str | None:
+    """The checkpoint to resume from (None: none yet), checked before DeepSpeed starts.
+
+    ZeRO partitions optimizer state per data-parallel rank, and DeepSpeed refuses to load a
+    ZeRO checkpoint at another world size except in its universal form: turn that on in
+    `ds_cfg` when the checkpoint has one, else say how to make it.
+    """
+    from mtds.universal_checkpoint import UNIVERSAL_DIR, is_universal
+
+    ckpt = find_latest(load_dir, log=log)
+    if ckpt is None:
+        return None
+    with open(os.path.join(ckpt, CONFIG_FILE)) as f:
+        saved = json.load(f)
+    saved_world = saved.get("world_size", world_size)
+    stage = saved.get("deepspeed", {}).get("zero_optimization", {}).get("stage", 0)
+    if saved_world == world_size or stage == 0:
+        return ckpt
+    if not is_universal(ckpt):
+        raise ConfigError(
+            f"training.load: {ckpt} was saved by {saved_world} data-parallel ranks and this run has {world_size}, "
+            f"and ZeRO-{stage} partitions the optimizer state per rank; convert it once with "
+            f"`python -m mtds.universal_checkpoint --load {load_dir}` (it then resumes at any world size), "
+            f"or resume with {saved_world} ranks"
+        )
+    ds_cfg.setdefault("checkpoint", {})["load_universal"] = True
+    log(f"resuming a checkpoint of {saved_world} data-parallel ranks with {world_size}: loading its universal "
+        f"form {os.path.join(ckpt, UNIVERSAL_DIR)}")
+    return ckpt
+
+
 def load(engine, ckpt_dir: str, current_resolved: dict, log=print) -> dict:
     """Load model/optimizer/scheduler and return the trainer state; restores RNG states."""
     with open(os.path.join(ckpt_dir, CONFIG_FILE)) as f:

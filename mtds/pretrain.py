@@ -106,6 +106,13 @@ def run(argv: list[str]) -> int:
         raise ConfigError("model.recompute_activations=true needs CUDA (megatron-core's activation checkpointing "
                           "uses the CUDA RNG tracker); set it false on CPU")
     check_run_dir(cfg.training.run_dir, cfg.training.load)
+    resume_from = None
+    if cfg.training.load:
+        from mtds.checkpoint import plan_resume
+
+        resume_from = plan_resume(cfg.training.load, world, ds_cfg, log=log)
+        if resume_from is None:
+            log(f"note: no complete checkpoint under {cfg.training.load}; starting from scratch")
 
     from mtds.data import build_datasets, check_token_ids, resolve_sources
     from mtds.tokenizer import SentencePieceTokenizer
@@ -178,14 +185,8 @@ def run(argv: list[str]) -> int:
                       rank=rank, world_size=world, train_iters=train_iters,
                       flops_per_token=flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size),
                       peak_tflops=cfg.training.tflops_peak or device_peak_tflops(prec), log=log)
-    if cfg.training.load:
-        from mtds.checkpoint import find_latest
-
-        ckpt = find_latest(cfg.training.load, log=log)
-        if ckpt is None:
-            log(f"note: no complete checkpoint under {cfg.training.load}; starting from scratch")
-        else:
-            trainer.resume(ckpt)
+    if resume_from:
+        trainer.resume(resume_from)
     try:
         trainer.fit()
     finally:

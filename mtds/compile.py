@@ -33,7 +33,10 @@ def quiet_tp_group_lookup() -> None:
     from megatron.core import parallel_state
 
     def group_or_default(tp_group, is_expert=False, check_initialized=True):
-        if tp_group is not None:
+        # megatron-core's own logic, minus the warning
+        if not torch.distributed.is_initialized():
+            return None
+        if tp_group is not None or not parallel_state.is_initialized():
             return tp_group
         if is_expert:
             return parallel_state.get_expert_tensor_parallel_group(check_initialized)

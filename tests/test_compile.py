@@ -30,14 +30,22 @@ def loss_and_grads(model) -> tuple[float, dict[str, torch.Tensor]]:
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_a_megatron_layer_compiles_to_one_graph_without_breaks(world_of_one):
+@pytest.mark.parametrize("model_type", ["gpt", "bert"])
+def test_a_megatron_layer_compiles_to_one_graph_without_breaks(world_of_one, model_type):
     from mtds.compile import quiet_tp_group_lookup, transformer_layers
+    from mtds.model import build_model
 
     quiet_tp_group_lookup()
-    model = tiny_gpt()
-    hidden = torch.randn(SEQ, 2, 64)
-    rope = model.rotary_pos_emb(SEQ)
-    explained = torch._dynamo.explain(transformer_layers(model)[0])(hidden, attention_mask=None, rotary_pos_emb=rope)
+    if model_type == "gpt":
+        model = tiny_gpt()
+        extra = {"rotary_pos_emb": model.rotary_pos_emb(SEQ)}
+    else:  # pre-LN LayerNorm/GELU layer with the [b, 1, 1, s] padding mask of mtds.bert
+        m = build_config(overrides={"model": {"preset": "bert-tiny", "hidden_size": 64}}).model
+        model = build_model(m, VOCAB, "fp32", on_gpu=False)
+        extra = {}
+    mask = None if model_type == "gpt" else torch.zeros(2, 1, 1, SEQ, dtype=torch.bool)
+    layer = transformer_layers(model)[0]
+    explained = torch._dynamo.explain(layer)(torch.randn(SEQ, 2, 64), attention_mask=mask, **extra)
     reasons = [r.reason.splitlines()[0] for r in explained.break_reasons]
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), reasons
 

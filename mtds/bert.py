@@ -127,30 +127,43 @@ def usable_documents(prefix: str, min_sentences: int) -> tuple[np.ndarray, np.nd
 
 def check_bert_data(cfg: RunConfig, sources, tokenizer) -> None:
     """The BERT data checks of build_bert_datasets, for pretrain.py to run before DeepSpeed starts."""
-    _check_splits(bert_dataset_config(cfg, sources, tokenizer), cfg, sources.prefixes)
+    _check_splits(bert_dataset_config(cfg, sources, tokenizer), cfg, sources)
 
 
-def _check_splits(config, cfg: RunConfig, prefixes: list[str]) -> None:
+def _split_ranges(config, sources) -> list[tuple[str, str, tuple[float, float]]]:
+    """(split name, prefix, [start, end) fraction of its documents) for every split read."""
+    if sources.valid_prefixes:  # separate validation set: each prefix read whole
+        return ([("train", p, (0.0, 1.0)) for p in sources.prefixes]
+                + [("valid", p, (0.0, 1.0)) for p in sources.valid_prefixes])
+    return [(name, p, config.split_matrix[i]) for p in sources.prefixes
+            for i, name in enumerate(("train", "valid", "test")) if config.split_matrix[i] is not None]
+
+
+def _check_splits(config, cfg: RunConfig, sources) -> None:
     """One-line ConfigError instead of a hang when a split has no document BERT can sample."""
     need = 2 if config.classification_head else 1
-    for prefix in prefixes:
-        usable, n_sentences = usable_documents(prefix, need)
+    per_prefix = {}
+    for name, prefix, bounds in _split_ranges(config, sources):
+        if prefix not in per_prefix:
+            per_prefix[prefix] = usable_documents(prefix, need)
+        usable, n_sentences = per_prefix[prefix]
         n = len(usable)
-        for i, name in enumerate(("train", "valid", "test")):
-            if config.split_matrix[i] is None:
-                continue
-            beg, end = (int(round(b * n)) for b in config.split_matrix[i])
-            if usable[beg:end].any():
-                continue
-            where = (f"{prefix}: the {name} split (documents {beg}..{end} of {n}, data.split={cfg.data.split!r}) "
-                     f"has no document of >= {need} sentences with none over {LONG_SENTENCE_LEN} tokens")
-            if need == 2 and (n_sentences <= 1).all():
-                hint = ("the sentence-order head needs sentence-split data: preprocess with "
-                        "`python -m data_tools.preprocess --split-sentences` and give the _sentence prefix "
-                        "(or set model.bert_binary_head=false)")
-            else:
-                hint = f"give more data, more weight to {name} in data.split, or 0 (e.g. data.split=90,10,0)"
-            raise ConfigError(f"data.paths: {where}; {hint}")
+        beg, end = (int(round(b * n)) for b in bounds)
+        if usable[beg:end].any():
+            continue
+        key = "data.valid_paths" if sources.valid_prefixes and name == "valid" else "data.paths"
+        how = "whole" if sources.valid_prefixes else f"data.split={cfg.data.split!r}"
+        where = (f"{prefix}: the {name} split (documents {beg}..{end} of {n}, {how}) "
+                 f"has no document of >= {need} sentences with none over {LONG_SENTENCE_LEN} tokens")
+        if need == 2 and (n_sentences <= 1).all():
+            hint = ("the sentence-order head needs sentence-split data: preprocess with "
+                    "`python -m data_tools.preprocess --split-sentences` and give the _sentence prefix "
+                    "(or set model.bert_binary_head=false)")
+        elif sources.valid_prefixes:
+            hint = f"give {key} more (or longer) documents"
+        else:
+            hint = f"give more data, more weight to {name} in data.split, or 0 (e.g. data.split=90,10,0)"
+        raise ConfigError(f"{key}: {where}; {hint}")
 
 
 def build_bert_datasets(cfg: RunConfig, sources, tokenizer, sizes: list[int]):
@@ -165,7 +178,7 @@ def build_bert_datasets(cfg: RunConfig, sources, tokenizer, sizes: list[int]):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 
     config = bert_dataset_config(cfg, sources, tokenizer)
-    _check_splits(config, cfg, sources.prefixes)  # again: the default corpus is only known here
+    _check_splits(config, cfg, sources)  # again: the default corpus is only known here
     return BlendedMegatronDatasetBuilder(BERTMaskedWordPieceDataset, sizes, lambda: True, config).build()
 
 

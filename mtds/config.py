@@ -104,6 +104,9 @@ class DataConfig:
     Empty: the embedded default corpus, built on first use under default_dir."""
     weights: list[float] | None = None
     """Blend weights, one per path; None = proportional to size (megatron-core's default)."""
+    valid_paths: list[str] = field(default_factory=list)
+    """Validation set from its own prefixes (Megatron-LM's --valid-data-path): then all of
+    `paths` is training data, `split` is not used, and there is no test split."""
     tokenizer_model: str | None = None
     """sentencepiece .model; required when paths are given."""
     default_dir: str = "data/stdlib"
@@ -352,6 +355,8 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append(f"data.weights has {len(d.weights)} entries for {len(d.paths)} data.paths; give one weight per path")
     if d.weights is not None and any(w <= 0 for w in d.weights):
         errs.append(f"data.weights={d.weights}: weights must be positive")
+    if d.valid_paths and not d.paths:
+        errs.append("data.valid_paths needs data.paths (the training prefixes, tokenized with the same tokenizer)")
     if d.paths and not d.tokenizer_model:
         errs.append("data.tokenizer_model: required when data.paths is set (the .model the data was built with)")
     split = d.split.replace("/", ",").split(",")

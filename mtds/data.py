@@ -22,6 +22,12 @@ class DataSources:
     prefixes: list[str]
     weights: list[float] | None
     tokenizer_model: str
+    valid_prefixes: list[str] | None = None
+    """A separate validation set (data.valid_paths); None: validation is a split of `prefixes`."""
+
+    @property
+    def all_prefixes(self) -> list[str]:
+        return self.prefixes + (self.valid_prefixes or [])
 
 
 def check_prefix(prefix: str, key: str) -> None:
@@ -44,8 +50,11 @@ def resolve_sources(cfg: RunConfig) -> DataSources:
     if d.paths:
         for p in d.paths:
             check_prefix(p, "data.paths")
-        check_splits(d.paths, d.split)
-        return DataSources(list(d.paths), d.weights, d.tokenizer_model)
+        for p in d.valid_paths:
+            check_prefix(p, "data.valid_paths")
+        if not d.valid_paths:  # with a separate validation set, data.split is not used
+            check_splits(d.paths, d.split)
+        return DataSources(list(d.paths), d.weights, d.tokenizer_model, list(d.valid_paths) or None)
     from data_tools.default_dataset import build_default_dataset
 
     split_sentences = cfg.model.model_type == "bert"
@@ -63,7 +72,7 @@ def check_token_ids(sources: DataSources, vocab_size: int) -> None:
     `python -m data_tools.inspect_data PREFIX --verify --tokenizer-model M` checks every id."""
     from data_tools.inspect_data import check_token_ids as check, verify_pair
 
-    for prefix in sources.prefixes:
+    for prefix in sources.all_prefixes:
         check(verify_pair(prefix), vocab_size, sources.tokenizer_model, sample_tokens=1 << 22)
 
 
@@ -96,11 +105,14 @@ def check_splits(prefixes: list[str], split: str) -> None:
 
 def shared_dataset_fields(cfg: RunConfig, sources: DataSources, tokenizer) -> dict:
     """The BlendedMegatronDatasetConfig fields that GPT and BERT datasets share."""
+    if sources.valid_prefixes:  # all of `prefixes` trains; the validation set is read whole; no test
+        data = dict(blend_per_split=[(sources.prefixes, sources.weights), (sources.valid_prefixes, None), None])
+    else:
+        data = dict(blend=(sources.prefixes, sources.weights), split=split_string(cfg.data.split))
     return dict(
         random_seed=cfg.data.seed,
         sequence_length=cfg.seq_length,
-        blend=(sources.prefixes, sources.weights),
-        split=split_string(cfg.data.split),
+        **data,
         path_to_cache=(cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"))
         if cfg.data.index_cache else None,
         tokenizer=tokenizer,

@@ -31,8 +31,8 @@ SPLITS = {"valid": 1, "test": 2, "all": 0}
 def eval_config(cfg, run_dir: str, prefixes: list[str] | None, split: str):
     """The run config for building the evaluation dataset: other data, whole-dataset split, index cache."""
     data = cfg.data
-    if prefixes:
-        data = dataclasses.replace(data, paths=list(prefixes), weights=None)
+    if prefixes:  # split as the run split its own data, whatever its validation set was
+        data = dataclasses.replace(data, paths=list(prefixes), weights=None, valid_paths=[])
     if split == "all":  # every document in one split, read in the dataset's shuffled order
         data = dataclasses.replace(data, split="1,0,0")
     if data.cache_dir is None or not os.path.isdir(data.cache_dir):
@@ -111,12 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     n = iters * micro
     from mtds.data import DataSources
 
-    sources = DataSources(cfg.data.paths or saved["data_sources"]["prefixes"],
-                          cfg.data.weights if cfg.data.paths else saved["data_sources"]["weights"],
-                          run.tokenizer_model)
-    for prefix in sources.prefixes:
+    own = saved["data_sources"]
+    sources = DataSources(cfg.data.paths or own["prefixes"], cfg.data.weights if cfg.data.paths else own["weights"],
+                          run.tokenizer_model, None if a.data else own.get("valid_prefixes"))
+    for prefix in sources.all_prefixes:
         check_prefix(prefix, "--data")
-    check_split_not_empty(sources.prefixes, cfg.data.split, a.split)
+    if sources.valid_prefixes and a.split != "valid":
+        raise LoadError(f"the run validated on its own data.valid_paths and has no {a.split!r} split of its training "
+                        "data; give --data PREFIX to evaluate other data")
+    if not sources.valid_prefixes:
+        check_split_not_empty(sources.prefixes, cfg.data.split, a.split)
+    shown = sources.valid_prefixes or sources.prefixes  # what is read
     # Only the asked-for split is read, but the builder builds every split: the others get one
     # GPT epoch (None), or one sample where blend weights or BERT's sample mapping need a number.
     want = SPLITS[a.split]
@@ -125,19 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     datasets = build_datasets(cfg, sources, run.tokenizer(), sizes, 1)
     dataset = datasets[SPLITS[a.split]]
     if dataset is None or len(dataset) == 0:
-        raise LoadError(f"split {a.split!r} of {' '.join(sources.prefixes)} is empty (split string "
+        raise LoadError(f"split {a.split!r} of {' '.join(shown)} is empty (split string "
                         f"{cfg.data.split!r}); try --split all")
     loader = fixed_eval_batches(dataset, iters, micro, 0, 1)
     result = evaluate(run.model, loader, forward_step(cfg.model.model_type), torch.device(a.device),
                       progress=not a.no_progress)
     result.update(split=a.split, samples=result["batches"] * micro, tokens=result["batches"] * micro * cfg.seq_length,
-                  checkpoint=run.ckpt_dir, data=sources.prefixes)
+                  checkpoint=run.ckpt_dir, data=shown)
     if a.json:
         print(json.dumps(result))
     else:
         extra = "".join(f" | {k} {v:.4f}" for k, v in result.items()
                         if k not in ("loss", "ppl", "batches", "split", "samples", "tokens", "checkpoint", "data"))
-        print(f"{run.ckpt_dir} on {' '.join(sources.prefixes)} ({a.split}, {result['batches']} batches x {micro} "
+        print(f"{run.ckpt_dir} on {' '.join(shown)} ({a.split}, {result['batches']} batches x {micro} "
               f"samples x {cfg.seq_length} tokens): loss {result['loss']:.4f} | ppl {result['ppl']:.2f}{extra}")
     return 0
 

@@ -165,6 +165,7 @@ def run(argv: list[str]) -> int:
 
     resolved = {"run": resolved_dict(cfg), "deepspeed": ds_cfg, "world_size": world, "versions": versions(),
                 "data_sources": {"prefixes": sources.prefixes, "weights": sources.weights,
+                                 "valid_prefixes": sources.valid_prefixes,
                                  "tokenizer_model": os.path.abspath(sources.tokenizer_model)},
                 "vocab_size": vocab_size, "num_parameters": n_params, "train_iters": train_iters}
     if rank == 0:

@@ -107,6 +107,12 @@ def test_dataset_prefix_that_does_not_exist(case, capsys, tmp_path, tiny_data):
     assert f"dataset prefix '{tmp_path}/absent_text_document' has no" in error_line(capsys)
 
 
+def test_validation_prefix_that_does_not_exist(case, capsys, tmp_path):
+    assert case(f"--data.valid_paths={tmp_path}/absent_text_document") == 2
+    assert f"data.valid_paths: dataset prefix '{tmp_path}/absent_text_document' has no" in error_line(capsys)
+    assert nothing_written(tmp_path)
+
+
 def test_prefix_given_with_extension(case, capsys, tiny_data):
     assert case("--data.paths", tiny_data["prefix"] + ".bin", "--data.tokenizer_model",
                 tiny_data["tokenizer_model"], data=False) == 2

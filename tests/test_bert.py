@@ -264,6 +264,24 @@ def test_without_binary_head_samples_are_one_segment(world_of_one, tiny_data, tm
         assert original[0] == tok.cls and original[-1] == tok.sep and (original[1:-1] != tok.sep).all()
 
 
+def test_a_separate_validation_set_is_checked_whole(world_of_one, tiny_data, tmp_path):
+    """data.valid_paths: all of data.paths trains, the validation set is read whole, and it is
+    checked like a split (document-level data there is refused, naming data.valid_paths)."""
+    from mtds.bert import build_bert_datasets
+    from mtds.config import ConfigError
+    from mtds.data import DataSources
+    from mtds.tokenizer import SentencePieceTokenizer
+
+    sent, doc, model = tiny_data["sentence_prefix"], tiny_data["prefix"], tiny_data["tokenizer_model"]
+    tok = SentencePieceTokenizer(model)
+    cfg = tiny_bert_config(True, paths=[sent], valid_paths=[sent], tokenizer_model=model, cache_dir=str(tmp_path / "c"))
+    train, valid, test = build_bert_datasets(cfg, DataSources([sent], None, model, [sent]), tok, [10, 4, None])
+    assert len(train) >= 10 and len(valid) >= 4 and test is None
+    cfg = tiny_bert_config(True, paths=[sent], valid_paths=[doc], tokenizer_model=model, cache_dir=str(tmp_path / "d"))
+    with pytest.raises(ConfigError, match=r"^data.valid_paths: .*the valid split \(documents 0\.\.\d+ of \d+, whole\)"):
+        build_bert_datasets(cfg, DataSources([sent], None, model, [doc]), tok, [10, 4, None])
+
+
 def test_document_level_data_is_refused_instead_of_hanging(world_of_one, tiny_data, tmp_path):
     """One sequence per document gives the sentence-order head no sentence pairs; megatron-core's
     sample builder would loop forever, so build_bert_datasets names the fix instead."""

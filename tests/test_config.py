@@ -113,6 +113,10 @@ def test_bad_choices_and_shapes():
     assert "training.compile='true': choose one of none, layers, model" in errors_of(training={"compile": "true"})
 
 
+def test_valid_paths_need_training_paths():
+    assert "data.valid_paths needs data.paths" in errors_of(data={"valid_paths": ["data/v_text_document"]})
+
+
 def test_data_errors():
     assert "data.weights has 1 entries for 2 data.paths" in errors_of(
         data={"paths": "a b", "weights": "1", "tokenizer_model": "t.model"})

@@ -30,7 +30,8 @@ COMMON = ["--model.preset=none", "--model.num_layers=2", "--model.hidden_size=64
           # has ~34 documents, too few for the default 969,30,1 to give the test split one.
           "--data.split=80,10,10"]
 MODELS = {
-    "llama": dict(ds=dict(stage=2, precision="fp32"),
+    # validates on its own data.valid_paths (the sentence-split copy of the corpus)
+    "llama": dict(ds=dict(stage=2, precision="fp32"), valid="sentence_prefix",
                   args=["--model.num_query_groups=2"]),
     # ZeRO-0 keeps no fp32 master shards: the loader reads the module's bf16 weights instead.
     "llama_tied_bias": dict(ds=dict(stage=0, precision="bf16"),
@@ -55,6 +56,8 @@ def train_runs(data: dict, work: str, names=tuple(MODELS)) -> dict[str, str]:
         cmd = [sys.executable, PRETRAIN, "--deepspeed_config", ds, "--run-dir", run_dir,
                f"--data.paths={data[spec.get('data', 'prefix')]}", f"--data.tokenizer_model={data['tokenizer_model']}",
                *COMMON, *spec["args"]]
+        if "valid" in spec:
+            cmd.append(f"--data.valid_paths={data[spec['valid']]}")
         # A plain process of its own: no launcher variables, so it binds a free port itself.
         env = {**{k: v for k, v in os.environ.items() if k not in _DIST_ENV}, "PYTHONWARNINGS": "ignore"}
         procs[name] = (run_dir, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -320,8 +323,13 @@ def test_evaluate_splits_and_input_errors(runs, loaded, tiny_data, tmp_path, cap
                                         "--eval-iters", "3", "--micro-batch", "2", "--json", "--no-progress"], capsys)
     assert rc == 0, err
     assert json.loads(out)["samples"] == 6 and json.loads(out)["split"] == "test"
-    rc, out, err = call(evaluate.main, ["--load", run, "--split", "all", "--eval-iters", "1", "--no-progress"], capsys)
+    rc, out, err = call(evaluate.main, ["--load", run, "--data", tiny_data["prefix"], "--split", "all",
+                                        "--eval-iters", "1", "--no-progress"], capsys)
     assert rc == 0 and "(all, 1 batches x 4 samples x 64 tokens): loss" in out, err
+    rc, out, err = call(evaluate.main, ["--load", run, "--no-progress"], capsys)  # its own validation set
+    assert rc == 0 and f"on {tiny_data['sentence_prefix']} (valid, 2 batches" in out, err
+    rc, _, err = call(evaluate.main, ["--load", run, "--split", "test"], capsys)
+    assert rc == 2 and "validated on its own data.valid_paths and has no 'test' split" in err
     missing = str(tmp_path / "nodata_text_document")
     rc, _, err = call(evaluate.main, ["--load", run, "--data", missing], capsys)
     assert rc == 2 and err.startswith("error: --data") and missing in err and err.count("\n") == 1

@@ -2,14 +2,15 @@
 # The GPU benchmarks of bench/RESULTS.md, in stages, for one lease of the lent GPU machine.
 #   bash bench/gpu_suite.sh setup profile throughput tune   (~10 min with the FusedAdam build)
 #   bash bench/gpu_suite.sh setup entry confirm memory         (~5 min)
-#   bash bench/gpu_suite.sh setup compile                      (~6 min; not run yet, first priority)
-#   bash bench/gpu_suite.sh setup fit                          (~8 min; not run yet)
-#   bash bench/gpu_suite.sh setup fit-offload sweep            (~9 min; not run yet)
+#   bash bench/gpu_suite.sh setup compile                      (~6 min est.; not run yet, first priority)
+#   bash bench/gpu_suite.sh setup compile-350m                 (~5 min est.; not run yet)
+#   bash bench/gpu_suite.sh setup fit                          (~8 min est.; not run yet)
+#   bash bench/gpu_suite.sh setup fit-offload sweep            (~9 min est.; not run yet)
 # The wheels must include orjson (data_tools needs it for the default corpus).
 # Logs go to $OUT (or bench_out/ when unset); each stage prints its own table last.
 # setup installs the carried wheels (.whl, see shared/device/README.md) into .site once.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/.site:$PWD PYTHONUNBUFFERED=1
@@ -61,8 +62,9 @@ for stage in "$@"; do
         | tee "$OUT/fit_offload.log" ;;
     compile)  # training.compile (mtds/compile.py): per-layer torch.compile and DeepSpeed's whole-module
               # engine.compile(), against the eager default in the same stage
-      tp --presets gpt-1.3b --variants z2,z2+layers,z2+compile --micro 8 --warmup 5 --steps 10 | tee "$OUT/compile.log"
-      tp --presets gpt-350m --variants z2,z2+layers,z2+compile --micro 16 --warmup 5 --steps 10 | tail -3 | tee -a "$OUT/compile.log" ;;
+      tp --presets gpt-1.3b --variants z2,z2+layers,z2+compile --micro 8 --warmup 5 --steps 10 | tee "$OUT/compile.log" ;;
+    compile-350m)
+      tp --presets gpt-350m --variants z2,z2+layers,z2+compile --micro 16 --warmup 5 --steps 10 | tee "$OUT/compile_350m.log" ;;
     entry)  # the real entry point, default tiny model and default corpus (built here on first use)
       for cfg in zero2_fp16 zero2; do
         /usr/bin/time -f "wall %e s" $py mtds/pretrain.py --deepspeed_config ds_configs/$cfg.json \

@@ -59,14 +59,8 @@ def strip_prefix(path: str) -> str:
     return path[:-4] if path.endswith((".bin", ".idx")) else path
 
 
-def verify_pair(prefix: str) -> PairInfo:
-    """Check `{prefix}.idx` against `{prefix}.bin`; return what the index says, or raise one line."""
-    prefix = strip_prefix(os.fspath(prefix))
-    idx_path, bin_path = prefix + ".idx", prefix + ".bin"
-    for p in (idx_path, bin_path):
-        if not os.path.isfile(p):
-            raise DataToolsError(f"{p}: not found (need both {prefix}.bin and {prefix}.idx)")
-    idx_size = os.path.getsize(idx_path)
+def read_header(idx_path: str) -> tuple[np.dtype, int, int]:
+    """(token dtype, sequence count, document-index length) from a Megatron .idx header."""
     with open(idx_path, "rb") as f:
         head = f.read(HEADER_BYTES)
     if len(head) < HEADER_BYTES or head[:9] != INDEX_MAGIC:
@@ -76,7 +70,18 @@ def verify_pair(prefix: str) -> PairInfo:
         raise DataToolsError(f"{idx_path}: index version {version}, expected 1; {REBUILD}")
     if code not in DTYPE_CODES:
         raise DataToolsError(f"{idx_path}: unknown dtype code {code}; {REBUILD}")
-    dtype = np.dtype(DTYPE_CODES[code])
+    return np.dtype(DTYPE_CODES[code]), n_seq, n_doc
+
+
+def verify_pair(prefix: str) -> PairInfo:
+    """Check `{prefix}.idx` against `{prefix}.bin`; return what the index says, or raise one line."""
+    prefix = strip_prefix(os.fspath(prefix))
+    idx_path, bin_path = prefix + ".idx", prefix + ".bin"
+    for p in (idx_path, bin_path):
+        if not os.path.isfile(p):
+            raise DataToolsError(f"{p}: not found (need both {prefix}.bin and {prefix}.idx)")
+    idx_size = os.path.getsize(idx_path)
+    dtype, n_seq, n_doc = read_header(idx_path)
     expected_idx = HEADER_BYTES + n_seq * (4 + 8) + n_doc * 8
     if idx_size != expected_idx:
         raise DataToolsError(f"{idx_path}: {idx_size} bytes but its header ({n_seq} sequences, {n_doc - 1} "
@@ -102,11 +107,14 @@ def verify_pair(prefix: str) -> PairInfo:
     return PairInfo(prefix, dtype, lengths, docs, bin_size)
 
 
-def max_token_id(info: PairInfo, sample_tokens: int | None = None) -> int:
-    """Largest token id in the .bin: all of it, or about `sample_tokens` read from 16 evenly
-    spaced windows (a tokenizer mismatch shows up everywhere, so a sample finds it in
-    milliseconds where a full scan of a large corpus would take minutes). -1 if empty."""
-    data = np.memmap(info.prefix + ".bin", dtype=info.dtype, mode="r") if info.bin_bytes else np.empty(0)
+def max_token_id(prefix: str, sample_tokens: int | None = None) -> int:
+    """Largest token id in `prefix`.bin (a pair already verified): all of it, or about
+    `sample_tokens` read from 16 evenly spaced windows (a tokenizer mismatch shows up everywhere,
+    so a sample finds it in milliseconds where a full scan of a large corpus takes minutes).
+    -1 if empty."""
+    dtype, _, _ = read_header(prefix + ".idx")
+    empty = os.path.getsize(prefix + ".bin") == 0
+    data = np.empty(0) if empty else np.memmap(prefix + ".bin", dtype=dtype, mode="r")
     n = len(data)
     if n == 0:
         return -1
@@ -118,13 +126,14 @@ def max_token_id(info: PairInfo, sample_tokens: int | None = None) -> int:
     return int(max(data[s : s + width].max() for s in starts))
 
 
-def check_token_ids(info: PairInfo, vocab_size: int, tokenizer_model: str, sample_tokens: int | None = None) -> None:
+def check_token_ids(prefix: str, vocab_size: int, tokenizer_model: str, sample_tokens: int | None = None) -> None:
     """Every token id must be below the tokenizer's vocabulary size: a .bin built with another
     (larger) tokenizer would otherwise fail deep inside the embedding, or train on wrong text."""
-    top = max_token_id(info, sample_tokens)
+    prefix = strip_prefix(os.fspath(prefix))
+    top = max_token_id(prefix, sample_tokens)
     if top >= vocab_size:
         raise DataToolsError(
-            f"{info.prefix}.bin holds token id {top} but {tokenizer_model} has only {vocab_size} pieces: the data "
+            f"{prefix}.bin holds token id {top} but {tokenizer_model} has only {vocab_size} pieces: the data "
             f"was built with another tokenizer; give that tokenizer, or rebuild the data with "
             f"`python -m data_tools.preprocess --tokenizer-model {tokenizer_model}`"
         )
@@ -178,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checked = ""
         if a.tokenizer_model:
             vocab = load_tokenizer(a.tokenizer_model).vocab_size()
-            check_token_ids(info, vocab, a.tokenizer_model)
+            check_token_ids(info.prefix, vocab, a.tokenizer_model)
             checked = f", every id below the tokenizer's {vocab}"
         print(f"ok: {info.prefix}: {info.documents} documents, {info.sequences} sequences, "
               f"{info.tokens} tokens ({info.dtype.name}){checked}")

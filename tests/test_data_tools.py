@@ -398,11 +398,10 @@ def test_verify_checks_token_ids_against_the_tokenizer(tok, tmp_path, doc_prefix
     assert capsys.readouterr().err == (f"error: {p}.bin holds token id {vocab + 7} but {tok} has only {vocab} pieces: "
                                        "the data was built with another tokenizer; give that tokenizer, or rebuild "
                                        f"the data with `python -m data_tools.preprocess --tokenizer-model {tok}`\n")
-    info = inspect_data.verify_pair(p)
-    assert inspect_data.max_token_id(info, sample_tokens=64) == vocab + 7  # the sample windows reach the end
+    assert inspect_data.max_token_id(p, sample_tokens=64) == vocab + 7  # the sample windows reach the end
     data[-1] = 0
     data.flush()
-    assert inspect_data.max_token_id(info, sample_tokens=64) < vocab
+    assert inspect_data.max_token_id(p, sample_tokens=64) < vocab
 
 
 def test_merge_refuses_mixed_dtypes(tmp_path, doc_prefix, capsys):

@@ -8,6 +8,7 @@ mtds.data.build_datasets, mtds.steps.forward_step.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -111,6 +112,7 @@ def bert_dataset_config(cfg: RunConfig, sources, tokenizer):
 LONG_SENTENCE_LEN = 512
 
 
+@functools.lru_cache(maxsize=16)  # pretrain.py checks before DeepSpeed starts, the builder again
 def usable_documents(prefix: str, min_sentences: int) -> tuple[np.ndarray, np.ndarray]:
     """Per document of an IndexedDataset: (can megatron-core's BERT dataset sample from it,
     its number of sentences)."""
@@ -178,7 +180,7 @@ def build_bert_datasets(cfg: RunConfig, sources, tokenizer, sizes: list[int]):
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 
     config = bert_dataset_config(cfg, sources, tokenizer)
-    _check_splits(config, cfg, sources)  # again: the default corpus is only known here
+    _check_splits(config, cfg, sources)  # for every caller, not only pretrain.py (cached per prefix)
     return BlendedMegatronDatasetBuilder(BERTMaskedWordPieceDataset, sizes, lambda: True, config).build()
 
 

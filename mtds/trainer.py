@@ -49,6 +49,7 @@ class Trainer:
         self._stop_request: str | None = None
         self._skipped_in_row = 0
         self._loss_ema: float | None = None
+        self._data_wait = 0.0  # host seconds blocked on the data loader since the last log
         self.start_time = time.time()
 
     # -- state -----------------------------------------------------------------------------
@@ -88,7 +89,10 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         extra: dict[str, torch.Tensor] = {}
         for micro_step in range(self.accum):
-            loss, metrics = self.forward(self.engine, next(batches), self.device)
+            waited = time.perf_counter()
+            batch = next(batches)  # blocks only if the loader workers fell behind
+            self._data_wait += time.perf_counter() - waited
+            loss, metrics = self.forward(self.engine, batch, self.device)
             self.engine.backward(loss)
             total += loss.detach()
             for k, v in metrics.items():
@@ -190,6 +194,7 @@ class Trainer:
                   "throughput/tokens_per_sec": tokens_per_sec,
                   "throughput/tflops_per_device": tflops,
                   "throughput/step_seconds": seconds / iters,
+                  "throughput/data_wait_ms": self._data_wait / iters * 1e3,
                   "data/consumed_samples": float(self.state.consumed_samples),
                   "data/consumed_tokens": float(self.state.consumed_tokens),
                   **memory_stats()}
@@ -203,7 +208,9 @@ class Trainer:
                 + f"lr {values['train/lr']:.3e} | grad_norm {values.get('train/grad_norm', float('nan')):.3f} | ")
         if "train/loss_scale" in values:
             line += f"loss_scale {values['train/loss_scale']:.0f} | "
-        line += (f"skipped {int(values['train/skipped_steps'])} | {tokens_per_sec:,.0f} tok/s | "
+        self._data_wait = 0.0
+        line += (f"skipped {int(values['train/skipped_steps'])} | data {values['throughput/data_wait_ms']:.1f} ms | "
+                 f"{tokens_per_sec:,.0f} tok/s | "
                  f"{tflops:.2f} TFLOP/s/dev | ")
         if self.peak:
             line += f"MFU {values['throughput/mfu']:.1%} | "

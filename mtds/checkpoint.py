@@ -154,6 +154,15 @@ def plan_resume(load_dir: str, world_size: int, ds_cfg: dict, log=print) -> str 
         saved = json.load(f)
     saved_world = saved.get("world_size", world_size)
     stage = saved.get("deepspeed", {}).get("zero_optimization", {}).get("stage", 0)
+    new_stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)
+    if _stage_family(stage) != _stage_family(new_stage):
+        # Measured with DeepSpeed 0.19.8: 1 <-> 2 loads; 0 <-> 1/2/3 and 1/2 <-> 3 fail mid-load
+        # (different shard files and layouts), universal checkpoint or not.
+        raise ConfigError(
+            f"training.load: {ckpt} was saved with ZeRO stage {stage} and this run uses stage {new_stage}; "
+            f"DeepSpeed resumes only between stages 1 and 2, so set zero_optimization.stage={stage} in the "
+            "DeepSpeed JSON (or start a new run from exported weights)"
+        )
     if saved_world == world_size or stage == 0:
         return ckpt
     if not is_universal(ckpt):
@@ -167,6 +176,11 @@ def plan_resume(load_dir: str, world_size: int, ds_cfg: dict, log=print) -> str 
     log(f"resuming a checkpoint of {saved_world} data-parallel ranks with {world_size}: loading its universal "
         f"form {os.path.join(ckpt, UNIVERSAL_DIR)}")
     return ckpt
+
+
+def _stage_family(stage: int) -> str:
+    """ZeRO stages whose checkpoints load into each other."""
+    return {0: "none", 1: "1-2", 2: "1-2"}.get(stage, "3")
 
 
 def load(engine, ckpt_dir: str, current_resolved: dict, log=print) -> dict:

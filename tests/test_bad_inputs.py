@@ -165,6 +165,37 @@ def test_load_dir_that_is_a_file(case, capsys, tmp_path):
     assert error_line(capsys) == f"error: training.load={f!r} is a file; give the run directory to resume from"
 
 
+def fake_checkpoint(run_dir, world_size: int, stage: int) -> str:
+    """A complete-looking checkpoint: all that is read before DeepSpeed starts is its config."""
+    ckpt = run_dir / "checkpoints" / "iter_0000003"
+    ckpt.mkdir(parents=True)
+    (ckpt / "mtds_config.json").write_text(json.dumps({"world_size": world_size,
+                                                       "deepspeed": {"zero_optimization": {"stage": stage}}}))
+    (run_dir / "checkpoints" / "latest").write_text("iter_0000003")
+    return str(ckpt)
+
+
+def test_checkpoint_of_another_world_size_names_the_conversion(case, capsys, tmp_path):
+    ckpt = fake_checkpoint(tmp_path / "old", world_size=2, stage=2)
+    assert case("--load", str(tmp_path / "old")) == 2
+    assert error_line(capsys) == (
+        f"error: training.load: {ckpt} was saved by 2 data-parallel ranks and this run has 1, and ZeRO-2 partitions "
+        f"the optimizer state per rank; convert it once with `python -m mtds.universal_checkpoint --load "
+        f"{tmp_path / 'old'}` (it then resumes at any world size), or resume with 2 ranks")
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("saved_stage", [0, 3])
+def test_checkpoint_of_another_zero_family_is_refused(case, capsys, tmp_path, saved_stage):
+    ckpt = fake_checkpoint(tmp_path / "old", world_size=1, stage=saved_stage)
+    assert case("--load", str(tmp_path / "old")) == 2  # GOOD_DS is ZeRO-2
+    assert error_line(capsys) == (
+        f"error: training.load: {ckpt} was saved with ZeRO stage {saved_stage} and this run uses stage 2; DeepSpeed "
+        f"resumes only between stages 1 and 2, so set zero_optimization.stage={saved_stage} in the DeepSpeed JSON "
+        "(or start a new run from exported weights)")
+    assert nothing_written(tmp_path)
+
+
 def test_run_dir_that_is_a_file(tiny_data, capsys, tmp_path):
     f = write(tmp_path, "runfile", "keep me")
     assert main(["--deepspeed_config", GOOD_DS, "--run-dir", f]) == 2

@@ -9,7 +9,6 @@ mtds.data.build_datasets, mtds.steps.forward_step.
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 import torch

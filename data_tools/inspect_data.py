@@ -166,7 +166,7 @@ def length_histogram(lengths: np.ndarray, width: int = 40) -> list[str]:
 
 
 def load_tokenizer(path: str):
-    from mtds.spm import TokenizerError, load_sentencepiece
+    from data_tools.spm import TokenizerError, load_sentencepiece
 
     try:
         return load_sentencepiece(path)

@@ -34,7 +34,7 @@ import numpy as np
 from data_tools.errors import DataToolsError, run_cli
 from data_tools.io_utils import check_input_files, check_output_prefix
 from data_tools.jsonl_reader import SKIP_REASONS, Chunk, Skip, iter_chunks, parse_lines, total_input_bytes
-from mtds.spm import TokenizerError, load_sentencepiece
+from data_tools.spm import TokenizerError, load_sentencepiece
 
 FIRST_SKIPS_KEPT = 5  # line numbers reported per skip reason
 

@@ -3,7 +3,7 @@
     python -m data_tools.train_tokenizer --input corpus.jsonl --output-prefix tok [--vocab-size 8192]
 
 Writes `tok.model` and `tok.vocab` (temp names, renamed when complete). The special-token layout
-is the one `mtds.spm` documents and the training code relies on:
+is the one `data_tools.spm` documents and the training code relies on:
     0 <pad>   1 <unk>   2 <s>   3 </s> (= EOD)   4 [CLS]   5 [SEP]   6 [MASK]
 
 Text is streamed line by line, never loaded whole: a uniform random sample of
@@ -32,7 +32,7 @@ import orjson
 
 from data_tools.errors import DataToolsError, run_cli
 from data_tools.io_utils import atomic_outputs, check_input_files, check_output_prefix, open_binary_lines
-from mtds.spm import BOS, EOD, PAD, UNK, USER_DEFINED_SYMBOLS
+from data_tools.spm import BOS, EOD, PAD, UNK, USER_DEFINED_SYMBOLS
 
 # sentencepiece drops training sentences longer than max_sentence_length bytes; code lines are
 # short, but long prose lines are cut into pieces of at most this many characters instead.

@@ -230,7 +230,7 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: 
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
-    from mtds.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece
+    from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece
 
     sp = load_sentencepiece(model_path)
     shutil.copyfile(model_path, os.path.join(out_dir, "tokenizer.model"))

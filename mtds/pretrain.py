@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 
 from data_tools.errors import DataToolsError
 from mtds.config import ConfigError, RunConfig, build_config, check_vocab, load_file, parse_overrides, resolved_dict
-from mtds.spm import TokenizerError
+from data_tools.spm import TokenizerError
 from mtds.errors import TrainingStopped
 
 

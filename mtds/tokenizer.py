@@ -7,7 +7,7 @@ megatron-core's datasets read exactly the attributes of `MegatronLegacyTokenizer
 cls, sep, mask, vocab_size, inv_vocab), so we implement that interface over
 `sentencepiece.SentencePieceProcessor` and nothing more.
 
-The special-token layout is fixed by `data_tools.train_tokenizer` (see `mtds.spm`).
+The special-token layout is fixed by `data_tools.train_tokenizer` (see `data_tools.spm`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 
-from mtds.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, TokenizerError, load_sentencepiece
+from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, TokenizerError, load_sentencepiece
 
 
 class SentencePieceTokenizer(MegatronLegacyTokenizer):

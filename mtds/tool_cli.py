@@ -14,7 +14,7 @@ class LoadError(ValueError):
 def run_tool(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
     """Call `main(argv)`; known input problems become one stderr line and exit status 2."""
     from mtds.config import ConfigError
-    from mtds.spm import TokenizerError
+    from data_tools.spm import TokenizerError
 
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
     try:

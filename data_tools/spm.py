@@ -1,4 +1,4 @@
-"""Sentencepiece model file conventions shared by data_tools and training (no torch import).
+"""Sentencepiece model file conventions, owned by data_tools and read by training (no torch import).
 
 `data_tools.train_tokenizer` writes models with this special-token layout:
     0 <pad>   1 <unk>   2 <s>   3 </s> (= end of document)   4 [CLS]   5 [SEP]   6 [MASK]

@@ -5,6 +5,7 @@ It replaces megatron-core's `DotProductAttention` in our layer specs because:
   while DotProductAttention materialises the [b, np, s, s] score matrix;
 - on CPU, DotProductAttention forks megatron's CUDA RNG tracker for dropout and fails.
 Tensor and context parallelism are not supported here (mtds is data-parallel only).
+`SDPABertModel` is the one change megatron-core's BertModel needs to accept this core attention.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -78,3 +80,28 @@ class SDPAttention(MegatronModule):
         # [b, np, sq, hn] -> [sq, b, np * hn]
         sq, b = context.shape[2], context.shape[0]
         return context.permute(2, 0, 1, 3).reshape(sq, b, self.num_heads * self.head_dim)
+
+
+class SDPABertModel(BertModel):
+    """BertModel whose padding mask is laid out for mtds.attention.SDPAttention.
+
+    BertModel.__init__ asks `_sanity_check_attention_and_get_attn_mask_dimension` which mask
+    layout the spec's core attention wants: "b1ss" for megatron's own DotProductAttention,
+    otherwise it assumes Transformer Engine and compares TE versions (a TypeError when TE is
+    not installed). This override is the whole adaptation: for SDPAttention it answers "b11s",
+    i.e. `bert_extended_attention_mask` turns the [b, s] padding mask (1 = token) into
+    [b, 1, 1, s] with True = masked, which SDPAttention inverts and SDPA broadcasts over heads
+    and queries.
+
+    Why b11s rather than DotProductAttention's b1ss ([b, 1, s, s] = pad(query) | pad(key)): for
+    every real query the two are identical (tests/test_bert.py checks the logits), but b1ss
+    masks *every* key of a padded query row, and a fully masked row is where SDPA kernels have
+    produced NaN (PyTorch issues #103963, #110213), which would then leak through the values.
+    b11s has no empty rows and is s times smaller. Padded positions carry no loss either way.
+    """
+
+    def _sanity_check_attention_and_get_attn_mask_dimension(self) -> str:
+        core = self.transformer_layer_spec.submodules.self_attention.submodules.core_attention
+        if core is SDPAttention:
+            return "b11s"
+        return super()._sanity_check_attention_and_get_attn_mask_dimension()

@@ -45,16 +45,10 @@ def quiet_tp_group_lookup() -> None:
     layers.get_tensor_model_parallel_group_if_none = group_or_default
 
 
-def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The transformer layers of a megatron-core GPTModel/BertModel (its `decoder`/`encoder`)."""
-    stack = model.decoder if hasattr(model, "decoder") else model.encoder
-    return list(stack.layers)
-
-
-def compile_layers(model: torch.nn.Module) -> int:
-    """`training.compile="layers"`: compile each transformer layer in place; returns how many."""
+def compile_layers(layers: list) -> int:
+    """`training.compile="layers"`: compile each transformer layer in place (the family lists them:
+    `transformer_layers(model)` in mtds/models/); returns how many."""
     quiet_tp_group_lookup()
-    layers = transformer_layers(model)
     for layer in layers:
         layer.compile()
     return len(layers)

@@ -3,7 +3,10 @@
 Ownership (each setting has exactly one home):
 - DeepSpeed JSON (`--deepspeed_config`): ZeRO stage, precision, optimizer, LR schedule,
   gradient clipping, micro-batch size and gradient accumulation. See mtds.ds_config.
-- This run config: model shape, data, intervals, paths.
+- This run config: model shape ([model]), the objective's options ([task]), data, intervals, paths.
+
+`model.model_type` names a kind (mtds/kinds.py: a model family plus a task); the family supplies
+the presets and its own model checks, the task the dataclass of [task] and its checks.
 
 Precedence: CLI overrides > config file (`--config x.toml|x.json`) > preset > defaults.
 Field names in `ModelConfig` follow megatron-core's `TransformerConfig` so building the model
@@ -20,39 +23,23 @@ import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
+from typing import Any
 
+from mtds.errors import ConfigError
+from mtds.kinds import KINDS, Kind, family_name
 
-class ConfigError(ValueError):
-    """A run-config problem; the message is one line naming the key and the fix."""
-
-
-# Named model sizes. Shapes only; architecture choices come from ModelConfig's defaults.
-# gpt-125m/350m/1.3b are the GPT-3 paper's shapes (Brown et al. 2020, table 2.1), with 16
-# heads for 1.3b (head dim 128, like Megatron-LM's 1.3B configs).
-PRESETS: dict[str, dict] = {
-    "gpt-tiny": dict(num_layers=4, hidden_size=256, num_attention_heads=4, max_position_embeddings=256),
-    "gpt-125m": dict(num_layers=12, hidden_size=768, num_attention_heads=12, max_position_embeddings=2048),
-    "gpt-350m": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, max_position_embeddings=2048),
-    "gpt-1.3b": dict(num_layers=24, hidden_size=2048, num_attention_heads=16, max_position_embeddings=2048),
-    "bert-tiny": dict(model_type="bert", num_layers=4, hidden_size=256, num_attention_heads=4,
-                      max_position_embeddings=128, position_embedding_type="learned_absolute",
-                      normalization="LayerNorm", activation="gelu", tie_embeddings=True),
-    "bert-base": dict(model_type="bert", num_layers=12, hidden_size=768, num_attention_heads=12,
-                      max_position_embeddings=512, position_embedding_type="learned_absolute",
-                      normalization="LayerNorm", activation="gelu", tie_embeddings=True),
-    "bert-large": dict(model_type="bert", num_layers=24, hidden_size=1024, num_attention_heads=16,
-                       max_position_embeddings=512, position_embedding_type="learned_absolute",
-                       normalization="LayerNorm", activation="gelu", tie_embeddings=True),
-}
-PRESETS["tiny"] = PRESETS["gpt-tiny"]
+CONFIG_FORMAT = 2
+"""Format of the saved `run` dict: 1 had the objective's options in [model]/[data] (no [task])."""
 
 
 @dataclass
 class ModelConfig:
-    preset: str | None = "gpt-tiny"
-    """Named size from PRESETS; explicit fields below override it."""
+    preset: str | None = None
+    """Named size of the kind's family (gpt-tiny, gpt-125m, ..., bert-base; see mtds/models/);
+    explicit fields below override it. Not given: the family's tiny default; none: no preset."""
     model_type: str = "gpt"
-    """"gpt" (causal LM) or "bert" (masked LM + sentence-order head)."""
+    """The kind (mtds/kinds.py): "gpt" (causal LM) or "bert" (masked LM + sentence-order head).
+    Not given with a preset of another family (e.g. bert-base): that family's kind."""
     num_layers: int = 4
     hidden_size: int = 256
     num_attention_heads: int = 4
@@ -80,8 +67,6 @@ class ModelConfig:
     init_method_std: float = 0.02
     recompute_activations: bool = False
     """Activation checkpointing of every transformer layer: less memory, ~30% more compute."""
-    bert_binary_head: bool = True
-    """BERT only: train the sentence-order head (SOP) beside the masked LM."""
 
     def ffn_size(self) -> int:
         if self.ffn_hidden_size:
@@ -124,10 +109,6 @@ class DataConfig:
     seed: int = 1234
     num_workers: int = 1
     """DataLoader worker processes per rank (0 = load in the training process)."""
-    masking_probability: float = 0.15
-    """BERT only: fraction of tokens masked (80% [MASK], 10% random, 10% unchanged)."""
-    short_seq_prob: float = 0.1
-    """BERT only: probability of a sample shorter than seq_length."""
 
 
 @dataclass
@@ -169,21 +150,32 @@ class TrainingConfig:
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    task: Any = None
+    """The kind's task options (`KINDS[model.model_type].task.Options`); None = its defaults."""
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
+    def __post_init__(self):
+        if self.task is None and self.model.model_type in KINDS:
+            self.task = self.kind.task.Options()
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def kind(self) -> Kind:
+        return KINDS[self.model.model_type]
 
     @property
     def seq_length(self) -> int:
         return self.data.seq_length or self.model.max_position_embeddings
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+SECTIONS = ("model", "task", "data", "training")
 _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig}
+# Every preset of every family: name -> (family module, shape dict).
+PRESETS: dict[str, tuple] = {name: (k.family, shape) for k in KINDS.values() for name, shape in k.family.PRESETS.items()}
 CHOICES = {
-    ("model", "model_type"): ("gpt", "bert"),
     ("model", "position_embedding_type"): ("rope", "learned_absolute"),
     ("model", "normalization"): ("RMSNorm", "LayerNorm"),
     ("model", "activation"): ("swiglu", "gelu"),
@@ -294,6 +286,55 @@ def _did_you_mean(name: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _kind_and_preset(model_raw: dict, errors: list[str]) -> tuple[str | None, str | None]:
+    """(kind name, preset name or None) from the raw [model] values.
+
+    The kind is model.model_type if given, else the kind of the preset's family, else "gpt"; the
+    preset defaults to the family's tiny one and must belong to the kind's family.
+    """
+    preset_given = "preset" in model_raw
+    preset = model_raw.get("preset")
+    if isinstance(preset, str) and preset.lower() in ("none", "null"):
+        preset = None
+    if preset is not None and preset not in PRESETS:
+        errors.append(f"model.preset: unknown preset {preset!r}{_did_you_mean(str(preset), PRESETS)}; "
+                      f"choose one of {', '.join(PRESETS)}")
+        preset = None
+    kind = model_raw.get("model_type")
+    if kind is None:
+        family = PRESETS[preset][0] if preset else KINDS["gpt"].family
+        kind = next(name for name, k in KINDS.items() if k.family is family)
+    if kind not in KINDS:
+        errors.append(f"model.model_type={kind!r}: choose one of {', '.join(KINDS)}")
+        return None, None
+    family = KINDS[kind].family
+    if not preset_given:
+        return kind, family.DEFAULT_PRESET
+    if preset is not None and PRESETS[preset][0] is not family:
+        errors.append(f"model.preset={preset!r} is a {family_name(PRESETS[preset][0])} preset; model_type={kind!r} "
+                      f"takes {', '.join(family.PRESETS)}")
+        preset = None
+    return kind, preset
+
+
+def _section(name: str, cls, values, errors: list[str], owner: str = ""):
+    """One section's dataclass from its raw values; problems appended to `errors`."""
+    if not isinstance(values, dict):
+        errors.append(f"{name}: expected a table of keys, got {values!r}")
+        values = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            errors.append(f"unknown key {name}.{key}{_did_you_mean(key, fields) or owner}")
+            continue
+        try:
+            kwargs[key] = _coerce(value, fields[key].type, f"{name}.{key}")
+        except ConfigError as e:
+            errors.append(str(e))
+    return cls(**kwargs)
+
+
 def build_config(file_dict: dict | None = None, overrides: dict | None = None) -> RunConfig:
     """Defaults < preset < file < overrides, type-checked and validated; all errors at once."""
     raw = _merge(file_dict or {}, overrides or {})
@@ -302,30 +343,16 @@ def build_config(file_dict: dict | None = None, overrides: dict | None = None) -
         if section not in SECTIONS:
             errors.append(f"unknown section {section!r}{_did_you_mean(section, SECTIONS)}")
     model_raw = raw.get("model", {}) if isinstance(raw.get("model"), dict) else {}
-    preset_name = model_raw.get("preset", ModelConfig.preset)
-    if preset_name not in (None, "none") and preset_name not in PRESETS:
-        errors.append(f"model.preset: unknown preset {preset_name!r}{_did_you_mean(str(preset_name), PRESETS)}; "
-                      f"choose one of {', '.join(PRESETS)}")
-        preset_name = None
-    sections = {}
-    for name, cls in _SECTION_CLASSES.items():
-        values = raw.get(name, {})
-        if not isinstance(values, dict):
-            errors.append(f"{name}: expected a table of keys, got {values!r}")
-            values = {}
-        if name == "model" and preset_name not in (None, "none"):
-            values = {**PRESETS[preset_name], **values}
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in values.items():
-            if key not in fields:
-                errors.append(f"unknown key {name}.{key}{_did_you_mean(key, fields)}")
-                continue
-            try:
-                kwargs[key] = _coerce(value, fields[key].type, f"{name}.{key}")
-            except ConfigError as e:
-                errors.append(str(e))
-        sections[name] = cls(**kwargs)
+    kind, preset = _kind_and_preset(model_raw, errors)
+    if kind is not None:
+        shape = PRESETS[preset][1] if preset else {}
+        raw["model"] = {**shape, **model_raw, "preset": preset, "model_type": kind}
+    sections = {name: _section(name, cls, raw.get(name, {}), errors) for name, cls in _SECTION_CLASSES.items()}
+    if kind is not None:  # the [task] table is typed by the kind's task
+        task = KINDS[kind].task
+        keys = ", ".join(f.name for f in dataclasses.fields(task.Options)) or "no keys"
+        owner = f" (model_type={kind!r} trains task {task.__name__.rsplit('.', 1)[-1]}, whose [task] takes {keys})"
+        sections["task"] = _section("task", task.Options, raw.get("task", {}), errors, owner)
     cfg = RunConfig(**sections)
     if not errors:
         errors.extend(validate(cfg))
@@ -349,8 +376,7 @@ def validate(cfg: RunConfig) -> list[str]:
     if d.seq_length is not None and d.seq_length > m.max_position_embeddings:
         errs.append(f"data.seq_length={d.seq_length} exceeds model.max_position_embeddings={m.max_position_embeddings}; "
                     "lower data.seq_length or raise model.max_position_embeddings")
-    if m.model_type == "bert" and m.position_embedding_type != "learned_absolute":
-        errs.append("model.position_embedding_type: BERT uses learned_absolute positions")
+    errs += cfg.kind.family.validate(m) + cfg.kind.task.validate(cfg.task, cfg)
     if d.weights is not None and len(d.weights) != len(d.paths):
         errs.append(f"data.weights has {len(d.weights)} entries for {len(d.paths)} data.paths; give one weight per path")
     if d.weights is not None and any(w <= 0 for w in d.weights):
@@ -393,9 +419,27 @@ def resolved_dict(cfg: RunConfig) -> dict:
     return json.loads(json.dumps(cfg.to_dict()))
 
 
-def from_dict(d: dict) -> RunConfig:
-    """Rebuild a RunConfig saved by resolved_dict (no preset re-application)."""
-    d = {k: dict(v) for k, v in d.items() if k in SECTIONS}
-    d.setdefault("model", {})["preset"] = None
-    return build_config(d)
+def migrate(run: dict) -> dict:
+    """A saved `run` dict of an earlier CONFIG_FORMAT -> the current one (in memory; saved files stay).
 
+    Format 1 (no [task]): the objective's options sat in [model] (bert_binary_head) and [data]
+    (masking_probability, short_seq_prob), present for every kind; they move to [task] where the
+    kind's task has them and are dropped otherwise.
+    """
+    run = {k: dict(v) for k, v in run.items() if isinstance(v, dict)}
+    if "task" not in run:
+        model, data = run.setdefault("model", {}), run.setdefault("data", {})
+        moved = {"binary_head": model.pop("bert_binary_head", None),
+                 "masking_probability": data.pop("masking_probability", None),
+                 "short_seq_prob": data.pop("short_seq_prob", None)}
+        kind = KINDS.get(model.get("model_type", "gpt"))
+        known = {f.name for f in dataclasses.fields(kind.task.Options)} if kind else set()
+        run["task"] = {k: v for k, v in moved.items() if v is not None and k in known}
+    return run
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Rebuild a RunConfig saved by resolved_dict, of any CONFIG_FORMAT (no preset re-application)."""
+    d = {k: v for k, v in migrate(d).items() if k in SECTIONS}
+    d["model"]["preset"] = None
+    return build_config(d)

@@ -1,5 +1,7 @@
-"""Training data: megatron-core IndexedDataset -> GPTDataset (blended, split, index-cached),
-and a data loader that shards by data-parallel rank and resumes at a consumed-sample count.
+"""Training data shared by every task: finding and checking the `.bin`/`.idx` prefixes (or building
+the embedded default corpus), the BlendedMegatronDatasetConfig fields all tasks share, and a data
+loader that shards by data-parallel rank and resumes at a consumed-sample count. Each task builds
+its own megatron-core dataset from these (mtds/tasks/).
 
 megatron-core ships the datasets but not the sampler (that lives in Megatron-LM's training
 scripts), so `ResumableBatchSampler` is ours.
@@ -13,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mtds.config import ConfigError, RunConfig
 from mtds.distributed import barrier, is_rank0
+from mtds.errors import ConfigError
 
 
 @dataclass
@@ -44,7 +46,7 @@ def check_prefix(prefix: str, key: str) -> None:
     verify_pair(prefix)  # a truncated or mismatched pair is one line here, not a crash in a worker
 
 
-def resolve_sources(cfg: RunConfig) -> DataSources:
+def resolve_sources(cfg) -> DataSources:
     """The user's prefixes, or the embedded default corpus (built once, on rank 0)."""
     d = cfg.data
     if d.paths:
@@ -57,7 +59,7 @@ def resolve_sources(cfg: RunConfig) -> DataSources:
         return DataSources(list(d.paths), d.weights, d.tokenizer_model, list(d.valid_paths) or None)
     from data_tools.default_dataset import build_default_dataset
 
-    split_sentences = cfg.model.model_type == "bert"
+    split_sentences = cfg.kind.task.DATA_LAYOUT == "sentence"  # the default corpus in the layout the task reads
     if is_rank0():
         build_default_dataset(d.default_dir, split_sentences=split_sentences)
     barrier()  # the other ranks wait for rank 0's files, then only look them up
@@ -104,8 +106,8 @@ def check_splits(prefixes: list[str], split: str) -> None:
                 )
 
 
-def shared_dataset_fields(cfg: RunConfig, sources: DataSources, tokenizer) -> dict:
-    """The BlendedMegatronDatasetConfig fields that GPT and BERT datasets share."""
+def shared_dataset_fields(cfg, sources: DataSources, tokenizer) -> dict:
+    """The BlendedMegatronDatasetConfig fields that every task's dataset shares."""
     if sources.valid_prefixes:  # all of `prefixes` trains; the validation set is read whole; no test
         data = dict(blend_per_split=[(sources.prefixes, sources.weights), (sources.valid_prefixes, None), None])
     else:
@@ -118,26 +120,6 @@ def shared_dataset_fields(cfg: RunConfig, sources: DataSources, tokenizer) -> di
         if cfg.data.index_cache else None,
         tokenizer=tokenizer,
     )
-
-
-def build_datasets(cfg: RunConfig, sources: DataSources, tokenizer, sizes: list[int], dp_size: int):
-    """Train/valid/test datasets with `sizes` samples each, via BlendedMegatronDatasetBuilder."""
-    if cfg.model.model_type == "bert":
-        from mtds.bert import build_bert_datasets
-
-        return build_bert_datasets(cfg, sources, tokenizer, sizes)
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-
-    config = GPTDatasetConfig(
-        **shared_dataset_fields(cfg, sources, tokenizer),
-        reset_position_ids=False,
-        reset_attention_mask=False,
-        eod_mask_loss=False,
-        create_attention_mask=False,  # SDPAttention applies the causal mask itself
-        data_parallel_size=dp_size,
-    )
-    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
 
 
 class ResumableBatchSampler:

@@ -3,7 +3,7 @@
 The JSON owns batch sizes, precision, optimizer, LR schedule and clipping; the engine applies
 them. What we add here is what DeepSpeed does not do for the user:
 - one source of truth for batch sizes: `train_batch_size` is derived from the micro-batch,
-  gradient accumulation and world size (DeepSpeed asks for all three to agree and fails with
+  gradient accumulation and data-parallel size (DeepSpeed asks for all three to agree and fails with
   an assertion about their product when they don't);
 - the LR scheduler's `total_num_steps` is filled from the run's iteration count when absent;
 - typos in top-level keys are errors (DeepSpeed silently ignores unknown keys);
@@ -61,7 +61,7 @@ def _as_int(cfg: dict, key: str, path: str, default=None) -> int | None:
     return value
 
 
-def batch_sizes(cfg: dict, path: str, world_size: int) -> dict[str, int]:
+def batch_sizes(cfg: dict, path: str, dp_size: int) -> dict[str, int]:
     """Micro-batch, accumulation and the derived global batch; one-line error if they clash."""
     micro = _as_int(cfg, "train_micro_batch_size_per_gpu", path)
     accum = _as_int(cfg, "gradient_accumulation_steps", path, default=1) or 1
@@ -69,17 +69,17 @@ def batch_sizes(cfg: dict, path: str, world_size: int) -> dict[str, int]:
     if micro is None:
         if total is None:
             raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (and optionally gradient_accumulation_steps)")
-        if total % (accum * world_size):
+        if total % (accum * dp_size):
             raise ConfigError(
                 f"{path}: train_batch_size={total} is not divisible by gradient_accumulation_steps={accum} "
-                f"x world size {world_size}; set train_micro_batch_size_per_gpu instead"
+                f"x data-parallel size {dp_size}; set train_micro_batch_size_per_gpu instead"
             )
-        micro = total // (accum * world_size)
-    expected = micro * accum * world_size
+        micro = total // (accum * dp_size)
+    expected = micro * accum * dp_size
     if total is not None and total != expected:
         raise ConfigError(
             f"{path}: train_batch_size={total} disagrees with train_micro_batch_size_per_gpu={micro} x "
-            f"gradient_accumulation_steps={accum} x world size {world_size} = {expected}; "
+            f"gradient_accumulation_steps={accum} x data-parallel size {dp_size} = {expected}; "
             "remove train_batch_size (mtds derives it)"
         )
     return {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accum,
@@ -89,7 +89,7 @@ def batch_sizes(cfg: dict, path: str, world_size: int) -> dict[str, int]:
 def resolve_ds_config(
     raw: dict,
     path: str,
-    world_size: int,
+    dp_size: int,
     train_iters: int | None,
     cuda_available: bool,
     log=print,
@@ -103,7 +103,7 @@ def resolve_ds_config(
                 raise ConfigError(f"{path}: unknown key {key!r} (did you mean {close[0]!r}?)")
             log(f"warning: {path}: key {key!r} is not one mtds knows; DeepSpeed may ignore it")
 
-    cfg.update(batch_sizes(cfg, path, world_size))
+    cfg.update(batch_sizes(cfg, path, dp_size))
 
     fp16 = cfg.get("fp16", {})
     if isinstance(fp16, dict) and fp16.get("enabled") in (True, "auto"):

@@ -3,9 +3,9 @@
     python -m mtds.evaluate --load RUN_DIR [--data PREFIX ...] [--split valid|test|all] \\
         [--eval-iters N] [--micro-batch B] [--tag iter_0000040] [--json]
 
-Uses the training loop's own code path: the same dataset builder (mtds.data.build_datasets,
-with the run's split, seed and sequence length), the same fixed evaluation batches
-(mtds.data.fixed_eval_batches) and the same forward step (mtds.steps.forward_step). With the
+Uses the training loop's own code path: the same dataset builder (the run's task's
+build_datasets, with the run's split, seed and sequence length), the same fixed evaluation batches
+(mtds.data.fixed_eval_batches) and the same forward step (the task's forward_step). With the
 defaults (the run's data, --split valid, the run's eval_iters x world size micro-batches of the
 run's micro-batch size) it reproduces the `val/loss` the training run logged for the same weights
 (exactly for fp32 runs; bf16 runs evaluated their bf16 weights, this tool uses the fp32 master copy).
@@ -22,7 +22,8 @@ import sys
 
 import torch
 
-from mtds.load_trained import LoadError, default_device, find_checkpoint, load_trained, read_saved_config
+from mtds.errors import LoadError
+from mtds.load_trained import default_device, load_trained
 from mtds.tool_cli import run_tool
 
 SPLITS = {"valid": 1, "test": 2, "all": 0}
@@ -94,23 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from mtds.data import build_datasets, check_prefix, fixed_eval_batches
-    from mtds.steps import forward_step
+    from mtds.data import DataSources, check_prefix, fixed_eval_batches
 
     for name in ("eval_iters", "micro_batch"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             raise LoadError(f"--{name.replace('_', '-')} must be >= 1")
     for prefix in a.data or []:  # before loading anything
         check_prefix(prefix, "--data")
-    root, tag = find_checkpoint(a.load, a.tag)
-    saved = read_saved_config(os.path.join(root, tag))
-    run = load_trained(a.load, tag, a.device)
+    run = load_trained(a.load, a.tag, a.device)
+    saved = run.saved
     cfg = eval_config(run.cfg, a.load, a.data, a.split)
     micro = a.micro_batch or saved["deepspeed"]["train_micro_batch_size_per_gpu"]
     iters = a.eval_iters or cfg.training.eval_iters * int(saved.get("world_size", 1))
     n = iters * micro
-    from mtds.data import DataSources
-
     own = saved["data_sources"]
     sources = DataSources(cfg.data.paths or own["prefixes"], cfg.data.weights if cfg.data.paths else own["weights"],
                           run.tokenizer_model, None if a.data else own.get("valid_prefixes"))
@@ -122,18 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     if not sources.valid_prefixes:
         check_split_not_empty(sources.prefixes, cfg.data.split, a.split)
     shown = sources.valid_prefixes or sources.prefixes  # what is read
-    # Only the asked-for split is read, but the builder builds every split: the others get one
-    # GPT epoch (None), or one sample where blend weights or BERT's sample mapping need a number.
+    # Only the asked-for split is read, but the builder builds every split: the others get one sample.
     want = SPLITS[a.split]
-    spare = 1 if sources.weights is not None or cfg.model.model_type == "bert" else None
-    sizes = [n if i == want else spare for i in range(3)]
-    datasets = build_datasets(cfg, sources, run.tokenizer(), sizes, 1)
+    sizes = [n if i == want else 1 for i in range(3)]
+    task = cfg.kind.task
+    datasets = task.build_datasets(cfg, sources, run.tokenizer(), sizes, 1)
     dataset = datasets[SPLITS[a.split]]
     if dataset is None or len(dataset) == 0:
         raise LoadError(f"split {a.split!r} of {' '.join(shown)} is empty (split string "
                         f"{cfg.data.split!r}); try --split all")
     loader = fixed_eval_batches(dataset, iters, micro, 0, 1)
-    result = evaluate(run.model, loader, forward_step(cfg.model.model_type), torch.device(a.device),
+    result = evaluate(run.model, loader, task.forward_step, torch.device(a.device),
                       progress=not a.no_progress)
     result.update(split=a.split, samples=result["batches"] * micro, tokens=result["batches"] * micro * cfg.seq_length,
                   checkpoint=run.ckpt_dir, data=shown)

@@ -1,4 +1,4 @@
-"""Sample text from a trained GPT checkpoint.
+"""Sample text from a trained checkpoint of a kind whose task generates (GPT: causal_lm).
 
     python -m mtds.generate --load RUN_DIR [--tag iter_0000040] --prompt "def main(" \\
         [--max-new-tokens 64] [--temperature 0.8 --top-k 50 --top-p 0.95 | --greedy] [--seed 1234]
@@ -16,7 +16,8 @@ import sys
 
 import torch
 
-from mtds.load_trained import LoadError, default_device, load_trained
+from mtds.errors import LoadError
+from mtds.load_trained import default_device, load_trained
 from mtds.tool_cli import run_tool
 
 
@@ -48,20 +49,24 @@ def next_token(logits: torch.Tensor, *, greedy: bool, temperature: float, top_k:
 @torch.no_grad()
 def generate(model: torch.nn.Module, prompt_ids: list[int], *, max_new_tokens: int, max_context: int,
              vocab_limit: int, greedy: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int = 1234, stop_ids: tuple[int, ...] = ()) -> list[int]:
+             seed: int = 1234, stop_ids: tuple[int, ...] = (), logits_fn=None) -> list[int]:
     """Continue `prompt_ids` by up to `max_new_tokens` ids; returns only the new ids.
+
+    `logits_fn(model, context [1, s]) -> [1, s, V]` is the task's `next_token_logits`
+    (default: causal_lm's, the GPT forward).
 
     `vocab_limit` is the tokenizer's size: the model's vocabulary is padded beyond it and those
     ids are never sampled. Generation stops after any id in `stop_ids`.
     """
+    if logits_fn is None:
+        from mtds.tasks.causal_lm import next_token_logits as logits_fn
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # [1, s]
     new: list[int] = []
     for _ in range(max_new_tokens):
         context = ids[:, -max_context:]
-        position_ids = torch.arange(context.size(1), device=device).unsqueeze(0)
-        logits = model(context, position_ids, None)  # [1, s, V_padded]
+        logits = logits_fn(model, context)  # [1, s, V_padded]
         last = logits[:, -1, :vocab_limit].float()
         token = next_token(last, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                            generator=generator)
@@ -110,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     check_args(a)
     run = load_trained(a.load, a.tag, a.device)
-    if run.cfg.model.model_type != "gpt":
-        raise LoadError(f"{run.ckpt_dir}: generation needs a GPT (causal) model, this is {run.cfg.model.model_type}")
+    logits_fn = getattr(run.cfg.kind.task, "next_token_logits", None)
+    if logits_fn is None:
+        raise LoadError(f"{run.ckpt_dir}: generation needs a causal model; model_type={run.cfg.model.model_type!r} "
+                        "trains a task that does not generate")
     tok = run.tokenizer()
     prompt_ids = tok.tokenize(a.prompt) if a.prompt else [tok.eod]
     max_context = run.cfg.model.max_position_embeddings
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(a.num_samples):
         new = generate(run.model, prompt_ids, max_new_tokens=a.max_new_tokens, max_context=max_context,
                        vocab_limit=tok.vocab_size, greedy=a.greedy, temperature=a.temperature, top_k=a.top_k,
-                       top_p=a.top_p, seed=a.seed + i, stop_ids=() if a.no_stop else (tok.eod,))
+                       top_p=a.top_p, seed=a.seed + i, stop_ids=() if a.no_stop else (tok.eod,),
+                       logits_fn=logits_fn)
         if i:
             print("-" * 40)
         print(a.prompt + tok.detokenize([t for t in new if t != tok.eod]), flush=True)

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from mtds import checkpoint
+from mtds.ckpt import save_load as checkpoint
 from mtds.data import ResumableBatchSampler, build_loader, fixed_eval_batches
 from mtds.errors import TrainingStopped
 from mtds.metrics import Metrics, Throughput, format_eta, memory_stats
+from mtds.parallel import ParallelSizes
 
 
 @dataclass
@@ -30,16 +31,19 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, cfg, engine, datasets, resolved, forward, metrics: Metrics, *, rank, world_size,
+    def __init__(self, cfg, engine, datasets, resolved, forward, metrics: Metrics, *, parallel: ParallelSizes, rank,
                  train_iters, flops_per_token, peak_tflops, log=print):
+        """`forward(model, batch, device) -> (loss, metrics)` is the task's forward step; the loop
+        never looks inside a batch, so every kind shares it."""
         self.cfg, self.engine, self.resolved, self.forward = cfg, engine, resolved, forward
         self.train_ds, self.valid_ds, _ = datasets
         self.metrics, self.log = metrics, log
-        self.rank, self.world = rank, world_size
+        self.parallel = parallel
+        self.dp_rank, self.dp_size = parallel.data_rank(rank), parallel.data
         self.train_iters = train_iters
         self.micro = engine.train_micro_batch_size_per_gpu()
         self.accum = engine.gradient_accumulation_steps()
-        self.global_batch = self.micro * self.accum * world_size
+        self.global_batch = self.micro * self.accum * self.dp_size
         self.seq = cfg.seq_length
         self.flops_per_token = flops_per_token
         self.peak = peak_tflops
@@ -129,7 +133,7 @@ class Trainer:
         t = self.cfg.training
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         sampler = ResumableBatchSampler(len(self.train_ds), self.state.consumed_samples, self.micro,
-                                        self.rank, self.world)
+                                        self.dp_rank, self.dp_size)
         batches = iter(build_loader(self.train_ds, sampler, self.cfg.data.num_workers, self.cfg.data.seed))
         if self.state.iteration == 0:
             self.evaluate()  # the step-0 validation loss: the baseline the curve falls from
@@ -181,13 +185,13 @@ class Trainer:
         return stats
 
     def _log(self, loss, extra, iters, seconds) -> None:
-        if torch.distributed.is_initialized():  # mean over data-parallel ranks
+        if torch.distributed.is_initialized():  # mean over ranks (= over data-parallel replicas at TP 1)
             packed = torch.stack([loss] + [extra[k] for k in sorted(extra)])
             torch.distributed.all_reduce(packed)
-            packed /= self.world
+            packed /= self.parallel.world
             loss, extra = packed[0], dict(zip(sorted(extra), packed[1:]))
         tokens_per_sec = iters * self.global_batch * self.seq / seconds
-        tflops = self.flops_per_token * tokens_per_sec / self.world / 1e12
+        tflops = self.flops_per_token * tokens_per_sec / self.parallel.world / 1e12  # per device
         it = self.state.iteration
         values = {"train/loss": loss.item(), **{f"train/{k}": v.item() for k, v in extra.items()},
                   **self._optimizer_stats(),
@@ -227,7 +231,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        loader = fixed_eval_batches(self.valid_ds, self.cfg.training.eval_iters, self.micro, self.rank, self.world)
+        loader = fixed_eval_batches(self.valid_ds, self.cfg.training.eval_iters, self.micro, self.dp_rank,
+                                    self.dp_size)
         if loader is None or len(loader.batch_sampler) == 0:
             return None
         self.engine.eval()
@@ -243,7 +248,7 @@ class Trainer:
         packed = torch.stack([total / count] + [extra[k] / count for k in keys])
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(packed)
-            packed /= self.world
+            packed /= self.parallel.world
         val_loss = packed[0].item()
         values = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0)),
                   **{f"val/{k}": packed[i + 1].item() for i, k in enumerate(keys)}}

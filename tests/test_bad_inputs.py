@@ -97,7 +97,7 @@ def test_deepspeed_key_typo(case, capsys, tmp_path):
 def test_batch_sizes_that_do_not_divide(case, capsys, tmp_path):
     ds = write(tmp_path, "batch.json", json.dumps({"train_batch_size": 10, "gradient_accumulation_steps": 3}))
     assert case(ds=ds) == 2
-    assert "train_batch_size=10 is not divisible by gradient_accumulation_steps=3 x world size 1" in error_line(capsys)
+    assert "train_batch_size=10 is not divisible by gradient_accumulation_steps=3 x data-parallel size 1" in error_line(capsys)
 
 
 def test_dataset_prefix_that_does_not_exist(case, capsys, tmp_path, tiny_data):

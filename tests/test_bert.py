@@ -14,15 +14,15 @@ SEQ = 64
 
 def tiny_bert_config(binary_head: bool = True, **data):
     model = {"preset": "bert-tiny", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
-             "max_position_embeddings": SEQ, "bert_binary_head": binary_head}
-    return build_config({"model": model, "data": data})
+             "max_position_embeddings": SEQ}
+    return build_config({"model": model, "task": {"binary_head": binary_head}, "data": data})
 
 
 def build(binary_head: bool = True, vocab: int = 512, seed: int = 0):
-    from mtds.model import build_model
+    from mtds.kinds import build_model
 
     torch.manual_seed(seed)
-    return build_model(tiny_bert_config(binary_head).model, vocab, "fp32", on_gpu=False).eval()
+    return build_model(tiny_bert_config(binary_head), vocab, "fp32", on_gpu=False).eval()
 
 
 # -- model ---------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def fake_batch(b: int = 4, vocab: int = 512, seed: int = 0) -> dict:
 
 
 def test_forward_step_loss_is_mlm_plus_sop_and_mlm_matches_megatrons_own_loss(world_of_one):
-    from mtds.bert import bert_forward
+    from mtds.tasks.masked_lm import forward_step as bert_forward
 
     model = build(True)
     batch = fake_batch()
@@ -110,7 +110,7 @@ def test_forward_step_loss_is_mlm_plus_sop_and_mlm_matches_megatrons_own_loss(wo
 
 def test_forward_step_accuracy_counts_argmax_hits_on_masked_positions_only(world_of_one):
     """A model whose logits are one-hot on the labels at masked positions scores mlm_acc 1."""
-    from mtds.bert import bert_forward
+    from mtds.tasks.masked_lm import forward_step as bert_forward
 
     batch = fake_batch()
 
@@ -130,7 +130,7 @@ def test_forward_step_accuracy_counts_argmax_hits_on_masked_positions_only(world
 
 
 def test_forward_step_without_binary_head_reports_mlm_only(world_of_one):
-    from mtds.bert import bert_forward
+    from mtds.tasks.masked_lm import forward_step as bert_forward
 
     model = build(False)
     with torch.no_grad():
@@ -144,7 +144,7 @@ N_SAMPLES = 3000
 
 
 def bert_train_set(tiny_data, tmp_path, binary_head: bool):
-    from mtds.bert import build_bert_datasets
+    from mtds.tasks.masked_lm import build_datasets
     from mtds.data import DataSources
     from mtds.tokenizer import SentencePieceTokenizer
 
@@ -153,7 +153,7 @@ def bert_train_set(tiny_data, tmp_path, binary_head: bool):
                            cache_dir=str(tmp_path / "cache"), seed=1234, split="90,10,0")
     tok = SentencePieceTokenizer(tiny_data["tokenizer_model"])
     sources = DataSources([tiny_data["sentence_prefix"]], None, tiny_data["tokenizer_model"])
-    train, _, _ = build_bert_datasets(cfg, sources, tok, [N_SAMPLES, 0, 0])
+    train, _, _ = build_datasets(cfg, sources, tok, [N_SAMPLES, 0, 0], 1)
     return train, tok
 
 
@@ -267,7 +267,7 @@ def test_without_binary_head_samples_are_one_segment(world_of_one, tiny_data, tm
 def test_a_separate_validation_set_is_checked_whole(world_of_one, tiny_data, tmp_path):
     """data.valid_paths: all of data.paths trains, the validation set is read whole, and it is
     checked like a split (document-level data there is refused, naming data.valid_paths)."""
-    from mtds.bert import build_bert_datasets
+    from mtds.tasks.masked_lm import build_datasets
     from mtds.config import ConfigError
     from mtds.data import DataSources
     from mtds.tokenizer import SentencePieceTokenizer
@@ -275,17 +275,17 @@ def test_a_separate_validation_set_is_checked_whole(world_of_one, tiny_data, tmp
     sent, doc, model = tiny_data["sentence_prefix"], tiny_data["prefix"], tiny_data["tokenizer_model"]
     tok = SentencePieceTokenizer(model)
     cfg = tiny_bert_config(True, paths=[sent], valid_paths=[sent], tokenizer_model=model, cache_dir=str(tmp_path / "c"))
-    train, valid, test = build_bert_datasets(cfg, DataSources([sent], None, model, [sent]), tok, [10, 4, None])
+    train, valid, test = build_datasets(cfg, DataSources([sent], None, model, [sent]), tok, [10, 4, None], 1)
     assert len(train) >= 10 and len(valid) >= 4 and test is None
     cfg = tiny_bert_config(True, paths=[sent], valid_paths=[doc], tokenizer_model=model, cache_dir=str(tmp_path / "d"))
     with pytest.raises(ConfigError, match=r"^data.valid_paths: .*the valid split \(documents 0\.\.\d+ of \d+, whole\)"):
-        build_bert_datasets(cfg, DataSources([sent], None, model, [doc]), tok, [10, 4, None])
+        build_datasets(cfg, DataSources([sent], None, model, [doc]), tok, [10, 4, None], 1)
 
 
 def test_document_level_data_is_refused_instead_of_hanging(world_of_one, tiny_data, tmp_path):
     """One sequence per document gives the sentence-order head no sentence pairs; megatron-core's
-    sample builder would loop forever, so build_bert_datasets names the fix instead."""
-    from mtds.bert import build_bert_datasets
+    sample builder would loop forever, so build_datasets names the fix instead."""
+    from mtds.tasks.masked_lm import build_datasets
     from mtds.config import ConfigError
     from mtds.data import DataSources
     from mtds.tokenizer import SentencePieceTokenizer
@@ -294,4 +294,4 @@ def test_document_level_data_is_refused_instead_of_hanging(world_of_one, tiny_da
     cfg = tiny_bert_config(True, paths=[prefix], tokenizer_model=model, split="90,10,0",
                            cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match="--split-sentences.*_sentence prefix"):
-        build_bert_datasets(cfg, DataSources([prefix], None, model), SentencePieceTokenizer(model), [10, 2, 0])
+        build_datasets(cfg, DataSources([prefix], None, model), SentencePieceTokenizer(model), [10, 2, 0], 1)

@@ -13,12 +13,12 @@ SEQ, VOCAB = 32, 256
 
 def tiny_gpt(seed: int = 0):
     from mtds.distributed import seed_everything
-    from mtds.model import build_model
+    from mtds.kinds import build_model
 
     seed_everything(seed)
-    m = build_config(overrides={"model": {"preset": "gpt-tiny", "num_layers": 3, "hidden_size": 64,
-                                          "num_attention_heads": 4, "max_position_embeddings": SEQ}}).model
-    return build_model(m, VOCAB, "fp32", on_gpu=False)
+    cfg = build_config(overrides={"model": {"preset": "gpt-tiny", "num_layers": 3, "hidden_size": 64,
+                                            "num_attention_heads": 4, "max_position_embeddings": SEQ}})
+    return build_model(cfg, VOCAB, "fp32", on_gpu=False)
 
 
 def loss_and_grads(model) -> tuple[float, dict[str, torch.Tensor]]:
@@ -32,19 +32,19 @@ def loss_and_grads(model) -> tuple[float, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("model_type", ["gpt", "bert"])
 def test_a_megatron_layer_compiles_to_one_graph_without_breaks(world_of_one, model_type):
-    from mtds.compile import quiet_tp_group_lookup, transformer_layers
-    from mtds.model import build_model
+    from mtds.compile import quiet_tp_group_lookup
+    from mtds.kinds import KINDS, build_model
 
     quiet_tp_group_lookup()
     if model_type == "gpt":
         model = tiny_gpt()
         extra = {"rotary_pos_emb": model.rotary_pos_emb(SEQ)}
-    else:  # pre-LN LayerNorm/GELU layer with the [b, 1, 1, s] padding mask of mtds.bert
-        m = build_config(overrides={"model": {"preset": "bert-tiny", "hidden_size": 64}}).model
-        model = build_model(m, VOCAB, "fp32", on_gpu=False)
+    else:  # pre-LN LayerNorm/GELU layer with the [b, 1, 1, s] padding mask of mtds.attention.SDPABertModel
+        cfg = build_config(overrides={"model": {"preset": "bert-tiny", "hidden_size": 64}})
+        model = build_model(cfg, VOCAB, "fp32", on_gpu=False)
         extra = {}
     mask = None if model_type == "gpt" else torch.zeros(2, 1, 1, SEQ, dtype=torch.bool)
-    layer = transformer_layers(model)[0]
+    layer = KINDS[model_type].family.transformer_layers(model)[0]
     explained = torch._dynamo.explain(layer)(torch.randn(SEQ, 2, 64), attention_mask=mask, **extra)
     reasons = [r.reason.splitlines()[0] for r in explained.break_reasons]
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), reasons
@@ -55,12 +55,13 @@ def test_compiled_layers_match_eager_loss_and_gradients_with_the_same_names(worl
     from torch._dynamo.utils import counters
 
     from mtds.compile import compile_layers
+    from mtds.models.gpt import transformer_layers
 
     torch._dynamo.reset()
     counters.clear()
     eager_loss, eager_grads = loss_and_grads(tiny_gpt())
     compiled = tiny_gpt()
-    assert compile_layers(compiled) == 3
+    assert compile_layers(transformer_layers(compiled)) == 3
     loss, grads = loss_and_grads(compiled)
     assert grads.keys() == eager_grads.keys()  # checkpoints load across modes
     assert loss == pytest.approx(eager_loss, rel=1e-5)

@@ -165,9 +165,9 @@ def test_train_batch_size_is_derived():
 
 def test_batch_sizes_disagreeing_with_world_size():
     with pytest.raises(ConfigError, match=r"train_batch_size=32 disagrees with train_micro_batch_size_per_gpu=4 x "
-                                          r"gradient_accumulation_steps=2 x world size 2 = 16; remove train_batch_size"):
+                                          r"gradient_accumulation_steps=2 x data-parallel size 2 = 16; remove train_batch_size"):
         resolve({"train_batch_size": 32, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}, world=2)
-    with pytest.raises(ConfigError, match="train_batch_size=10 is not divisible by gradient_accumulation_steps=1 x world size 4"):
+    with pytest.raises(ConfigError, match="train_batch_size=10 is not divisible by gradient_accumulation_steps=1 x data-parallel size 4"):
         resolve({"train_batch_size": 10}, world=4)
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=0 must be a positive integer"):
         resolve({"train_micro_batch_size_per_gpu": 0})

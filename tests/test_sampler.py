@@ -29,7 +29,8 @@ def test_partial_last_global_batch_is_dropped():
 def test_index_cache_off_builds_in_memory(tiny_data, tmp_path):
     """data.index_cache=false (nodes without a shared filesystem): indices built, nothing cached."""
     from mtds.config import build_config
-    from mtds.data import build_datasets, resolve_sources
+    from mtds.data import resolve_sources
+    from mtds.tasks.causal_lm import build_datasets
     from mtds.tokenizer import SentencePieceTokenizer
 
     def build(index_cache: bool, run_dir):

@@ -1,83 +1,60 @@
-"""BERT: megatron-core BertModel on the SDPA layer spec, its masked-LM + sentence-order dataset,
-and the forward step that turns one micro-batch into (MLM + SOP loss, metrics).
+"""Masked language modelling with an optional sentence-order head: BERT pretraining on `_sentence`
+data (megatron-core BERTMaskedWordPieceDataset).
 
-The model type is a config choice (`--model-type bert`, presets bert-tiny/base/large); GPT and
-BERT share the entry point, training loop and checkpoints. Hooks: mtds.model.build_model,
-mtds.data.build_datasets, mtds.steps.forward_step.
+Loss = MLM loss (mean over the masked tokens) + SOP loss (cross entropy of the binary head, when
+`task.binary_head`). Metrics mlm_loss, mlm_acc, sop_loss, sop_acc.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from megatron.core.models.bert.bert_model import BertModel
+from mtds.errors import ConfigError
 
-from mtds.attention import SDPAttention
-from mtds.config import ConfigError, ModelConfig, RunConfig
+DATA_LAYOUT = "sentence"
+"""preprocess output this task reads: `_sentence` (`--split-sentences`: one sequence per sentence)."""
 
 
-class SDPABertModel(BertModel):
-    """BertModel whose padding mask is laid out for mtds.attention.SDPAttention.
+@dataclass
+class Options:
+    """[task] options of masked_lm."""
 
-    BertModel.__init__ asks `_sanity_check_attention_and_get_attn_mask_dimension` which mask
-    layout the spec's core attention wants: "b1ss" for megatron's own DotProductAttention,
-    otherwise it assumes Transformer Engine and compares TE versions (a TypeError when TE is
-    not installed). This override is the whole adaptation: for SDPAttention it answers "b11s",
-    i.e. `bert_extended_attention_mask` turns the [b, s] padding mask (1 = token) into
-    [b, 1, 1, s] with True = masked, which SDPAttention inverts and SDPA broadcasts over heads
-    and queries.
-
-    Why b11s rather than DotProductAttention's b1ss ([b, 1, s, s] = pad(query) | pad(key)): for
-    every real query the two are identical (tests/test_bert.py checks the logits), but b1ss
-    masks *every* key of a padded query row, and a fully masked row is where SDPA kernels have
-    produced NaN (PyTorch issues #103963, #110213), which would then leak through the values.
-    b11s has no empty rows and is s times smaller. Padded positions carry no loss either way.
-    """
-
-    def _sanity_check_attention_and_get_attn_mask_dimension(self) -> str:
-        core = self.transformer_layer_spec.submodules.self_attention.submodules.core_attention
-        if core is SDPAttention:
-            return "b11s"
-        return super()._sanity_check_attention_and_get_attn_mask_dimension()
+    binary_head: bool = True
+    """Train the sentence-order head (SOP) beside the masked LM (BertModel's binary head)."""
+    masking_probability: float = 0.15
+    """Fraction of tokens masked (80% [MASK], 10% random, 10% unchanged)."""
+    short_seq_prob: float = 0.1
+    """Probability of a sample shorter than seq_length."""
 
 
-def bert_layer_spec():
-    """megatron-core's local BERT layer spec (pre-LayerNorm layers, padding attention mask)
-    with SDPAttention as the core attention."""
-    from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
-
-    from mtds.model import _with_sdpa
-
-    return _with_sdpa(bert_layer_local_spec)
+CHANGEABLE_ON_RESUME: tuple[str, ...] = ("masking_probability", "short_seq_prob")
+"""[task] keys a resumed run may change (they change no parameter; binary_head adds one)."""
 
 
-def build_bert(m: ModelConfig, vocab_size: int, precision: str, on_gpu: bool) -> torch.nn.Module:
-    """BertModel with the MLM head, and the binary (sentence-order) head unless disabled."""
-    from mtds.model import transformer_config
-
-    return SDPABertModel(
-        config=transformer_config(m, precision, on_gpu),
-        # Segment (token-type) embeddings only mean something with two segments, i.e. with SOP.
-        num_tokentypes=2 if m.bert_binary_head else 0,
-        transformer_layer_spec=bert_layer_spec(),
-        vocab_size=vocab_size,
-        max_sequence_length=m.max_position_embeddings,
-        pre_process=True,
-        post_process=True,
-        parallel_output=True,
-        share_embeddings_and_output_weights=m.tie_embeddings,
-        position_embedding_type=m.position_embedding_type,
-        add_binary_head=m.bert_binary_head,
-    )
+def validate(opts: Options, cfg) -> list[str]:
+    errs = []
+    if not 0 < opts.masking_probability < 1:
+        errs.append(f"task.masking_probability={opts.masking_probability} must be in (0, 1)")
+    if not 0 <= opts.short_seq_prob <= 1:
+        errs.append(f"task.short_seq_prob={opts.short_seq_prob} must be in [0, 1]")
+    return errs
 
 
-def bert_dataset_config(cfg: RunConfig, sources, tokenizer):
+def model_heads(opts: Options) -> dict:
+    """Build switches for the family: the binary head for the sentence-order label."""
+    return {"add_binary_head": opts.binary_head}
+
+
+def check_data(cfg, sources, tokenizer) -> None:
+    """One-line ConfigError, before DeepSpeed starts, for a split BERT cannot sample from."""
+    _check_splits(dataset_config(cfg, sources, tokenizer), cfg, sources)
+
+
+def dataset_config(cfg, sources, tokenizer):
     """megatron-core BERTMaskedWordPieceDatasetConfig for the run config.
 
-    Masking is classic BERT (Devlin et al. 2019): `data.masking_probability` of the tokens,
+    Masking is classic BERT (Devlin et al. 2019): `task.masking_probability` of the tokens,
     chosen one token at a time (max n-gram 1), replaced 80% by [MASK], 10% by a random id,
     10% left unchanged. Whole-word masking stays off: the dataset finds word continuations
     by WordPiece's "##" prefix in `tokenizer.inv_vocab`, and sentencepiece marks word *starts*
@@ -91,8 +68,8 @@ def bert_dataset_config(cfg: RunConfig, sources, tokenizer):
 
     return BERTMaskedWordPieceDatasetConfig(
         **shared_dataset_fields(cfg, sources, tokenizer),
-        masking_probability=cfg.data.masking_probability,
-        short_sequence_probability=cfg.data.short_seq_prob,
+        masking_probability=cfg.task.masking_probability,
+        short_sequence_probability=cfg.task.short_seq_prob,
         masking_max_ngram=1,
         masking_do_full_word=False,
         masking_do_permutation=False,
@@ -100,7 +77,7 @@ def bert_dataset_config(cfg: RunConfig, sources, tokenizer):
         masking_use_geometric_distribution=False,
         # With the binary head each sample is two segments, swapped with probability 0.5
         # (`is_random` = 1 when swapped: the sentence-order label). Without it: one segment.
-        classification_head=cfg.model.bert_binary_head,
+        classification_head=cfg.task.binary_head,
     )
 
 
@@ -111,10 +88,11 @@ def bert_dataset_config(cfg: RunConfig, sources, tokenizer):
 LONG_SENTENCE_LEN = 512
 
 
-@functools.lru_cache(maxsize=16)  # pretrain.py checks before DeepSpeed starts, the builder again
-def usable_documents(prefix: str, min_sentences: int) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=16)  # checked before DeepSpeed starts, and again by the builder
+def usable_documents(prefix: str, min_sentences: int) -> tuple:
     """Per document of an IndexedDataset: (can megatron-core's BERT dataset sample from it,
     its number of sentences)."""
+    import numpy as np
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     ds = IndexedDataset(prefix)
@@ -126,11 +104,6 @@ def usable_documents(prefix: str, min_sentences: int) -> tuple[np.ndarray, np.nd
     return (n_sentences >= min_sentences) & ~(has_long & (n_sentences > 1)), n_sentences
 
 
-def check_bert_data(cfg: RunConfig, sources, tokenizer) -> None:
-    """The BERT data checks of build_bert_datasets, for pretrain.py to run before DeepSpeed starts."""
-    _check_splits(bert_dataset_config(cfg, sources, tokenizer), cfg, sources)
-
-
 def _split_ranges(config, sources) -> list[tuple[str, str, tuple[float, float]]]:
     """(split name, prefix, [start, end) fraction of its documents) for every split read."""
     if sources.valid_prefixes:  # separate validation set: each prefix read whole
@@ -140,7 +113,7 @@ def _split_ranges(config, sources) -> list[tuple[str, str, tuple[float, float]]]
             for i, name in enumerate(("train", "valid", "test")) if config.split_matrix[i] is not None]
 
 
-def _check_splits(config, cfg: RunConfig, sources) -> None:
+def _check_splits(config, cfg, sources) -> None:
     """One-line ConfigError instead of a hang when a split has no document BERT can sample."""
     need = 2 if config.classification_head else 1
     per_prefix = {}
@@ -159,7 +132,7 @@ def _check_splits(config, cfg: RunConfig, sources) -> None:
         if need == 2 and (n_sentences <= 1).all():
             hint = ("the sentence-order head needs sentence-split data: preprocess with "
                     "`python -m data_tools.preprocess --split-sentences` and give the _sentence prefix "
-                    "(or set model.bert_binary_head=false)")
+                    "(or set task.binary_head=false)")
         elif sources.valid_prefixes:
             hint = f"give {key} more (or longer) documents"
         else:
@@ -167,7 +140,7 @@ def _check_splits(config, cfg: RunConfig, sources) -> None:
         raise ConfigError(f"{key}: {where}; {hint}")
 
 
-def build_bert_datasets(cfg: RunConfig, sources, tokenizer, sizes: list[int]):
+def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     """(train, valid, test) BERTMaskedWordPieceDatasets over `_sentence` .bin/.idx prefixes.
 
     Each sample is a dict of [seq_length] arrays: text (masked ids), types (segment 0/1),
@@ -178,16 +151,18 @@ def build_bert_datasets(cfg: RunConfig, sources, tokenizer, sizes: list[int]):
     from megatron.core.datasets.bert_dataset import BERTMaskedWordPieceDataset
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 
-    config = bert_dataset_config(cfg, sources, tokenizer)
+    config = dataset_config(cfg, sources, tokenizer)
     _check_splits(config, cfg, sources)  # for every caller, not only pretrain.py (cached per prefix)
     return BlendedMegatronDatasetBuilder(BERTMaskedWordPieceDataset, sizes, lambda: True, config).build()
 
 
-def bert_forward(model: torch.nn.Module, batch: dict, device: torch.device):
+def forward_step(model, batch: dict, device):
     """MLM loss (mean over masked positions) + SOP loss (binary-head cross entropy).
 
     Returns (loss, {mlm_loss, mlm_acc[, sop_loss, sop_acc]}) with detached metrics.
     """
+    import torch.nn.functional as F
+
     tokens = batch["text"].to(device, non_blocking=True)  # [b, s]
     padding_mask = batch["padding_mask"].to(device, non_blocking=True)  # [b, s], 1 = token
     labels = batch["labels"].to(device, non_blocking=True)  # [b, s], -1 = not masked

@@ -1,0 +1,60 @@
+"""One fp32 model state dict from a checkpoint's shards, without a DeepSpeed engine (for the tools).
+
+Weights come from DeepSpeed's own consolidation (`deepspeed.utils.zero_to_fp32`), which merges
+the fp32 master partitions of ZeRO stage 1, 2 and 3 checkpoints of any world size — so a bf16 run
+is loaded at its full fp32 precision. ZeRO stage 0 has no partitioned master copy there (its
+module weights are the trained weights; DeepSpeed's BF16_Optimizer keeps its fp32 copy in a
+format zero_to_fp32 does not read), so for stage 0 the module state is read and cast to fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pickle
+import sys
+
+import torch
+
+from mtds.errors import LoadError
+
+
+def zero_stage(saved: dict) -> int:
+    return int(saved.get("deepspeed", {}).get("zero_optimization", {}).get("stage", 0))
+
+
+def consolidated_state_dict(ckpt_dir: str, saved: dict) -> dict:
+    """fp32 model state dict of a DeepSpeed checkpoint of any ZeRO stage and world size.
+
+    megatron-core modules save an `_extra_state` entry per linear layer (Transformer Engine's FP8
+    metadata slot; None here): they are not weights and are left out.
+    """
+    root, tag = os.path.split(ckpt_dir)
+    optim_files = glob.glob(os.path.join(ckpt_dir, "*_optim_states.pt"))
+    if zero_stage(saved) >= 1 and optim_files:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        # zero_to_fp32 prints progress lines and a bar; keep the tools' output clean (errors still raise).
+        try:
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                state = get_fp32_state_dict_from_zero_checkpoint(root, tag)
+        except (FileNotFoundError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as e:  # missing/damaged shard
+            raise LoadError(f"{ckpt_dir}: DeepSpeed cannot consolidate this checkpoint: {str(e).splitlines()[0]}") from None
+    else:
+        if zero_stage(saved) == 3:  # ZeRO-3 model states hold no weights, only the shards do
+            raise LoadError(f"{ckpt_dir}: ZeRO-3 checkpoint without its *_optim_states.pt shards; copy the whole "
+                            "checkpoint directory")
+        if zero_stage(saved) >= 1:
+            print(f"note: {ckpt_dir} has no *_optim_states.pt shards; using the module weights "
+                  "(bf16 for a bf16 run)", file=sys.stderr)
+        files = sorted(glob.glob(os.path.join(ckpt_dir, "*mp_rank_00_model_states.pt")))
+        if not files:
+            raise LoadError(f"{ckpt_dir}: no DeepSpeed model states file (*mp_rank_00_model_states.pt); "
+                            "is this a complete checkpoint?")
+        try:
+            state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:
+            raise LoadError(f"{files[0]}: cannot read this DeepSpeed model states file: {str(e).splitlines()[0]}") from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()
+            if torch.is_tensor(v) and not k.endswith("_extra_state")}

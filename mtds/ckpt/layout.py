@@ -1,0 +1,67 @@
+"""Where checkpoints live and which one is the newest complete one. No torch, no DeepSpeed.
+
+Layout under <run_dir>/checkpoints:
+    iter_0000100/            a complete checkpoint (DeepSpeed shards + mtds_config.json + rng_rank*.pt)
+    iter_0000200.tmp/        a save in progress (or killed mid-way): never loaded
+    latest                   text file naming the newest complete tag (DeepSpeed's own format)
+
+A tag is complete when its directory holds mtds_config.json, which is written last (see
+save_load.py). Training resumes and the tools read checkpoints through `find` alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+TAG_RE = re.compile(r"^iter_(\d{7,})$")
+CONFIG_FILE = "mtds_config.json"
+LATEST_FILE = "latest"
+
+
+def checkpoint_root(run_dir: str) -> str:
+    """The checkpoints folder of a run dir; a path that is one already (holds `latest`) is kept."""
+    return run_dir if os.path.isfile(os.path.join(run_dir, LATEST_FILE)) else os.path.join(run_dir, "checkpoints")
+
+
+def tag_for(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def complete_tags(root: str) -> list[str]:
+    """Published checkpoint tags under a checkpoints folder, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    tags = [t for t in os.listdir(root) if TAG_RE.match(t) and os.path.isfile(os.path.join(root, t, CONFIG_FILE))]
+    return sorted(tags, key=lambda t: int(TAG_RE.match(t).group(1)))
+
+
+def partial_saves(root: str) -> list[str]:
+    """Directories of saves that did not finish (`<tag>.tmp`)."""
+    return sorted(t for t in os.listdir(root) if t.endswith(".tmp")) if os.path.isdir(root) else []
+
+
+def find(run_dir: str, tag: str | None = None, log=None) -> str | None:
+    """The checkpoint directory to load from a run dir (or its checkpoints folder), or None.
+
+    `tag=None`: the tag `latest` names if that one is complete, else the newest complete one
+    (a `latest` naming a partial save is skipped). A given tag must be complete. `log`, if given,
+    hears about partial saves and a stale `latest`.
+    """
+    root = checkpoint_root(run_dir)
+    tags = complete_tags(root)
+    if tag is not None:
+        return os.path.join(root, tag) if tag in tags else None
+    if log:
+        for t in partial_saves(root):
+            log(f"warning: skipping partial checkpoint {os.path.join(root, t)} (a save did not finish)")
+    latest_file = os.path.join(root, LATEST_FILE)
+    if os.path.isfile(latest_file):
+        with open(latest_file) as f:
+            named = f.read().strip()
+        if named in tags:
+            return os.path.join(root, named)
+        if log:
+            log(f"warning: {latest_file} names {named!r}, which is not a complete checkpoint; "
+                "using the newest complete one")
+    return os.path.join(root, tags[-1]) if tags else None

@@ -1,0 +1,88 @@
+"""Checks before a resume, before DeepSpeed starts: is there a checkpoint, does it fit this model,
+and can DeepSpeed load it at this world size and ZeRO stage."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from mtds.ckpt.layout import CONFIG_FILE, find
+from mtds.ckpt.universal import UNIVERSAL_DIR, is_universal
+from mtds.config import migrate
+from mtds.errors import ConfigError
+from mtds.kinds import KINDS
+
+# [model] keys a resumed run may change: they change no parameter. Every other model key (and the
+# padded vocabulary) must match; [task] keys must match unless the task lists them in its
+# CHANGEABLE_ON_RESUME. [data] and [training] differences are allowed and logged.
+CHANGEABLE_MODEL_KEYS = ("preset", "hidden_dropout", "attention_dropout", "init_method_std", "recompute_activations")
+
+
+def check_compatible(saved: dict, current: dict, log=print) -> None:
+    """Refuse a checkpoint whose model or objective differs from this run's; log allowed differences.
+
+    `saved` and `current` are resolved configs (mtds_config.json); the saved one may be of an
+    earlier config format.
+    """
+    old_run, new_run = migrate(saved.get("run", {})), current.get("run", {})
+    kind = KINDS.get(new_run.get("model", {}).get("model_type"))
+    changeable = {"model": CHANGEABLE_MODEL_KEYS, "task": kind.task.CHANGEABLE_ON_RESUME if kind else ()}
+    bad, allowed = [], []
+    for section in ("model", "task", "data", "training"):
+        old, new = old_run.get(section, {}), new_run.get(section, {})
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                item = f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}"
+                strict = section in changeable and key not in changeable[section]
+                (bad if strict else allowed).append(item)
+    if saved.get("vocab_size") != current.get("vocab_size"):
+        bad.append(f"padded vocabulary: {saved.get('vocab_size')} -> {current.get('vocab_size')} (another tokenizer?)")
+    if bad:
+        raise ConfigError("checkpoint does not fit this model: " + "; ".join(bad))
+    for item in allowed:
+        log(f"note: config differs from the checkpoint's (allowed): {item}")
+
+
+def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print) -> str | None:
+    """The checkpoint to resume from (None: none yet), checked before DeepSpeed starts.
+
+    ZeRO partitions optimizer state per data-parallel rank, and DeepSpeed refuses to load a
+    ZeRO checkpoint at another data-parallel size except in its universal form: turn that on in
+    `ds_cfg` when the checkpoint has one, else say how to make it.
+    """
+    if os.path.exists(load_dir) and not os.path.isdir(load_dir):
+        raise ConfigError(f"training.load={load_dir!r} is a file; give the run directory to resume from")
+    ckpt = find(load_dir, log=log)
+    if ckpt is None:
+        return None
+    with open(os.path.join(ckpt, CONFIG_FILE)) as f:
+        saved = json.load(f)
+    saved_dp = saved.get("parallel", {}).get("data", saved.get("world_size", dp_size))
+    stage = saved.get("deepspeed", {}).get("zero_optimization", {}).get("stage", 0)
+    new_stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)
+    if _stage_family(stage) != _stage_family(new_stage):
+        # Measured with DeepSpeed 0.19.8: 1 <-> 2 loads; 0 <-> 1/2/3 and 1/2 <-> 3 fail mid-load
+        # (different shard files and layouts), universal checkpoint or not.
+        raise ConfigError(
+            f"training.load: {ckpt} was saved with ZeRO stage {stage} and this run uses stage {new_stage}; "
+            f"DeepSpeed resumes only between stages 1 and 2, so set zero_optimization.stage={stage} in the "
+            "DeepSpeed JSON (or start a new run from exported weights)"
+        )
+    if saved_dp == dp_size or stage == 0:
+        return ckpt
+    if not is_universal(ckpt):
+        raise ConfigError(
+            f"training.load: {ckpt} was saved by {saved_dp} data-parallel ranks and this run has {dp_size}, "
+            f"and ZeRO-{stage} partitions the optimizer state per rank; convert it once with "
+            f"`python -m mtds.universal_checkpoint --load {load_dir}` (it then resumes at any world size), "
+            f"or resume with {saved_dp} ranks"
+        )
+    ds_cfg.setdefault("checkpoint", {})["load_universal"] = True
+    log(f"resuming a checkpoint of {saved_dp} data-parallel ranks with {dp_size}: loading its universal "
+        f"form {os.path.join(ckpt, UNIVERSAL_DIR)}")
+    return ckpt
+
+
+def _stage_family(stage: int) -> str:
+    """ZeRO stages whose checkpoints load into each other."""
+    return {0: "none", 1: "1-2", 2: "1-2"}.get(stage, "3")

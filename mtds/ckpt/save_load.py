@@ -1,0 +1,94 @@
+"""Crash-safe checkpoints through the DeepSpeed engine, with the trainer's state and RNG streams.
+
+Why not DeepSpeed's `latest`: rank 0 writes it without waiting for the other ranks' shards, so
+a kill mid-save can leave it naming a partial checkpoint. We save under `<tag>.tmp` with
+save_latest=False, wait for every rank, then rank 0 writes mtds_config.json (what makes a tag
+complete, see layout.py), renames the directory and replaces `latest` atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, tag_for
+from mtds.ckpt.resume import check_compatible
+from mtds.distributed import barrier, is_rank0
+from mtds.errors import ConfigError
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: int, log=print) -> str:
+    """Save on every rank; publish only after all ranks finished. Returns the tag."""
+    root = os.path.join(run_dir, "checkpoints")
+    tag = tag_for(trainer_state["iteration"])
+    tmp_tag = tag + ".tmp"
+    if is_rank0():
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(os.path.join(root, tmp_tag), ignore_errors=True)  # a save killed earlier
+    barrier()
+    engine.save_checkpoint(root, tag=tmp_tag, client_state={"mtds": trainer_state}, save_latest=False)
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    torch.save(rng_state(), os.path.join(root, tmp_tag, f"rng_rank{rank}.pt"))
+    barrier()  # every rank's shards are on disk
+    if is_rank0():
+        tmp_dir, final_dir = os.path.join(root, tmp_tag), os.path.join(root, tag)
+        _atomic_write(os.path.join(tmp_dir, CONFIG_FILE), json.dumps(resolved, indent=2))
+        shutil.rmtree(final_dir, ignore_errors=True)
+        os.replace(tmp_dir, final_dir)
+        _atomic_write(os.path.join(root, LATEST_FILE), tag)
+        _prune(root, keep_last)
+        log(f"saved checkpoint {final_dir}")
+    barrier()
+    return tag
+
+
+def _prune(root: str, keep_last: int) -> None:
+    for old in complete_tags(root)[:-keep_last]:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+
+
+def load(engine, ckpt_dir: str, current_resolved: dict, log=print) -> dict:
+    """Load model/optimizer/scheduler and return the trainer state; restores RNG states."""
+    with open(os.path.join(ckpt_dir, CONFIG_FILE)) as f:
+        saved = json.load(f)
+    check_compatible(saved, current_resolved, log)
+    root, tag = os.path.split(ckpt_dir)
+    path, client = engine.load_checkpoint(root, tag=tag)
+    if path is None:
+        raise ConfigError(f"{ckpt_dir}: DeepSpeed could not load this checkpoint")
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    rng_file = os.path.join(ckpt_dir, f"rng_rank{rank}.pt")
+    if os.path.isfile(rng_file):
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        log(f"warning: {rng_file} missing (different world size?); RNG streams restart")
+    return client["mtds"]

@@ -1,0 +1,66 @@
+"""BERT family: megatron-core BertModel (encoder-only, pre-LayerNorm) on its local layer spec with
+SDPA attention (mtds.attention.SDPABertModel explains the one adaptation this needs).
+
+The heads are the objective's choice: the masked-LM head always, the binary (sentence-pair) head
+when the task asks for it (`heads={"add_binary_head": True}`, see mtds/tasks/masked_lm.py).
+"""
+
+from __future__ import annotations
+
+_BERT_ARCH = dict(position_embedding_type="learned_absolute", normalization="LayerNorm", activation="gelu",
+                  tie_embeddings=True)
+PRESETS: dict[str, dict] = {  # BERT paper sizes (Devlin et al. 2019) and a tiny debug one
+    "bert-tiny": dict(num_layers=4, hidden_size=256, num_attention_heads=4, max_position_embeddings=128, **_BERT_ARCH),
+    "bert-base": dict(num_layers=12, hidden_size=768, num_attention_heads=12, max_position_embeddings=512,
+                      **_BERT_ARCH),
+    "bert-large": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, max_position_embeddings=512,
+                       **_BERT_ARCH),
+}
+DEFAULT_PRESET = "bert-tiny"
+
+
+def validate(m) -> list[str]:
+    if m.position_embedding_type != "learned_absolute":
+        return ["model.position_embedding_type: BERT uses learned_absolute positions"]
+    return []
+
+
+def build(m, vocab_size: int, precision: str, on_gpu: bool, *, add_binary_head: bool = False):
+    """BertModel with the masked-LM head, plus the binary head if asked."""
+    from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
+
+    from mtds.attention import SDPABertModel
+    from mtds.models.common import transformer_config, with_sdpa
+
+    return SDPABertModel(
+        config=transformer_config(m, precision, on_gpu),
+        # Segment (token-type) embeddings only mean something with two segments, i.e. with the binary head.
+        num_tokentypes=2 if add_binary_head else 0,
+        transformer_layer_spec=with_sdpa(bert_layer_local_spec),
+        vocab_size=vocab_size,
+        max_sequence_length=m.max_position_embeddings,
+        pre_process=True,
+        post_process=True,
+        parallel_output=True,
+        share_embeddings_and_output_weights=m.tie_embeddings,
+        position_embedding_type=m.position_embedding_type,
+        add_binary_head=add_binary_head,
+    )
+
+
+def flops_per_token(m, num_params: int, seq_length: int, vocab_size: int) -> float:
+    from mtds.models.common import dense_flops_per_token
+
+    return dense_flops_per_token(m, num_params, seq_length, vocab_size)
+
+
+def transformer_layers(model) -> list:
+    """The layers training.compile=layers compiles: BertModel's encoder stack."""
+    return list(model.encoder.layers)
+
+
+def hf_architectures() -> tuple:
+    """Hugging Face architectures this family maps to (mtds/hf/)."""
+    from mtds.hf import megatron_bert
+
+    return (megatron_bert,)

@@ -1,0 +1,78 @@
+"""What the model families share: the megatron-core TransformerConfig built from the run config,
+the SDPA core attention put into a layer spec, and the FLOPs estimate.
+
+Family files import this (and torch, megatron-core) inside their functions, so that
+`mtds.kinds` and `mtds.config` stay importable without torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def transformer_config(m, precision: str, on_gpu: bool):
+    """megatron-core TransformerConfig with the same field names as the run config's [model]."""
+    import torch
+    import torch.nn.functional as F
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    swiglu = m.activation == "swiglu"
+    return TransformerConfig(
+        num_layers=m.num_layers,
+        hidden_size=m.hidden_size,
+        num_attention_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups,
+        ffn_hidden_size=m.ffn_size(),
+        normalization=m.normalization,
+        gated_linear_unit=swiglu,
+        activation_func=F.silu if swiglu else F.gelu,
+        add_bias_linear=m.add_bias_linear,
+        hidden_dropout=m.hidden_dropout,
+        attention_dropout=m.attention_dropout,
+        init_method_std=m.init_method_std,
+        # DeepSpeed owns precision: it casts the module to bf16/fp16 itself; megatron only needs
+        # to know for its softmax/cross-entropy dtype choices.
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        params_dtype=torch.float32,
+        use_cpu_initialization=not on_gpu,
+        # Fusions that need apex / Transformer Engine / CUDA kernels we do not require.
+        gradient_accumulation_fusion=False,
+        # megatron-core's fused SwiGLU (bias optional; torch.compile'd through megatron's
+        # jit_fuser) saves only its input for backward: on an H100, GPT-1.3b went from 58.5 to
+        # 50.5 GB peak and 8% faster (bench/RESULTS.md). CPU runs keep the unfused path.
+        bias_activation_fusion=swiglu and on_gpu,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        recompute_granularity="full" if m.recompute_activations else None,
+        recompute_method="uniform" if m.recompute_activations else None,
+        recompute_num_layers=1 if m.recompute_activations else None,
+    )
+
+
+def with_sdpa(spec):
+    """Copy of a megatron-core layer spec whose self-attention core is mtds.attention.SDPAttention."""
+    from mtds.attention import SDPAttention
+
+    attention = spec.submodules.self_attention
+    attn_sub = dataclasses.replace(attention.submodules, core_attention=SDPAttention)
+    new_attention = dataclasses.replace(attention, submodules=attn_sub)
+    layer_sub = dataclasses.replace(spec.submodules, self_attention=new_attention)
+    return dataclasses.replace(spec, submodules=layer_sub)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def dense_flops_per_token(m, num_params: int, seq_length: int, vocab_size: int) -> float:
+    """Training FLOPs per token of a dense transformer: 6N + 12*L*h*T (PaLM, Chowdhery et al. 2022,
+    appendix B; the estimate nanoGPT's estimate_mfu uses). N counts the parameters that take part
+    in matmuls: the input embedding (when untied from the output layer) and a learned position
+    table are lookups, not matmuls, so they are left out; the output layer stays in."""
+    lookups = 0 if m.tie_embeddings else vocab_size * m.hidden_size
+    if m.position_embedding_type == "learned_absolute":
+        lookups += m.max_position_embeddings * m.hidden_size
+    return 6 * (num_params - lookups) + 12 * m.num_layers * m.hidden_size * seq_length

@@ -1,0 +1,80 @@
+"""Causal language modelling: next-token loss over `_document` data (megatron-core GPTDataset).
+
+Each sample is seq_length + 1 consecutive tokens of the shuffled, concatenated documents
+(documents end with the EOD token written by `preprocess --append-eod`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATA_LAYOUT = "document"
+"""preprocess output this task reads: `_document` (one sequence per document)."""
+
+
+@dataclass
+class Options:
+    """[task] options of causal_lm."""
+
+    eod_mask_loss: bool = False
+    """No loss on the positions whose input token is the end-of-document token (Megatron-LM's
+    --eod-mask-loss): the model is not trained to predict what follows a document's end."""
+
+
+CHANGEABLE_ON_RESUME: tuple[str, ...] = ("eod_mask_loss",)
+"""[task] keys a resumed run may change (they change no parameter)."""
+
+
+def validate(opts: Options, cfg) -> list[str]:
+    return []
+
+
+def model_heads(opts: Options) -> dict:
+    """Build switches for the family: a language model needs only its output layer."""
+    return {}
+
+
+def check_data(cfg, sources, tokenizer) -> None:
+    """Nothing beyond the shared checks (mtds.data): any `_document` prefix works."""
+
+
+def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
+    """(train, valid, test) GPTDatasets with `sizes` samples each, via BlendedMegatronDatasetBuilder.
+
+    Each sample is a dict of [seq_length] tensors: tokens, labels (tokens shifted by one),
+    loss_mask, position_ids.
+    """
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    from mtds.data import shared_dataset_fields
+
+    config = GPTDatasetConfig(
+        **shared_dataset_fields(cfg, sources, tokenizer),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=cfg.task.eod_mask_loss,
+        create_attention_mask=False,  # SDPAttention applies the causal mask itself
+        data_parallel_size=dp_size,
+    )
+    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+
+
+def forward_step(model, batch: dict, device):
+    """Next-token loss averaged over unmasked tokens. Batch tensors are [b, s]. Returns (loss, {})."""
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    loss_mask = batch["loss_mask"].to(device, non_blocking=True).float()
+    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    # With labels, GPTModel returns the per-token cross entropy [b, s] (fp32).
+    per_token = model(tokens, position_ids, None, labels=labels)
+    loss = (per_token.float() * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+    return loss, {}
+
+
+def next_token_logits(model, context):
+    """Logits [b, s, V_padded] for a context [b, s] of token ids (mtds.generate)."""
+    import torch
+
+    position_ids = torch.arange(context.size(1), device=context.device).unsqueeze(0)
+    return model(context, position_ids, None)

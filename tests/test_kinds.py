@@ -1,0 +1,192 @@
+"""The structure that makes a model kind one family file plus one task file (mtds/kinds.py):
+every file listed, every kind builds and trains a step, no kind tests outside the kind files, no
+import cycles, a torch-free config path, and saved configs of the earlier format still load."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import ROOT
+
+PACKAGES = ("mtds", "data_tools")
+
+
+def python_files(package: str) -> list[str]:
+    out = []
+    for folder, _, files in os.walk(os.path.join(ROOT, package)):
+        out += [os.path.join(folder, f) for f in files if f.endswith(".py")]
+    return sorted(out)
+
+
+def module_name(path: str) -> str:
+    rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+    return rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+# -- the kinds table -------------------------------------------------------------------------
+def test_every_family_and_task_file_is_a_listed_kind():
+    from mtds.kinds import KINDS, family_name, task_name
+
+    def files(folder, shared=()):
+        names = {f[:-3] for f in os.listdir(os.path.join(ROOT, "mtds", folder)) if f.endswith(".py")}
+        return names - {"__init__", *shared}
+
+    assert files("models", shared=("common",)) == {family_name(k.family) for k in KINDS.values()}
+    assert files("tasks") == {task_name(k.task) for k in KINDS.values()}
+
+
+def test_kinds_and_config_import_no_torch():
+    code = "import sys, mtds.kinds, mtds.config; print(sorted(m for m in ('torch', 'megatron', 'deepspeed') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_model_type_choices_come_from_the_kinds_table(capsys):
+    from mtds.kinds import KINDS
+    from mtds.pretrain import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--model-type", "nope"])
+    assert "choose from " + ", ".join(repr(k) for k in KINDS) in capsys.readouterr().err
+
+
+def test_pretrain_entry_point_stays_short():
+    with open(os.path.join(ROOT, "mtds", "pretrain.py")) as f:
+        assert len(f.readlines()) <= 80
+
+
+# `model_type == "bert"`, `"gpt" != x`, `model_type in ("gpt", ...)`: a kind decided by name.
+KIND_TEST = re.compile(r"""model_type\s*(==|!=|(not\s+)?in\s*[([{])|(==|!=)\s*["'](gpt|bert)["']|["'](gpt|bert)["']\s*(==|!=)""")
+
+
+def test_no_kind_is_tested_by_name_outside_its_own_files():
+    kind_files = {os.path.join(ROOT, "mtds", "kinds.py")}
+    kind_dirs = (os.path.join(ROOT, "mtds", "models"), os.path.join(ROOT, "mtds", "tasks"))
+    offenders = []
+    for package in ("mtds",):  # data_tools knows no model kinds
+        for path in python_files(package):
+            if path in kind_files or path.startswith(kind_dirs):
+                continue
+            with open(path) as f:
+                for n, line in enumerate(f, 1):
+                    if KIND_TEST.search(line.split("#")[0]):
+                        offenders.append(f"{os.path.relpath(path, ROOT)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+# -- imports -------------------------------------------------------------------------------------
+def import_graph() -> dict[str, set[str]]:
+    """{module: internal modules it imports}, from every import statement (top level and inside
+    functions alike), read with `ast`."""
+    paths = {module_name(p): p for package in PACKAGES for p in python_files(package)}
+    graph: dict[str, set[str]] = {name: set() for name in paths}
+    for name, path in paths.items():
+        is_package = path.endswith("__init__.py")
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative import
+                    parent = name.split(".") if is_package else name.split(".")[:-1]
+                    parent = parent[: len(parent) - node.level + 1]
+                    base = ".".join(parent + ([base] if base else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in paths else base for a in node.names]
+            else:
+                continue
+            graph[name].update(t for t in targets if t in paths and t != name)
+    return graph
+
+
+def test_no_import_cycles_in_mtds_and_data_tools():
+    graph = import_graph()
+    assert len(graph) > 40 and "mtds.kinds" in graph["mtds.config"]  # the walk sees real edges
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles = []
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_data_tools_imports_nothing_from_mtds():
+    graph = import_graph()
+    bad = {m: sorted(t for t in ts if t.startswith("mtds")) for m, ts in graph.items() if m.startswith("data_tools")}
+    assert not {m: ts for m, ts in bad.items() if ts}
+
+
+# -- the contract every kind keeps -------------------------------------------------------------
+LAYOUT_PREFIX = {"document": "prefix", "sentence": "sentence_prefix"}  # tiny_data's pair of each layout
+TINY = {"preset": "none", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "max_position_embeddings": 32}
+
+
+def tiny_cfg(kind: str, tiny_data, run_dir, **model):
+    from mtds.config import build_config
+    from mtds.kinds import KINDS
+
+    family = KINDS[kind].family
+    shape = {**family.PRESETS[family.DEFAULT_PRESET], **TINY, **model}  # the family's architecture, tiny
+    prefix = tiny_data[LAYOUT_PREFIX[KINDS[kind].task.DATA_LAYOUT]]
+    return build_config({"model": {"model_type": kind, **shape},
+                         "data": {"paths": [prefix], "tokenizer_model": tiny_data["tokenizer_model"],
+                                  "split": "90,10,0", "num_workers": 0},
+                         "training": {"run_dir": str(run_dir)}})
+
+
+@pytest.mark.parametrize("kind", ["gpt", "bert"])
+def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, world_of_one, tiny_data, tmp_path):
+    from mtds.data import ResumableBatchSampler, build_loader, resolve_sources
+    from mtds.hf.mapping import from_hf, not_exported, to_hf
+    from mtds.kinds import KINDS, build_model
+    from mtds.models.common import count_parameters
+    from mtds.tokenizer import SentencePieceTokenizer
+
+    assert set(KINDS) == {"gpt", "bert"}  # a new kind: add it to the parametrize list above
+    cfg = tiny_cfg(kind, tiny_data, tmp_path)
+    family, task = cfg.kind.family, cfg.kind.task
+    sources = resolve_sources(cfg)
+    tokenizer = SentencePieceTokenizer(sources.tokenizer_model)
+    task.check_data(cfg, sources, tokenizer)
+    train, _, _ = task.build_datasets(cfg, sources, tokenizer, [4, 2, None], 1)
+    batch = next(iter(build_loader(train, ResumableBatchSampler(len(train), 0, 2, 0, 1), 0)))
+
+    torch.manual_seed(0)
+    vocab = cfg.model.padded_vocab_size(tokenizer.vocab_size)
+    model = build_model(cfg, vocab, "fp32", on_gpu=False)
+    loss, metrics = task.forward_step(model, batch, torch.device("cpu"))
+    assert loss.ndim == 0 and torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert family.flops_per_token(cfg.model, count_parameters(model), cfg.seq_length, vocab) > 0
+    layers = family.transformer_layers(model)
+    assert len(layers) == cfg.model.num_layers and all(any(l is m for m in model.modules()) for l in layers)
+
+    heads = task.model_heads(cfg.task)
+    archs = [a for a in family.hf_architectures() if a.unsupported(cfg.model, heads) is None]
+    assert archs, f"{kind}'s default architecture should map to a Hugging Face one"
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    for arch in archs:
+        rules = arch.rules(cfg.model, heads)
+        back = from_hf(to_hf(sd, rules), rules)
+        assert back.keys() == sd.keys() - set(not_exported(rules)), arch.ARCHITECTURE
+        assert all(torch.equal(back[k], sd[k]) for k in back), arch.ARCHITECTURE

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers import ROOT
+from mtds.kinds import KINDS  # torch-free: safe at collection
 
 PACKAGES = ("mtds", "data_tools")
 
@@ -33,7 +34,7 @@ def module_name(path: str) -> str:
 
 # -- the kinds table -------------------------------------------------------------------------
 def test_every_family_and_task_file_is_a_listed_kind():
-    from mtds.kinds import KINDS, family_name, task_name
+    from mtds.kinds import family_name, task_name
 
     def files(folder, shared=()):
         names = {f[:-3] for f in os.listdir(os.path.join(ROOT, "mtds", folder)) if f.endswith(".py")}
@@ -41,6 +42,11 @@ def test_every_family_and_task_file_is_a_listed_kind():
 
     assert files("models", shared=("common",)) == {family_name(k.family) for k in KINDS.values()}
     assert files("tasks") == {task_name(k.task) for k in KINDS.values()}
+    from mtds.config import PRESETS
+
+    families = {k.family for k in KINDS.values()}
+    assert len(PRESETS) == sum(len(f.PRESETS) for f in families)  # preset names unique across families
+    assert all(f.DEFAULT_PRESET in f.PRESETS for f in families)
 
 
 def test_kinds_and_config_import_no_torch():
@@ -50,7 +56,6 @@ def test_kinds_and_config_import_no_torch():
 
 
 def test_model_type_choices_come_from_the_kinds_table(capsys):
-    from mtds.kinds import KINDS
     from mtds.pretrain import parse_args
 
     with pytest.raises(SystemExit):
@@ -153,15 +158,14 @@ def tiny_cfg(kind: str, tiny_data, run_dir, **model):
                          "training": {"run_dir": str(run_dir)}})
 
 
-@pytest.mark.parametrize("kind", ["gpt", "bert"])
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, world_of_one, tiny_data, tmp_path):
     from mtds.data import ResumableBatchSampler, build_loader, resolve_sources
     from mtds.hf.mapping import from_hf, not_exported, to_hf
-    from mtds.kinds import KINDS, build_model
+    from mtds.kinds import build_model
     from mtds.models.common import count_parameters
     from mtds.tokenizer import SentencePieceTokenizer
 
-    assert set(KINDS) == {"gpt", "bert"}  # a new kind: add it to the parametrize list above
     cfg = tiny_cfg(kind, tiny_data, tmp_path)
     family, task = cfg.kind.family, cfg.kind.task
     sources = resolve_sources(cfg)
@@ -190,3 +194,59 @@ def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, wo
         back = from_hf(to_hf(sd, rules), rules)
         assert back.keys() == sd.keys() - set(not_exported(rules)), arch.ARCHITECTURE
         assert all(torch.equal(back[k], sd[k]) for k in back), arch.ARCHITECTURE
+
+
+# -- saved configs ---------------------------------------------------------------------------------
+def test_format_1_run_configs_migrate_to_the_task_section():
+    from mtds.config import build_config, from_dict, resolved_dict
+
+    with open(os.path.join(ROOT, "tests", "data", "run_config_v1.json")) as f:
+        captured = json.load(f)
+    bert = from_dict(captured["bert"])
+    assert bert.model.model_type == "bert" and bert.task.binary_head is True
+    assert (bert.task.masking_probability, bert.task.short_seq_prob) == (0.15, 0.1)
+    gpt = from_dict(captured["gpt"])  # the BERT-only keys it carried are dropped
+    same_now = {k: v for k, v in captured["gpt"]["model"].items() if k != "bert_binary_head"}
+    assert gpt == from_dict(resolved_dict(build_config({"model": same_now})))
+    old_no_head = json.loads(json.dumps(captured["bert"]))
+    old_no_head["model"]["bert_binary_head"] = False
+    assert from_dict(old_no_head).task.binary_head is False
+
+
+def resolved(model: dict, task: dict | None = None, vocab: int = 512) -> dict:
+    from mtds.config import build_config, resolved_dict
+
+    cfg = build_config({"model": {"preset": "none", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
+                                  "max_position_embeddings": 64, **model}, "task": task or {}})
+    return {"run": resolved_dict(cfg), "vocab_size": cfg.model.padded_vocab_size(vocab)}
+
+
+def test_resume_check_is_an_allow_list():
+    from mtds.ckpt.resume import check_compatible
+    from mtds.errors import ConfigError
+
+    base = resolved({})
+    notes = []
+    check_compatible(base, resolved({"hidden_dropout": 0.1, "init_method_std": 0.01}), log=notes.append)
+    assert notes == ["note: config differs from the checkpoint's (allowed): model.hidden_dropout: 0.0 -> 0.1",
+                     "note: config differs from the checkpoint's (allowed): model.init_method_std: 0.02 -> 0.01"]
+    with pytest.raises(ConfigError) as e:  # 512 -> 1000 padded rows: once only a note
+        check_compatible(base, resolved({"make_vocab_size_divisible_by": 1000}))
+    assert str(e.value) == ("checkpoint does not fit this model: model.make_vocab_size_divisible_by: 128 -> 1000; "
+                            "padded vocabulary: 512 -> 1000 (another tokenizer?)")
+    with pytest.raises(ConfigError, match=r"model.rotary_base: 10000 -> 500000"):  # no shape change, other model
+        check_compatible(base, resolved({"rotary_base": 500000}))
+
+
+def test_resume_check_covers_the_task_section():
+    from mtds.ckpt.resume import check_compatible
+    from mtds.errors import ConfigError
+
+    bert = resolved({"model_type": "bert", "preset": "bert-tiny"})
+    notes = []
+    check_compatible(bert, resolved({"model_type": "bert", "preset": "bert-tiny"}, {"masking_probability": 0.2}), log=notes.append)
+    assert notes == ["note: config differs from the checkpoint's (allowed): task.masking_probability: 0.15 -> 0.2"]
+    with pytest.raises(ConfigError, match=r"task.binary_head: True -> False"):
+        check_compatible(bert, resolved({"model_type": "bert", "preset": "bert-tiny"}, {"binary_head": False}))
+    with pytest.raises(ConfigError, match=r"model.model_type: 'gpt' -> 'bert'"):
+        check_compatible(resolved({}), bert)

@@ -182,14 +182,15 @@ def test_sampling_is_deterministic_per_seed_and_respects_limits():
 
 
 def test_split_qkv_follows_megatron_group_layout():
-    from mtds.export_hf import split_qkv
+    from mtds.hf.transforms import SplitQKV
 
     heads, groups, d = 4, 2, 3
     # rows of the fused weight, labelled: per group [q(head 0), q(head 1), k, v] x head_dim
     rows = [f"{kind}{g}" for g in range(groups) for kind in ("qa", "qb", "k", "v") for _ in range(d)]
     labels = {name: i for i, name in enumerate(dict.fromkeys(rows))}
     w = torch.tensor([labels[r] for r in rows]).float().unsqueeze(1)  # [g*(4)*d, 1]
-    q, k, v = split_qkv(w, heads, groups, d)
+    q, k, v = SplitQKV(heads, groups, d).to_hf((w,))
+    assert torch.equal(SplitQKV(heads, groups, d).from_hf((q, k, v))[0], w)  # and back
     inv = {i: n for n, i in labels.items()}
     assert [inv[int(x)] for x in q[::d, 0]] == ["qa0", "qb0", "qa1", "qb1"]
     assert [inv[int(x)] for x in k[::d, 0]] == ["k0", "k1"]
@@ -197,37 +198,39 @@ def test_split_qkv_follows_megatron_group_layout():
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    ({}, "llama"),
-    ({"tie_embeddings": True, "add_bias_linear": True, "num_query_groups": 2}, "llama"),
+    ({}, "LlamaForCausalLM"),
+    ({"tie_embeddings": True, "add_bias_linear": True, "num_query_groups": 2}, "LlamaForCausalLM"),
     ({"position_embedding_type": "learned_absolute", "normalization": "LayerNorm", "activation": "gelu",
-      "tie_embeddings": True, "add_bias_linear": True}, "gpt2"),
+      "tie_embeddings": True, "add_bias_linear": True}, "GPT2LMHeadModel"),
     ({"position_embedding_type": "learned_absolute", "normalization": "LayerNorm", "activation": "gelu",
       "tie_embeddings": True, "add_bias_linear": False}, "add_bias_linear=false"),
     ({"position_embedding_type": "rope", "normalization": "LayerNorm"}, "does not export"),
-    ({"model_type": "bert", "preset": "bert-tiny"}, "bert"),
-    ({"model_type": "bert", "preset": "bert-tiny", "tie_embeddings": False, "bert_binary_head": False}, "bert"),
-    ({"model_type": "bert", "preset": "bert-tiny", "normalization": "RMSNorm"},
-     "BERT with normalization=RMSNorm"),
-    ({"model_type": "bert", "preset": "bert-tiny", "num_query_groups": 2}, "BERT with num_query_groups=2"),
+    ({"model_type": "bert", "preset": "bert-tiny"}, "MegatronBertForMaskedLM"),
+    ({"model_type": "bert", "preset": "bert-tiny", "tie_embeddings": False, "task.binary_head": False},
+     "MegatronBertForMaskedLM"),
+    ({"model_type": "bert", "preset": "bert-tiny", "normalization": "RMSNorm"}, "normalization=RMSNorm"),
+    ({"model_type": "bert", "preset": "bert-tiny", "num_query_groups": 2}, "num_query_groups=2"),
 ])
 def test_export_architecture_choice_and_refusals(overrides, expected):
     from mtds.config import build_config
-    from mtds.export_hf import architecture
-    from mtds.tool_cli import LoadError
+    from mtds.errors import LoadError
+    from mtds.export_hf import hf_architecture
 
-    m = build_config({"model": overrides}).model
-    if expected in ("llama", "gpt2", "bert"):
-        assert architecture(m) == expected
+    model = {k: v for k, v in overrides.items() if not k.startswith("task.")}
+    task = {k[5:]: v for k, v in overrides.items() if k.startswith("task.")}
+    cfg = build_config({"model": model, "task": task})
+    if expected.endswith(("CausalLM", "MaskedLM", "HeadModel")):
+        assert hf_architecture(cfg).ARCHITECTURE == expected
     else:
         with pytest.raises(LoadError) as e:
-            architecture(m)
-        assert expected in str(e.value) and "LlamaForCausalLM" in str(e.value) and "\n" not in str(e.value)
+            hf_architecture(cfg)
+        assert expected in str(e.value) and "does not export" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_exported_tokenizer_matches_sentencepiece(tiny_data, tmp_path):
     from transformers import AutoTokenizer
 
-    from mtds.export_hf import write_tokenizer
+    from mtds.hf.tokenizer import write_tokenizer
     from mtds.tokenizer import SentencePieceTokenizer
 
     ids = write_tokenizer(tiny_data["tokenizer_model"], str(tmp_path), 64)
@@ -441,17 +444,17 @@ def test_export_mapping_on_random_weights(loaded, tmp_path, name):
 
     from mtds.export_hf import convert
     from mtds.generate import generate
-    from mtds.model import build_model
+    from mtds.kinds import build_model
 
     run = loaded[name]
     torch.manual_seed(0)
-    model = build_model(run.cfg.model, run.vocab_size, "fp32", on_gpu=False).eval()
+    model = build_model(run.cfg, run.vocab_size, "fp32", on_gpu=False).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     sd = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v) and not k.endswith("_extra_state")}
-    config, weights = convert(sd, run.cfg.model, run.vocab_size, {"pad_token_id": 0, "bos_token_id": 2,
-                                                                   "eos_token_id": 3})
+    config, weights = convert(sd, run.cfg, run.vocab_size, {"pad_token_id": 0, "bos_token_id": 2,
+                                                             "eos_token_id": 3})
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(config))
     hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
@@ -518,9 +521,8 @@ def test_export_bert_mlm_logits_match_transformers(runs, loaded, tmp_path, capsy
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": False, "bert_binary_head": False,
-                                            "add_bias_linear": True}])
-def test_export_bert_mapping_on_random_weights(loaded, tmp_path, overrides):
+@pytest.mark.parametrize("overrides, binary_head", [({}, True), ({"tie_embeddings": False, "add_bias_linear": True}, False)])
+def test_export_bert_mapping_on_random_weights(loaded, tmp_path, overrides, binary_head):
     """Random weights (not 12 steps from init) and the untied / no-token-type / biased variants."""
     import dataclasses
 
@@ -528,22 +530,23 @@ def test_export_bert_mapping_on_random_weights(loaded, tmp_path, overrides):
     from transformers import AutoModelForMaskedLM
 
     from mtds.export_hf import convert
-    from mtds.model import build_model
+    from mtds.kinds import build_model
 
     run = loaded["bert"]
-    m = dataclasses.replace(run.cfg.model, **overrides)
+    cfg = dataclasses.replace(run.cfg, model=dataclasses.replace(run.cfg.model, **overrides),
+                              task=dataclasses.replace(run.cfg.task, binary_head=binary_head))
     torch.manual_seed(0)
-    model = build_model(m, run.vocab_size, "fp32", on_gpu=False).eval()
+    model = build_model(cfg, run.vocab_size, "fp32", on_gpu=False).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     sd = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v) and not k.endswith("_extra_state")}
-    config, weights = convert(sd, m, run.vocab_size, {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3})
+    config, weights = convert(sd, cfg, run.vocab_size, {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3})
     save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(config))
     hf = AutoModelForMaskedLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     ids, types = _bert_inputs(run, 64)
-    if not m.bert_binary_head:
+    if not binary_head:
         types = torch.zeros_like(types)
     with torch.no_grad():
         theirs = hf(ids, token_type_ids=types).logits
@@ -563,3 +566,64 @@ def test_plot_writes_png_of_logged_losses(runs, tmp_path, capsys):
     assert series[TRAIN_TAG] == logged[TRAIN_TAG] and len(series[TRAIN_TAG]) == ITERS // 3
     assert [s for s, _ in series[VAL_TAG]] == [0, 6 * 4 * 64, 12 * 4 * 64]  # tokens at iterations 0, 6, 12
     assert f"({ITERS // 3} train and 3 validation points)" in stdout
+
+
+# -- run directories saved before the [task] section (config format 1) ---------------------------
+def to_format_1(resolved: dict) -> dict:
+    """A resolved config as mtds wrote it before [task]: the objective's options in [model]/[data]."""
+    old = json.loads(json.dumps(resolved))
+    old.pop("config_format", None)
+    task = old["run"].pop("task")
+    old["run"]["model"]["bert_binary_head"] = task.get("binary_head", True)
+    old["run"]["data"]["masking_probability"] = task.get("masking_probability", 0.15)
+    old["run"]["data"]["short_seq_prob"] = task.get("short_seq_prob", 0.1)
+    return old
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, kind", [("llama", "gpt"), ("bert", "bert")])
+def test_run_saved_in_config_format_1_still_resumes_evaluates_generates_and_exports(
+        runs, loaded, tiny_data, tmp_path, capsys, name, kind):
+    import shutil
+
+    from mtds import evaluate, export_hf, generate
+    from mtds.load_trained import load_trained
+
+    old_run = str(tmp_path / name)
+    shutil.copytree(runs[name], old_run, ignore=shutil.ignore_patterns("index_cache"))
+    with open(os.path.join(ROOT, "tests", "data", "run_config_v1.json")) as f:
+        captured = json.load(f)[kind]  # the `run` dict that code wrote, for its key sets
+    ckpt = os.path.join(old_run, "checkpoints", f"iter_{ITERS:07d}")
+    for path in (os.path.join(old_run, "config.json"), os.path.join(ckpt, "mtds_config.json")):
+        with open(path) as f:
+            old = to_format_1(json.load(f))
+        assert {s: set(v) for s, v in old["run"].items()} == {s: set(v) for s, v in captured.items()}
+        with open(path, "w") as f:
+            json.dump(old, f)
+
+    migrated = load_trained(old_run)
+    assert migrated.cfg == loaded[name].cfg
+    for (k, a), b in zip(migrated.model.state_dict().items(), loaded[name].model.state_dict().values()):
+        assert not torch.is_tensor(a) or torch.equal(a, b), k
+    results = [json.loads(call(evaluate.main, ["--load", d, "--json", "--no-progress"], capsys)[1])["loss"]
+               for d in (runs[name], old_run)]
+    assert results[0] == results[1]
+    if kind == "gpt":
+        argv = ["--prompt", "import json\n", "--max-new-tokens", "8", "--greedy"]
+        assert call(generate.main, ["--load", old_run, *argv], capsys)[1] == \
+            call(generate.main, ["--load", runs[name], *argv], capsys)[1]
+    rc, _, err = call(export_hf.main, ["--load", old_run, "--out", str(tmp_path / "hf")], capsys)
+    assert rc == 0, err
+
+    # Resume one more iteration: the saved format-1 config is checked against this run's and loads.
+    spec = MODELS[name]
+    ds = write_ds_config(str(tmp_path / "ds.json"), **spec["ds"])
+    cmd = [sys.executable, PRETRAIN, "--deepspeed_config", ds, "--load", old_run, "--run-dir", old_run,
+           f"--data.paths={tiny_data[spec.get('data', 'prefix')]}", f"--data.tokenizer_model={tiny_data['tokenizer_model']}",
+           *COMMON, *spec["args"], f"--training.train_iters={ITERS + 1}"]
+    if "valid" in spec:
+        cmd.append(f"--data.valid_paths={tiny_data[spec['valid']]}")
+    env = {**{k: v for k, v in os.environ.items() if k not in _DIST_ENV}, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"at iteration {ITERS}" in proc.stdout and "does not fit" not in proc.stderr

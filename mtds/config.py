@@ -129,6 +129,10 @@ class TrainingConfig:
     """Checkpoints, TensorBoard events, resolved config and logs go here."""
     load: str | None = None
     """Resume from the latest complete checkpoint in this directory (usually run_dir)."""
+    init_from: str | None = None
+    """Start from the weights of this run dir's newest complete checkpoint (any ZeRO stage and world
+    size): iteration, data position, optimizer state and LR schedule start fresh (fine-tuning).
+    With `load` too: resume wins once `load` has a checkpoint, so a requeued job resumes."""
     seed: int = 1234
     exit_duration_mins: float | None = None
     """Save and exit cleanly after this many minutes of training (for job time limits)."""
@@ -394,6 +398,9 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append(f"data.split={d.split!r}: give three non-negative train,valid,test weights with train > 0, e.g. '969,30,1'")
     if (t.train_iters is None) == (t.train_tokens is None):
         errs.append("training: set exactly one of train_iters and train_tokens (set the other to none)")
+    for key in ("train_iters", "train_tokens"):
+        if getattr(t, key) is not None and getattr(t, key) < 1:
+            errs.append(f"training.{key} must be >= 1")
     for key in ("eval_interval", "log_interval", "keep_last"):
         if getattr(t, key) < 1:
             errs.append(f"training.{key} must be >= 1")

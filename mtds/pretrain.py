@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 from data_tools.errors import DataToolsError
 from data_tools.spm import TokenizerError
 from mtds.config import RunConfig, build_config, load_file, parse_overrides
-from mtds.errors import ConfigError, TrainingStopped
+from mtds.errors import ConfigError, LoadError, TrainingStopped
 from mtds.kinds import KINDS
 
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         from mtds.training_run import plan_run, train
 
         return train(plan_run(cfg, args.deepspeed_config, log), log)
-    except (ConfigError, TokenizerError, DataToolsError, TrainingStopped) as e:  # one line, no traceback
+    except (ConfigError, LoadError, TokenizerError, DataToolsError, TrainingStopped) as e:  # one line, no traceback
         if rank0:
             print(f"error: {e}", file=sys.stderr)
         return 3 if isinstance(e, TrainingStopped) else 2

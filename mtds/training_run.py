@@ -28,6 +28,8 @@ class Plan:
     train_iters: int
     on_gpu: bool
     resume_from: str | None
+    init_from: tuple[str, dict] | None = None
+    """(checkpoint dir, its saved config) whose weights start the run (training.init_from)."""
     sources: object = None  # mtds.data.DataSources; None until resolved (the default corpus: after init)
     tokenizer: object = None
 
@@ -55,7 +57,12 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
         resume_from = plan_resume(t.load, parallel.data, ds_cfg, log=log)
         if resume_from is None:
             log(f"note: no complete checkpoint under {t.load}; starting from scratch")
-    plan = Plan(cfg, ds_cfg, parallel, train_iters, on_gpu, resume_from)
+    init_from = None
+    if t.init_from and resume_from is None:  # a requeued fine-tuning job resumes instead
+        from mtds.ckpt.init_from import plan_init
+
+        init_from = plan_init(t.init_from, resolved_dict(cfg))
+    plan = Plan(cfg, ds_cfg, parallel, train_iters, on_gpu, resume_from, init_from)
     if cfg.data.paths:  # the user's data is checked now; the default corpus is built after init (rank 0)
         plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
     return plan
@@ -104,8 +111,10 @@ def weight_decay_groups(model) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(cfg: RunConfig, ds_cfg: dict, vocab_size: int, on_gpu: bool, log=print):
-    """(DeepSpeed engine, parameter count): the kind's model, seeded, compiled as configured."""
+def build_engine(cfg: RunConfig, ds_cfg: dict, vocab_size: int, on_gpu: bool, log=print,
+                 init_from: tuple[str, dict] | None = None):
+    """(DeepSpeed engine, parameter count): the kind's model, seeded, its weights from `init_from`
+    (checkpoint dir, saved config) if given, compiled as configured."""
     import deepspeed
 
     from mtds.compile import compile_engine, compile_layers
@@ -115,6 +124,10 @@ def build_engine(cfg: RunConfig, ds_cfg: dict, vocab_size: int, on_gpu: bool, lo
 
     seed_everything(cfg.training.seed)
     model = build_model(cfg, vocab_size, precision(ds_cfg), on_gpu)
+    if init_from:
+        from mtds.ckpt.init_from import load_initial_weights
+
+        load_initial_weights(model, *init_from, log=log)
     n_params = count_parameters(model)
     if cfg.training.compile == "layers":
         n = compile_layers(cfg.kind.family.transformer_layers(model))  # compiles lazily, on the first forward
@@ -140,7 +153,11 @@ def train(plan: Plan, log=print) -> int:
         plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
     sources = plan.sources
     vocab_size = cfg.model.padded_vocab_size(plan.tokenizer.vocab_size)
-    engine, n_params = build_engine(cfg, ds_cfg, vocab_size, plan.on_gpu, log)
+    if plan.init_from:
+        from mtds.ckpt.init_from import check_vocab
+
+        check_vocab(*plan.init_from, vocab_size)
+    engine, n_params = build_engine(cfg, ds_cfg, vocab_size, plan.on_gpu, log, plan.init_from)
     global_batch = ds_cfg["train_batch_size"]
     resolved = {"config_format": CONFIG_FORMAT, "run": resolved_dict(cfg), "deepspeed": ds_cfg, "world_size": world, "parallel": parallel.as_dict(),
                 "versions": versions(),

@@ -30,21 +30,15 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool, *, add_binary_head: 
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
 
     from mtds.attention import SDPABertModel
-    from mtds.models.common import transformer_config, with_sdpa
+    from mtds.models.common import language_model_args, transformer_config, with_sdpa
 
     return SDPABertModel(
         config=transformer_config(m, precision, on_gpu),
+        transformer_layer_spec=with_sdpa(bert_layer_local_spec),
         # Segment (token-type) embeddings only mean something with two segments, i.e. with the binary head.
         num_tokentypes=2 if add_binary_head else 0,
-        transformer_layer_spec=with_sdpa(bert_layer_local_spec),
-        vocab_size=vocab_size,
-        max_sequence_length=m.max_position_embeddings,
-        pre_process=True,
-        post_process=True,
-        parallel_output=True,
-        share_embeddings_and_output_weights=m.tie_embeddings,
-        position_embedding_type=m.position_embedding_type,
         add_binary_head=add_binary_head,
+        **language_model_args(m, vocab_size),
     )
 
 

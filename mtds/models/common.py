@@ -63,6 +63,14 @@ def with_sdpa(spec):
     return dataclasses.replace(spec, submodules=layer_sub)
 
 
+def language_model_args(m, vocab_size: int) -> dict:
+    """The GPTModel / BertModel arguments every family passes alike: the whole model in one
+    pipeline stage, vocabulary-parallel logits, embeddings tied as configured."""
+    return dict(vocab_size=vocab_size, max_sequence_length=m.max_position_embeddings, pre_process=True,
+                post_process=True, parallel_output=True, share_embeddings_and_output_weights=m.tie_embeddings,
+                position_embedding_type=m.position_embedding_type)
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -30,19 +30,13 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool):
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
-    from mtds.models.common import transformer_config, with_sdpa
+    from mtds.models.common import language_model_args, transformer_config, with_sdpa
 
     return GPTModel(
         config=transformer_config(m, precision, on_gpu),
         transformer_layer_spec=with_sdpa(get_gpt_layer_local_spec(normalization=m.normalization)),
-        vocab_size=vocab_size,
-        max_sequence_length=m.max_position_embeddings,
-        pre_process=True,
-        post_process=True,
-        parallel_output=True,
-        share_embeddings_and_output_weights=m.tie_embeddings,
-        position_embedding_type=m.position_embedding_type,
         rotary_base=m.rotary_base,
+        **language_model_args(m, vocab_size),
     )
 
 

@@ -1,0 +1,77 @@
+"""Start a run from the weights of another run (`training.init_from`): weights only.
+
+The iteration, consumed samples, optimizer moments and LR schedule start fresh; that is what
+separates it from `training.load` (resume this run). The source may be any complete checkpoint of
+any mtds run: ZeRO 0-3, any world size, bf16 or fp32 (its fp32 master weights are used, merged by
+mtds.ckpt.consolidate), with or without optimizer shards for stage 0-2.
+
+The body must be the same network: every [model] key must match except the ones a resume may
+change too, and the padded vocabulary must match. The kind may differ within one family (a task
+that adds a head): tensors the source lacks are initialised fresh and named in a `note:` line,
+tensors of the source this model has no place for are left out, also with a note.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mtds.ckpt.layout import find
+from mtds.ckpt.resume import CHANGEABLE_MODEL_KEYS
+from mtds.config import migrate
+from mtds.errors import ConfigError
+from mtds.kinds import KINDS
+
+
+def plan_init(init_from: str, current_run: dict) -> tuple[str, dict]:
+    """(checkpoint dir, its saved config) to start from, checked before DeepSpeed starts.
+
+    `current_run` is this run's resolved `run` dict (mtds.config.resolved_dict)."""
+    import json
+
+    from mtds.ckpt.layout import CONFIG_FILE
+
+    key = f"training.init_from={init_from!r}"
+    if not os.path.isdir(init_from):
+        raise ConfigError(f"{key}: not a directory; give the run directory of a finished training run")
+    ckpt = find(init_from)
+    if ckpt is None:
+        raise ConfigError(f"{key}: no complete checkpoint under it (train with mtds/pretrain.py first)")
+    with open(os.path.join(ckpt, CONFIG_FILE)) as f:
+        saved = json.load(f)
+    old, new = migrate(saved["run"])["model"], current_run["model"]
+    old_kind, new_kind = KINDS.get(old.get("model_type")), KINDS[new["model_type"]]
+    if old_kind is None or old_kind.family is not new_kind.family:
+        raise ConfigError(f"{key}: {ckpt} is a {old.get('model_type')!r} model and this run trains "
+                          f"{new['model_type']!r}, another network; start from a run of the same family")
+    differ = [f"model.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+              if old.get(k) != new.get(k) and k not in (*CHANGEABLE_MODEL_KEYS, "model_type")]
+    if differ:
+        raise ConfigError(f"{key}: {ckpt} holds another network: " + "; ".join(differ))
+    return ckpt, saved
+
+
+def check_vocab(ckpt: str, saved: dict, vocab_size: int) -> None:
+    if int(saved["vocab_size"]) != vocab_size:
+        raise ConfigError(f"training.init_from: {ckpt} has a padded vocabulary of {saved['vocab_size']} and this run "
+                          f"{vocab_size}; use the tokenizer (and model.make_vocab_size_divisible_by) it was trained with")
+
+
+def load_initial_weights(model, ckpt: str, saved: dict, log=print) -> None:
+    """Copy the source's fp32 weights into `model` (before DeepSpeed wraps it)."""
+    from mtds.ckpt.consolidate import consolidated_state_dict
+
+    state = consolidated_state_dict(ckpt, saved)
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    shapes = [f"{k}: {tuple(state[k].shape)} -> {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if shapes:
+        raise ConfigError(f"training.init_from: {ckpt} does not fit this model: " + "; ".join(shapes[:5]))
+    fresh = sorted(own.keys() - state.keys())
+    unused = sorted(state.keys() - own.keys())
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    log(f"initialised from {ckpt}: {len(own) - len(fresh)} tensors (weights only: optimizer, LR schedule "
+        "and data position start fresh)")
+    if fresh:
+        log(f"note: not in {ckpt}, initialised fresh: {', '.join(fresh)}")
+    if unused:
+        log(f"note: in {ckpt} but not in this model, left out: {', '.join(unused)}")

@@ -4,11 +4,11 @@
 
 (the default data, built by `make demo` or `python -m data_tools.default_dataset --out-dir data/stdlib`)
 
-Builds GPTDataset with mtds.data.build_datasets (megatron-core BlendedMegatronDatasetBuilder,
-index cache in a fresh temp dir: first build = cold, second = cache reuse), then reads
-`--batches` micro-batches through mtds.data.ResumableBatchSampler + build_loader with 0, 1, 2
-workers. Compare with what a GPU consumes: samples/s = tokens/s / seq_length (e.g. the
-GPT-1.3b H100 row of bench/RESULTS.md).
+Builds GPTDataset with the GPT kind's task, mtds.tasks.causal_lm.build_datasets (megatron-core
+BlendedMegatronDatasetBuilder, index cache in a fresh temp dir: first build = cold, second =
+cache reuse), then reads `--batches` micro-batches through mtds.data.ResumableBatchSampler +
+build_loader with 0, 1, 2 workers. Compare with what a GPU consumes: samples/s = tokens/s /
+seq_length (e.g. the GPT-1.3b H100 row of bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from mtds.config import build_config
-    from mtds.data import DataSources, ResumableBatchSampler, build_datasets, build_loader
+    from mtds.data import DataSources, ResumableBatchSampler, build_loader, check_splits
     from mtds.tokenizer import SentencePieceTokenizer
 
     rows = []
@@ -48,11 +48,12 @@ def main(argv=None) -> int:
                                       "training": {"run_dir": tmp}})
         tok = SentencePieceTokenizer(args.tokenizer)
         sources = DataSources([args.prefix], None, args.tokenizer)
+        check_splits(sources.prefixes, cfg.data.split)  # an empty split makes GPTDataset loop forever
         sizes = [args.train_samples, 100, 100]
         times = []
         for _ in range(2):  # cold index cache, then reuse
             t0 = time.perf_counter()
-            train, _, _ = build_datasets(cfg, sources, tok, sizes, 1)
+            train, _, _ = cfg.kind.task.build_datasets(cfg, sources, tok, sizes, 1)
             times.append(time.perf_counter() - t0)
         n = args.micro * args.batches
         for workers in [int(w) for w in args.workers.split(",")]:

@@ -48,7 +48,7 @@ for stage in "$@"; do
       for v in z1 z2 z3 z2-offload; do
         tp --presets gpt-1.3b --variants $v --micro 1 --warmup 1 --steps 2 | tail -1 | tee -a "$OUT/memory.log"
       done ;;
-    sweep)  # micro-batch sweep with the fused SwiGLU now on by default (mtds/model.py)
+    sweep)  # micro-batch sweep with the fused SwiGLU now on by default (mtds/models/common.py)
       tp --presets gpt-1.3b --variants z2 --micro 8 --warmup 5 --steps 10 | tee "$OUT/sweep.log"
       tp --presets gpt-1.3b --variants z2 --micro 12 --warmup 5 --steps 10 | tail -1 | tee -a "$OUT/sweep.log"
       tp --presets gpt-350m --variants z2,z2-fp16 --micro 24 --warmup 5 --steps 10 | tail -2 | tee -a "$OUT/sweep.log"

@@ -67,11 +67,11 @@ class EngineTimer:
         return timed
 
     def forward(self, model, batch, device):
-        from mtds.steps import gpt_forward
+        from mtds.tasks.causal_lm import forward_step
 
         if model.training:  # a new training step starts here
             self.marks.append((time.perf_counter(), self.inside))
-        return self._timed(gpt_forward)(model, batch, device)
+        return self._timed(forward_step)(model, batch, device)
 
     def per_step(self) -> list[tuple[float, float]]:
         """(wall seconds, seconds outside the engine calls) for each complete step."""
@@ -96,6 +96,7 @@ def bare_steps(engine, batch, steps: int) -> list[tuple[float, float]]:
 def trainer_steps(engine, batch, steps: int, micro: int, seq: int, log_interval: int, run_dir: str):
     from mtds.config import build_config
     from mtds.metrics import Metrics
+    from mtds.parallel import ParallelSizes
     from mtds.trainer import Trainer
 
     cfg = build_config(overrides={"training": {"train_iters": steps + 1, "log_interval": log_interval,
@@ -108,8 +109,9 @@ def trainer_steps(engine, batch, steps: int, micro: int, seq: int, log_interval:
     metrics = Metrics(run_dir, True, steps + 1, False)
     quiet = lambda *a, **k: None  # noqa: E731
     metrics.print = quiet
-    trainer = Trainer(cfg, engine, (train_ds, None, None), {"bench": True}, timer.forward, metrics, rank=0,
-                      world_size=1, train_iters=steps + 1, flops_per_token=1.0, peak_tflops=None, log=quiet)
+    trainer = Trainer(cfg, engine, (train_ds, None, None), {"bench": True}, timer.forward, metrics,
+                      parallel=ParallelSizes(world=1), rank=0, train_iters=steps + 1, flops_per_token=1.0,
+                      peak_tflops=None, log=quiet)
     trainer.save = lambda: None  # the end-of-run checkpoint is not part of the loop
     trainer.fit()
     metrics.close()

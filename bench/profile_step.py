@@ -93,13 +93,13 @@ def sdpa_backends(preset: str, micro: int, seq: int) -> None:
 
 
 def profile_step(preset: str, variant: str, micro: int, seq: int, vocab: int) -> None:
-    from mtds.steps import gpt_forward
+    from mtds.tasks.causal_lm import forward_step
 
     engine, _, _, _ = build_engine(preset, variant, micro, vocab)
     batches = synthetic_batches(2, micro, seq, vocab, engine.device)
 
     def step(i):
-        loss, _ = gpt_forward(engine, batches[i % 2], engine.device)
+        loss, _ = forward_step(engine, batches[i % 2], engine.device)
         engine.backward(loss)
         engine.step()
 

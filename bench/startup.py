@@ -3,11 +3,14 @@
     python bench/startup.py [-- extra pretrain args]
 
 Runs the real entry point (mtds.pretrain.main) twice in fresh processes on the same run dir:
-first with an empty index cache (cold), then reusing it (warm). In each child, the
-functions pretrain.run calls are wrapped with timers (imports first, then config, process
-group, data sources, model, deepspeed.initialize, datasets/index, metrics, step-0
-evaluation, first step); the child stops after the first training step. DeepSpeed's JIT op
-cache (~/.cache/torch_extensions) is warm in both runs; its cold build is a one-off per machine.
+first with an empty index cache (cold), then reusing it (warm). In each child, the functions
+mtds.pretrain.main and mtds.training_run call are wrapped with timers (imports first, then run
+config, the plan (DeepSpeed JSON, run dir, data sources), process group, engine (model,
+deepspeed.initialize), datasets/index, metrics, step-0 evaluation, first step); the child stops
+after the first training step. A phase that runs inside another is listed under it, marked
+"↳", and its time is part of the enclosing phase's. DeepSpeed's JIT op cache
+($TORCH_EXTENSIONS_DIR; the Makefile sets .venv/torch_extensions, else ~/.cache/torch_extensions)
+is warm in both runs; its cold build is a one-off per machine.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ class FirstStepDone(Exception):
 
 def child(argv: list[str]) -> None:
     t_start = time.perf_counter()
-    phases: list[tuple[str, float]] = []
+    phases: list[list] = []  # [label, seconds] in the order the phases start
+    depth = [0]  # how many timed phases are running: nested ones are marked under their parent
 
     def mark(label, t0):
-        phases.append((label, time.perf_counter() - t0))
+        phases.append([label, time.perf_counter() - t0])
 
     sys.path.insert(0, ROOT)
     t = time.perf_counter()
@@ -50,21 +54,27 @@ def child(argv: list[str]) -> None:
     t = time.perf_counter()
     import mtds.data
     import mtds.distributed
+    import mtds.kinds
     import mtds.metrics
-    import mtds.model
     import mtds.pretrain
     import mtds.trainer
+    import mtds.training_run
     mark("import mtds (+ data_tools, tensorboard via metrics)", t)
 
     def wrap(obj, name, label, after=None):
+        """Time `obj.name`; the call sites look it up on `obj` when they run, so they see this."""
         f = getattr(obj, name)
 
         def timed(*a, **k):
+            phase = [("↳" * depth[0] + " " if depth[0] else "") + label, None]
+            phases.append(phase)
+            depth[0] += 1
             t0 = time.perf_counter()
             try:
                 return f(*a, **k)
             finally:
-                mark(label, t0)
+                phase[1] = time.perf_counter() - t0
+                depth[0] -= 1
                 if after:
                     after()
 
@@ -73,19 +83,27 @@ def child(argv: list[str]) -> None:
     def stop():
         raise FirstStepDone
 
-    wrap(mtds.pretrain, "parse_args", "parse run config + DeepSpeed JSON check")
-    wrap(mtds.distributed, "init_distributed", "init_distributed (process group, megatron parallel state)")
+    wrap(mtds.pretrain, "parse_args", "parse run config")
+    wrap(mtds.training_run, "plan_run", "plan_run (DeepSpeed JSON check, run dir, user data)")
+    wrap(mtds.training_run, "data_and_tokenizer", "data sources + tokenizer (vocab, token ids, task checks)")
     wrap(mtds.data, "resolve_sources", "data sources (check .bin/.idx)")
-    wrap(mtds.model, "build_model", "build megatron-core model")
+    wrap(mtds.distributed, "init_distributed", "init_distributed (process group, megatron parallel state)")
+    wrap(mtds.training_run, "build_engine", "build_engine (seed, model, compile, deepspeed.initialize)")
+    wrap(mtds.kinds, "build_model", "build megatron-core model")
     wrap(deepspeed, "initialize", "deepspeed.initialize (engine, ZeRO, FusedAdam op load)")
-    wrap(mtds.data, "build_datasets", "build_datasets (GPTDataset index: build or cache)")
+    datasets = {"causal_lm": "GPTDataset", "masked_lm": "BERTMaskedWordPieceDataset"}
+    for task in {id(k.task): k.task for k in mtds.kinds.KINDS.values()}.values():  # called as cfg.kind.task.<fn>
+        name = mtds.kinds.task_name(task)
+        wrap(task, "build_datasets", f"build_datasets ({datasets.get(name, name)} index: build or cache)")
     wrap(mtds.metrics, "Metrics", "Metrics (TensorBoard writer)")
     wrap(mtds.trainer.Trainer, "evaluate", "step-0 validation")
     wrap(mtds.trainer.Trainer, "train_step", "first training step", after=stop)
     try:
-        mtds.pretrain.main(argv)
+        rc = mtds.pretrain.main(argv)
     except FirstStepDone:
         pass
+    else:  # it ended before the first step (a config or data error, printed above): no figures
+        sys.exit(f"mtds.pretrain.main returned {rc} before the first training step")
     total = time.perf_counter() - t_start
     print("STARTUP_JSON " + json.dumps({"total": total, "phases": phases}), flush=True)
 

@@ -1,9 +1,9 @@
 """Training throughput of the mtds stack (megatron-core GPT + DeepSpeed ZeRO) on one device.
 
 For each preset and variant it builds the model and engine with the project's own code
-(mtds.model.build_model, mtds.ds_config.resolve_ds_config, deepspeed.initialize), trains on
-synthetic token batches already on the device (data loading is measured by
-bench/data_loader.py), and reports after warm-up: median step time, tokens/s, model TFLOP/s,
+(mtds.ds_config.resolve_ds_config, then mtds.training_run.build_engine: the kind's model,
+training.compile, deepspeed.initialize), trains on synthetic token batches already on the
+device (data loading is measured by bench/data_loader.py), and reports after warm-up: median step time, tokens/s, model TFLOP/s,
 MFU against the spec bf16 dense peak and against a bf16 matmul peak measured in the same
 process, and peak memory. `torch` variants run the same step in a plain-PyTorch GPT of the
 same shape (bench/reference_gpt.py) to show what the stack costs.
@@ -18,7 +18,7 @@ Variants (comma-separated; names compose with '+'):
   +recompute       model.recompute_activations=True (full activation checkpointing)
   +cefuse          megatron-core's native fused cross entropy (TransformerConfig override)
   +swiglufuse      megatron-core's fused SwiGLU (TransformerConfig override; the GPU default
-                   in mtds/model.py since these measurements)
+                   in mtds/models/common.py since these measurements)
   +compile         training.compile="model": DeepSpeed's engine.compile(), the whole module
   +layers          training.compile="layers": each transformer layer compiled (mtds/compile.py)
   torch            plain PyTorch: fp32 params, bf16 autocast, AdamW(fused=True)
@@ -110,14 +110,19 @@ class StepClock:
 
 
 # -- model / engine ----------------------------------------------------------------------
-def model_config(preset: str, recompute: bool = False):
-    """ModelConfig of a preset; 'gpt-1.3b:num_layers=48' overrides fields of the preset."""
+def run_config(preset: str, recompute: bool = False, compile: str = "none"):
+    """RunConfig of a preset; 'gpt-1.3b:num_layers=48' overrides fields of the preset."""
     from mtds.config import build_config
 
     name, _, rest = preset.partition(":")
     fields = dict(kv.split("=") for kv in rest.split(";") if kv)
     model = {"preset": name, "recompute_activations": recompute, **fields}
-    return build_config(overrides={"model": model}).model
+    return build_config(overrides={"model": model, "training": {"compile": compile}})
+
+
+def model_config(preset: str, recompute: bool = False):
+    """ModelConfig of a preset (the [model] section of `run_config`)."""
+    return run_config(preset, recompute).model
 
 
 def synthetic_batches(n: int, micro: int, seq: int, vocab: int, device) -> list[dict]:
@@ -134,43 +139,39 @@ def synthetic_batches(n: int, micro: int, seq: int, vocab: int, device) -> list[
 
 
 def build_engine(preset: str, variant: str, micro: int, vocab: int):
-    """(engine, ModelConfig, n_params) built the way mtds/pretrain.py builds them."""
-    import deepspeed
-
-    import mtds.model as mm
-    from mtds.distributed import init_distributed, seed_everything
+    """(engine, ModelConfig, n_params, precision) built by mtds.training_run.build_engine, as
+    mtds/pretrain.py builds them (seed training.seed, the kind's model, training.compile)."""
+    import mtds.models.common as common
+    from mtds.distributed import init_distributed
     from mtds.ds_config import load_ds_config, precision, resolve_ds_config
-    from mtds.pretrain import weight_decay_groups
+    from mtds.training_run import build_engine as mtds_build_engine
 
+    quiet = lambda *a, **k: None  # noqa: E731
     base, *extras = variant.split("+")
     path = DS_CONFIGS[base]
     raw = load_ds_config(path)
     raw["train_micro_batch_size_per_gpu"] = micro
     raw.pop("train_batch_size", None)
-    ds_cfg = resolve_ds_config(raw, path, 1, 100000, on_gpu(), log=lambda *a, **k: None)
+    ds_cfg = resolve_ds_config(raw, path, 1, 100000, on_gpu(), log=quiet)
     prec = precision(ds_cfg)
     init_distributed()
-    seed_everything(1234)
-    m = model_config(preset, recompute="recompute" in extras)
+    # +layers and +compile are training.compile=layers / model; given both, the layers are
+    # compiled by build_engine and the engine after it, as before (not a mode mtds offers).
+    mode = "layers" if "layers" in extras else "model" if "compile" in extras else "none"
+    cfg = run_config(preset, recompute="recompute" in extras, compile=mode)
     tc_over = {k: v for e in extras for k, v in TC_OVERRIDES.get(e, {}).items()}
-    original = mm.transformer_config
-    if tc_over:  # bench-only: try megatron-core options before changing mtds/model.py
-        mm.transformer_config = lambda *a, **k: _replace(original(*a, **k), tc_over)
+    original = common.transformer_config  # the families look it up here at build time
+    if tc_over:  # bench-only: try megatron-core options before changing mtds/models/common.py
+        common.transformer_config = lambda *a, **k: _replace(original(*a, **k), tc_over)
     try:
-        model = mm.build_model(m, vocab, prec, on_gpu())
+        engine, n_params = mtds_build_engine(cfg, ds_cfg, vocab, on_gpu(), log=quiet)
     finally:
-        mm.transformer_config = original
-    n_params = mm.count_parameters(model)
-    if "layers" in extras:
-        from mtds.compile import compile_layers
-
-        compile_layers(model)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg)
-    if "compile" in extras:
+        common.transformer_config = original
+    if mode == "layers" and "compile" in extras:
         from mtds.compile import compile_engine
 
         compile_engine(engine)
-    return engine, m, n_params, prec
+    return engine, cfg.model, n_params, prec
 
 
 def _replace(tc, over: dict):
@@ -188,7 +189,7 @@ def loss_scale(engine) -> float | None:
 
 
 def run_deepspeed(preset, variant, micro, seq, vocab, warmup, steps) -> dict:
-    from mtds.steps import gpt_forward
+    from mtds.tasks.causal_lm import forward_step
 
     free_memory()
     engine, m, n_params, prec = build_engine(preset, variant, micro, vocab)
@@ -201,7 +202,7 @@ def run_deepspeed(preset, variant, micro, seq, vocab, warmup, steps) -> dict:
     for i in range(warmup + steps):
         if i >= warmup:
             clock.mark()
-        loss, _ = gpt_forward(engine, batches[i % len(batches)], device)
+        loss, _ = forward_step(engine, batches[i % len(batches)], device)
         engine.backward(loss)
         engine.step()
         losses[i] = loss.detach()
@@ -223,7 +224,7 @@ def run_deepspeed(preset, variant, micro, seq, vocab, warmup, steps) -> dict:
 
 def run_torch(preset, variant, micro, seq, vocab, warmup, steps) -> dict:
     from bench.reference_gpt import ReferenceGPT
-    from mtds.model import count_parameters
+    from mtds.models.common import count_parameters
 
     free_memory()
     m = model_config(preset)
@@ -260,11 +261,11 @@ def run_torch(preset, variant, micro, seq, vocab, warmup, steps) -> dict:
 
 
 def _summary(preset, variant, micro, seq, m, n_params, durations, vocab) -> dict:
-    from mtds.model import flops_per_token
+    from mtds.kinds import KINDS
 
     step = statistics.median(durations)
     tokens_per_s = micro * seq / step
-    fpt = flops_per_token(m, n_params, seq, vocab)
+    fpt = KINDS[m.model_type].family.flops_per_token(m, n_params, seq, vocab)
     tflops = fpt * tokens_per_s / 1e12
     return dict(preset=preset, variant=variant, micro_batch=micro, seq=seq, params_m=n_params / 1e6,
                 flops_per_token=fpt, step_s=step, step_s_min=min(durations), tokens_per_s=tokens_per_s,

@@ -429,14 +429,16 @@ def resolved_dict(cfg: RunConfig) -> dict:
 def migrate(run: dict) -> dict:
     """A saved `run` dict of an earlier CONFIG_FORMAT -> the current one (in memory; saved files stay).
 
-    Format 1 (no [task]): the objective's options sat in [model] (bert_binary_head) and [data]
-    (masking_probability, short_seq_prob), present for every kind; they move to [task] where the
-    kind's task has them and are dropped otherwise.
+    Format 1 (no [task]): the objective's options sat in [model] (bert_binary_head: sentence order
+    or nothing) and [data] (masking_probability, short_seq_prob), present for every kind; they move
+    to [task] (bert_binary_head as task.pair "sop" / "none") where the kind's task has them and are
+    dropped otherwise.
     """
     run = {k: dict(v) for k, v in run.items() if isinstance(v, dict)}
     if "task" not in run:
         model, data = run.setdefault("model", {}), run.setdefault("data", {})
-        moved = {"binary_head": model.pop("bert_binary_head", None),
+        head = model.pop("bert_binary_head", None)
+        moved = {"pair": None if head is None else ("sop" if head else "none"),
                  "masking_probability": data.pop("masking_probability", None),
                  "short_seq_prob": data.pop("short_seq_prob", None)}
         kind = KINDS.get(model.get("model_type", "gpt"))

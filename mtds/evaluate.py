@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         raise LoadError(f"split {a.split!r} of {' '.join(shown)} is empty (split string "
                         f"{cfg.data.split!r}); try --split all")
     loader = fixed_eval_batches(dataset, iters, micro, 0, 1)
-    result = evaluate(run.model, loader, task.forward_step, torch.device(a.device),
-                      progress=not a.no_progress)
+    forward = functools.partial(task.forward_step, opts=cfg.task)
+    result = evaluate(run.model, loader, forward, torch.device(a.device), progress=not a.no_progress)
     result.update(split=a.split, samples=result["batches"] * micro, tokens=result["batches"] * micro * cfg.seq_length,
                   checkpoint=run.ckpt_dir, data=shown)
     if a.json:

@@ -6,6 +6,7 @@ model and DeepSpeed engine, the datasets and the trainer. Kind-specific work goe
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -114,7 +115,8 @@ def weight_decay_groups(model) -> list[dict]:
 def build_engine(cfg: RunConfig, ds_cfg: dict, vocab_size: int, on_gpu: bool, log=print,
                  init_from: tuple[str, dict] | None = None):
     """(DeepSpeed engine, parameter count): the kind's model, seeded, its weights from `init_from`
-    (checkpoint dir, saved config) if given, compiled as configured."""
+    (checkpoint dir, saved config) if given, compiled as configured. Call after
+    mtds.distributed.init_distributed (megatron-core layers look up their process groups)."""
     import deepspeed
 
     from mtds.compile import compile_engine, compile_layers
@@ -179,7 +181,8 @@ def train(plan: Plan, log=print) -> int:
     task = cfg.kind.task
     datasets = task.build_datasets(cfg, sources, plan.tokenizer, sizes, parallel.data)
     metrics = Metrics(cfg.training.run_dir, rank == 0, plan.train_iters, cfg.training.progress_bar)
-    trainer = Trainer(cfg, engine, datasets, resolved, task.forward_step, metrics, parallel=parallel, rank=rank,
+    forward = functools.partial(task.forward_step, opts=cfg.task)
+    trainer = Trainer(cfg, engine, datasets, resolved, forward, metrics, parallel=parallel, rank=rank,
                       train_iters=plan.train_iters,
                       flops_per_token=cfg.kind.family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size),
                       peak_tflops=cfg.training.tflops_peak or device_peak_tflops(precision(ds_cfg)), log=log)

@@ -12,10 +12,11 @@ from mtds.config import build_config
 SEQ = 64
 
 
-def tiny_bert_config(binary_head: bool = True, **data):
+def tiny_bert_config(binary_head: bool = True, pair: str | None = None, **data):
     model = {"preset": "bert-tiny", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
              "max_position_embeddings": SEQ}
-    return build_config({"model": model, "task": {"binary_head": binary_head}, "data": data})
+    pair = pair or ("sop" if binary_head else "none")
+    return build_config({"model": model, "task": {"pair": pair}, "data": data})
 
 
 def build(binary_head: bool = True, vocab: int = 512, seed: int = 0):
@@ -143,17 +144,17 @@ def test_forward_step_without_binary_head_reports_mlm_only(world_of_one):
 N_SAMPLES = 3000
 
 
-def bert_train_set(tiny_data, tmp_path, binary_head: bool):
+def bert_train_set(tiny_data, tmp_path, binary_head: bool, pair: str | None = None, n: int = N_SAMPLES):
     from mtds.tasks.masked_lm import build_datasets
     from mtds.data import DataSources
     from mtds.tokenizer import SentencePieceTokenizer
 
-    cfg = tiny_bert_config(binary_head, paths=[tiny_data["sentence_prefix"]],
+    cfg = tiny_bert_config(binary_head, pair, paths=[tiny_data["sentence_prefix"]],
                            tokenizer_model=tiny_data["tokenizer_model"], seq_length=SEQ,
                            cache_dir=str(tmp_path / "cache"), seed=1234, split="90,10,0")
     tok = SentencePieceTokenizer(tiny_data["tokenizer_model"])
     sources = DataSources([tiny_data["sentence_prefix"]], None, tiny_data["tokenizer_model"])
-    train, _, _ = build_datasets(cfg, sources, tok, [N_SAMPLES, 0, 0], 1)
+    train, _, _ = build_datasets(cfg, sources, tok, [n, 0, 0], 1)
     return train, tok
 
 
@@ -295,3 +296,58 @@ def test_document_level_data_is_refused_instead_of_hanging(world_of_one, tiny_da
                            cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match="--split-sentences.*_sentence prefix"):
         build_datasets(cfg, DataSources([prefix], None, model), SentencePieceTokenizer(model), [10, 2, 0], 1)
+
+
+# -- next-sentence prediction (task.pair = "nsp") ---------------------------------------------
+def test_sop_is_megatron_cores_own_dataset(world_of_one, tiny_data, tmp_path):
+    """pair=sop builds megatron-core's class itself, so its samples are what they were before."""
+    from megatron.core.datasets.bert_dataset import BERTMaskedWordPieceDataset
+
+    train, _ = bert_train_set(tiny_data, tmp_path, True, pair="sop", n=10)
+    assert type(train) is BERTMaskedWordPieceDataset
+
+
+def test_nsp_labels_are_half_random_and_random_b_comes_from_another_document(world_of_one, tiny_data, tmp_path):
+    """10k samples: label 1 (random B) ~ Bernoulli(0.5) (sd of the share 0.005: 0.5 +- 0.03 is 6
+    sigma); for label 1, B is a run of another document of the split; for label 0, of A's own."""
+    from mtds.nsp_dataset import NSPMaskedWordPieceDataset
+
+    train, tok = bert_train_set(tiny_data, tmp_path, True, pair="nsp", n=10_000)
+    assert isinstance(train, NSPMaskedWordPieceDataset)
+    low, docs = train.dataset, train.dataset.document_indices
+    labels, checked = [], 0
+    for idx in range(len(train)):
+        rng = np.random.RandomState((train.config.random_seed + idx) % 2**32)  # as __getitem__ seeds it
+        a, b, is_random, doc_a, doc_b = train.segments(idx, rng)
+        labels.append(is_random)
+        assert (doc_b != doc_a) == is_random
+        assert doc_b in train.indices  # the same split
+        if idx < 300:  # B is a contiguous run of doc_b's tokens
+            stream = np.concatenate([low[i] for i in range(docs[doc_b], docs[doc_b + 1])]).astype(np.int32)
+            assert _find_all(stream.tobytes(), np.asarray(b, dtype=np.int32).tobytes()), idx
+            checked += 1
+    assert checked == 300
+    assert abs(np.mean(labels) - 0.5) < 0.03, np.mean(labels)
+
+
+def test_nsp_samples_are_framed_and_masked_like_sop(world_of_one, tiny_data, tmp_path):
+    train, tok = bert_train_set(tiny_data, tmp_path, True, pair="nsp", n=500)
+    masked, tokens = 0, 0
+    for i in range(500):
+        s = train[i]
+        real = s["padding_mask"].astype(bool)
+        original = np.where(s["loss_mask"].astype(bool), s["labels"], s["text"])[real]
+        types = s["types"][real]
+        assert original[0] == tok.cls and original[-1] == tok.sep and (np.diff(types) >= 0).all()
+        assert types[-1] == 1 and (original == tok.sep).sum() == 2  # [CLS] A [SEP] B [SEP]
+        assert (s["padding_mask"][real.sum():] == 0).all() and (s["text"][~real] == 0).all()
+        masked, tokens = masked + s["loss_mask"].sum(), tokens + real.sum() - 3
+    assert 0.12 < masked / tokens < 0.16  # ~15% of the non-special tokens, as megatron-core masks
+
+
+def test_nsp_metrics_are_named_after_the_pair_objective(world_of_one):
+    from mtds.tasks.masked_lm import Options, forward_step
+
+    with torch.no_grad():
+        _, metrics = forward_step(build(True), fake_batch(), torch.device("cpu"), Options(pair="nsp"))
+    assert set(metrics) == {"mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc"}

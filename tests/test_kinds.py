@@ -203,14 +203,14 @@ def test_format_1_run_configs_migrate_to_the_task_section():
     with open(os.path.join(ROOT, "tests", "data", "run_config_v1.json")) as f:
         captured = json.load(f)
     bert = from_dict(captured["bert"])
-    assert bert.model.model_type == "bert" and bert.task.binary_head is True
+    assert bert.model.model_type == "bert" and bert.task.pair == "sop"
     assert (bert.task.masking_probability, bert.task.short_seq_prob) == (0.15, 0.1)
     gpt = from_dict(captured["gpt"])  # the BERT-only keys it carried are dropped
     same_now = {k: v for k, v in captured["gpt"]["model"].items() if k != "bert_binary_head"}
     assert gpt == from_dict(resolved_dict(build_config({"model": same_now})))
     old_no_head = json.loads(json.dumps(captured["bert"]))
     old_no_head["model"]["bert_binary_head"] = False
-    assert from_dict(old_no_head).task.binary_head is False
+    assert from_dict(old_no_head).task.pair == "none"
 
 
 def resolved(model: dict, task: dict | None = None, vocab: int = 512) -> dict:
@@ -246,7 +246,7 @@ def test_resume_check_covers_the_task_section():
     notes = []
     check_compatible(bert, resolved({"model_type": "bert", "preset": "bert-tiny"}, {"masking_probability": 0.2}), log=notes.append)
     assert notes == ["note: config differs from the checkpoint's (allowed): task.masking_probability: 0.15 -> 0.2"]
-    with pytest.raises(ConfigError, match=r"task.binary_head: True -> False"):
-        check_compatible(bert, resolved({"model_type": "bert", "preset": "bert-tiny"}, {"binary_head": False}))
+    with pytest.raises(ConfigError, match=r"task.pair: 'sop' -> 'nsp'"):
+        check_compatible(bert, resolved({"model_type": "bert", "preset": "bert-tiny"}, {"pair": "nsp"}))
     with pytest.raises(ConfigError, match=r"model.model_type: 'gpt' -> 'bert'"):
         check_compatible(resolved({}), bert)

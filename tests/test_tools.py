@@ -206,7 +206,7 @@ def test_split_qkv_follows_megatron_group_layout():
       "tie_embeddings": True, "add_bias_linear": False}, "add_bias_linear=false"),
     ({"position_embedding_type": "rope", "normalization": "LayerNorm"}, "does not export"),
     ({"model_type": "bert", "preset": "bert-tiny"}, "MegatronBertForMaskedLM"),
-    ({"model_type": "bert", "preset": "bert-tiny", "tie_embeddings": False, "task.binary_head": False},
+    ({"model_type": "bert", "preset": "bert-tiny", "tie_embeddings": False, "task.pair": "none"},
      "MegatronBertForMaskedLM"),
     ({"model_type": "bert", "preset": "bert-tiny", "normalization": "RMSNorm"}, "normalization=RMSNorm"),
     ({"model_type": "bert", "preset": "bert-tiny", "num_query_groups": 2}, "num_query_groups=2"),
@@ -534,7 +534,7 @@ def test_export_bert_mapping_on_random_weights(loaded, tmp_path, overrides, bina
 
     run = loaded["bert"]
     cfg = dataclasses.replace(run.cfg, model=dataclasses.replace(run.cfg.model, **overrides),
-                              task=dataclasses.replace(run.cfg.task, binary_head=binary_head))
+                              task=dataclasses.replace(run.cfg.task, pair="sop" if binary_head else "none"))
     torch.manual_seed(0)
     model = build_model(cfg, run.vocab_size, "fp32", on_gpu=False).eval()
     with torch.no_grad():
@@ -574,7 +574,7 @@ def to_format_1(resolved: dict) -> dict:
     old = json.loads(json.dumps(resolved))
     old.pop("config_format", None)
     task = old["run"].pop("task")
-    old["run"]["model"]["bert_binary_head"] = task.get("binary_head", True)
+    old["run"]["model"]["bert_binary_head"] = task.get("pair", "sop") != "none"
     old["run"]["data"]["masking_probability"] = task.get("masking_probability", 0.15)
     old["run"]["data"]["short_seq_prob"] = task.get("short_seq_prob", 0.1)
     return old

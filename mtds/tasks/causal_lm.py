@@ -60,7 +60,7 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
 
 
-def forward_step(model, batch: dict, device):
+def forward_step(model, batch: dict, device, opts: Options | None = None):
     """Next-token loss averaged over unmasked tokens. Batch tensors are [b, s]. Returns (loss, {})."""
     tokens = batch["tokens"].to(device, non_blocking=True)
     labels = batch["labels"].to(device, non_blocking=True)

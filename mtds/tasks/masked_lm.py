@@ -1,8 +1,9 @@
-"""Masked language modelling with an optional sentence-order head: BERT pretraining on `_sentence`
-data (megatron-core BERTMaskedWordPieceDataset).
+"""Masked language modelling with an optional sentence-pair head: BERT pretraining on `_sentence`
+data (megatron-core BERTMaskedWordPieceDataset; mtds.nsp_dataset for next-sentence pairs).
 
-Loss = MLM loss (mean over the masked tokens) + SOP loss (cross entropy of the binary head, when
-`task.binary_head`). Metrics mlm_loss, mlm_acc, sop_loss, sop_acc.
+Loss = MLM loss (mean over the masked tokens) + the pair loss (cross entropy of the binary head):
+sentence order (`task.pair="sop"`, the default), next sentence (`"nsp"`), or none. Metrics
+mlm_loss, mlm_acc and <pair>_loss, <pair>_acc.
 """
 
 from __future__ import annotations
@@ -20,20 +21,25 @@ DATA_LAYOUT = "sentence"
 class Options:
     """[task] options of masked_lm."""
 
-    binary_head: bool = True
-    """Train the sentence-order head (SOP) beside the masked LM (BertModel's binary head)."""
+    pair: str = "sop"
+    """The sentence-pair objective of BertModel's binary head: "sop" (sentence order: A|B of one
+    document, swapped half of the time; ALBERT's), "nsp" (next sentence: B follows A, or half of
+    the time comes from another document; the BERT paper's) or "none" (masked LM only, no head)."""
     masking_probability: float = 0.15
     """Fraction of tokens masked (80% [MASK], 10% random, 10% unchanged)."""
     short_seq_prob: float = 0.1
     """Probability of a sample shorter than seq_length."""
 
 
+PAIRS = ("sop", "nsp", "none")
 CHANGEABLE_ON_RESUME: tuple[str, ...] = ("masking_probability", "short_seq_prob")
-"""[task] keys a resumed run may change (they change no parameter; binary_head adds one)."""
+"""[task] keys a resumed run may change (they change no parameter; `pair` is the objective)."""
 
 
 def validate(opts: Options, cfg) -> list[str]:
     errs = []
+    if opts.pair not in PAIRS:
+        errs.append(f"task.pair={opts.pair!r}: choose one of {', '.join(PAIRS)}")
     if not 0 < opts.masking_probability < 1:
         errs.append(f"task.masking_probability={opts.masking_probability} must be in (0, 1)")
     if not 0 <= opts.short_seq_prob <= 1:
@@ -42,8 +48,8 @@ def validate(opts: Options, cfg) -> list[str]:
 
 
 def model_heads(opts: Options) -> dict:
-    """Build switches for the family: the binary head for the sentence-order label."""
-    return {"add_binary_head": opts.binary_head}
+    """Build switches for the family: the binary head for the sentence-pair label."""
+    return {"add_binary_head": opts.pair != "none"}
 
 
 def check_data(cfg, sources, tokenizer) -> None:
@@ -75,9 +81,9 @@ def dataset_config(cfg, sources, tokenizer):
         masking_do_permutation=False,
         masking_use_longer_ngrams=False,
         masking_use_geometric_distribution=False,
-        # With the binary head each sample is two segments, swapped with probability 0.5
-        # (`is_random` = 1 when swapped: the sentence-order label). Without it: one segment.
-        classification_head=cfg.task.binary_head,
+        # With a pair objective each sample is two segments; `is_random` is the label (SOP: 1 when
+        # swapped; NSP: 1 when B comes from another document). Without one: one segment.
+        classification_head=cfg.task.pair != "none",
     )
 
 
@@ -130,9 +136,9 @@ def _check_splits(config, cfg, sources) -> None:
         where = (f"{prefix}: the {name} split (documents {beg}..{end} of {n}, {how}) "
                  f"has no document of >= {need} sentences with none over {LONG_SENTENCE_LEN} tokens")
         if need == 2 and (n_sentences <= 1).all():
-            hint = ("the sentence-order head needs sentence-split data: preprocess with "
+            hint = ("a sentence-pair objective needs sentence-split data: preprocess with "
                     "`python -m data_tools.preprocess --split-sentences` and give the _sentence prefix "
-                    "(or set task.binary_head=false)")
+                    "(or set task.pair=none)")
         elif sources.valid_prefixes:
             hint = f"give {key} more (or longer) documents"
         else:
@@ -151,15 +157,18 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     from megatron.core.datasets.bert_dataset import BERTMaskedWordPieceDataset
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 
+    from mtds.nsp_dataset import NSPMaskedWordPieceDataset
+
     config = dataset_config(cfg, sources, tokenizer)
     _check_splits(config, cfg, sources)  # for every caller, not only pretrain.py (cached per prefix)
-    return BlendedMegatronDatasetBuilder(BERTMaskedWordPieceDataset, sizes, lambda: True, config).build()
+    dataset = NSPMaskedWordPieceDataset if cfg.task.pair == "nsp" else BERTMaskedWordPieceDataset
+    return BlendedMegatronDatasetBuilder(dataset, sizes, lambda: True, config).build()
 
 
-def forward_step(model, batch: dict, device):
-    """MLM loss (mean over masked positions) + SOP loss (binary-head cross entropy).
+def forward_step(model, batch: dict, device, opts: Options | None = None):
+    """MLM loss (mean over masked positions) + pair loss (binary-head cross entropy).
 
-    Returns (loss, {mlm_loss, mlm_acc[, sop_loss, sop_acc]}) with detached metrics.
+    Returns (loss, {mlm_loss, mlm_acc[, <pair>_loss, <pair>_acc]}) with detached metrics.
     """
     import torch.nn.functional as F
 
@@ -168,8 +177,8 @@ def forward_step(model, batch: dict, device):
     labels = batch["labels"].to(device, non_blocking=True)  # [b, s], -1 = not masked
     loss_mask = batch["loss_mask"].to(device, non_blocking=True).bool()  # [b, s]
     bert = getattr(model, "module", model)  # the DeepSpeed engine wraps the BertModel
-    with_sop = bert.add_binary_head
-    types = batch["types"].to(device, non_blocking=True) if with_sop else None
+    with_pair = bert.add_binary_head
+    types = batch["types"].to(device, non_blocking=True) if with_pair else None
     # Without lm_labels BertModel returns the logits ([b, s, V]) and the binary logits ([b, 2]).
     # Taking the loss from the logits here (rather than BertModel's per-token loss over all
     # positions) scores only the ~15% masked rows and gives the accuracy from the same rows.
@@ -179,11 +188,12 @@ def forward_step(model, batch: dict, device):
     mlm_loss = F.cross_entropy(masked_logits, targets)
     metrics = {"mlm_loss": mlm_loss.detach(),
                "mlm_acc": (masked_logits.detach().argmax(-1) == targets).float().mean()}
-    if not with_sop:
+    if not with_pair:
         return mlm_loss, metrics
-    sop_labels = batch["is_random"].to(device, non_blocking=True).long()  # [b], 1 = segments swapped
-    sop_logits = binary_logits.float()
-    sop_loss = F.cross_entropy(sop_logits, sop_labels)
-    metrics["sop_loss"] = sop_loss.detach()
-    metrics["sop_acc"] = (sop_logits.detach().argmax(-1) == sop_labels).float().mean()
-    return mlm_loss + sop_loss, metrics
+    pair = (opts or Options()).pair
+    pair_labels = batch["is_random"].to(device, non_blocking=True).long()  # [b], 1 = swapped / random B
+    pair_logits = binary_logits.float()  # [b, 2]
+    pair_loss = F.cross_entropy(pair_logits, pair_labels)
+    metrics[f"{pair}_loss"] = pair_loss.detach()
+    metrics[f"{pair}_acc"] = (pair_logits.detach().argmax(-1) == pair_labels).float().mean()
+    return mlm_loss + pair_loss, metrics

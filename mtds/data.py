@@ -9,6 +9,7 @@ scripts), so `ResumableBatchSampler` is ours.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -155,6 +156,25 @@ def _ignore_sigterm(worker_id: int) -> None:
     # A worker dying of it makes the DataLoader raise in the training process mid-save; the
     # training process decides when to stop and its workers end with it.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def loader_batches(loader: torch.utils.data.DataLoader):
+    """Iterate `loader`; however the block ends (an exception included), stop its worker processes.
+
+    Why: the workers ignore SIGTERM (above), and when the interpreter exits after an uncaught
+    exception, the traceback still holds the iterator, so it is not collected; multiprocessing then
+    stops the workers with SIGTERM and joins them without a timeout, and the process (and with it
+    the whole job) hangs forever. torch's own clean stop, `_shutdown_workers` (what the iterator's
+    `__del__` calls), ends them first.
+    """
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # absent with num_workers=0
+        if shutdown is not None:
+            shutdown()
 
 
 def build_loader(dataset, sampler, num_workers: int, seed: int = 0) -> torch.utils.data.DataLoader:

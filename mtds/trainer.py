@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mtds.ckpt import save_load as checkpoint
-from mtds.data import ResumableBatchSampler, build_loader, fixed_eval_batches
+from mtds.data import ResumableBatchSampler, build_loader, fixed_eval_batches, loader_batches
 from mtds.errors import TrainingStopped
 from mtds.metrics import Metrics, Throughput, format_eta, memory_stats
 from mtds.parallel import ParallelSizes
@@ -130,45 +130,49 @@ class Trainer:
             )
 
     def fit(self) -> TrainState:
-        t = self.cfg.training
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         sampler = ResumableBatchSampler(len(self.train_ds), self.state.consumed_samples, self.micro,
                                         self.dp_rank, self.dp_size)
-        batches = iter(build_loader(self.train_ds, sampler, self.cfg.data.num_workers, self.cfg.data.seed))
+        loader = build_loader(self.train_ds, sampler, self.cfg.data.num_workers, self.cfg.data.seed)
+        try:
+            with loader_batches(loader) as batches:  # its workers stop however the loop ends
+                return self._train(batches)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _train(self, batches) -> TrainState:
+        t = self.cfg.training
         if self.state.iteration == 0:
             self.evaluate()  # the step-0 validation loss: the baseline the curve falls from
         clock = Throughput()
         window_loss, window_extra, window_iters = torch.zeros((), device=self.device), {}, 0
-        try:
-            while self.state.iteration < self.train_iters:
-                loss, extra = self.train_step(batches)
-                self.state.iteration += 1
-                self.state.consumed_samples += self.global_batch
-                self.state.consumed_tokens += self.global_batch * self.seq
-                window_loss += loss
-                for k, v in extra.items():
-                    window_extra[k] = window_extra.get(k, 0) + v
-                window_iters += 1
-                it = self.state.iteration
-                if it % t.log_interval == 0 or it == self.train_iters:
-                    self._log(window_loss / window_iters, {k: v / window_iters for k, v in window_extra.items()},
-                              window_iters, clock.window())
-                    window_loss, window_extra, window_iters = torch.zeros((), device=self.device), {}, 0
-                self.metrics.advance(it)
-                if it % t.eval_interval == 0 or it == self.train_iters:
-                    self.evaluate()
-                if t.exit_interval and it % t.exit_interval == 0 and it != self.train_iters:
-                    self._stop_request = f"exit_interval={t.exit_interval}"
-                if self._stop_request:
-                    self.log(f"{self._stop_request}: saving at iteration {it} and exiting")
-                    self.save()
-                    return self.state
-                if t.save_interval and it % t.save_interval == 0 and it != self.train_iters:
-                    self.save()
-            self.save()
-            return self.state
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        while self.state.iteration < self.train_iters:
+            loss, extra = self.train_step(batches)
+            self.state.iteration += 1
+            self.state.consumed_samples += self.global_batch
+            self.state.consumed_tokens += self.global_batch * self.seq
+            window_loss += loss
+            for k, v in extra.items():
+                window_extra[k] = window_extra.get(k, 0) + v
+            window_iters += 1
+            it = self.state.iteration
+            if it % t.log_interval == 0 or it == self.train_iters:
+                self._log(window_loss / window_iters, {k: v / window_iters for k, v in window_extra.items()},
+                          window_iters, clock.window())
+                window_loss, window_extra, window_iters = torch.zeros((), device=self.device), {}, 0
+            self.metrics.advance(it)
+            if it % t.eval_interval == 0 or it == self.train_iters:
+                self.evaluate()
+            if t.exit_interval and it % t.exit_interval == 0 and it != self.train_iters:
+                self._stop_request = f"exit_interval={t.exit_interval}"
+            if self._stop_request:
+                self.log(f"{self._stop_request}: saving at iteration {it} and exiting")
+                self.save()
+                return self.state
+            if t.save_interval and it % t.save_interval == 0 and it != self.train_iters:
+                self.save()
+        self.save()
+        return self.state
 
     # -- logging and evaluation ------------------------------------------------------------
     def _optimizer_stats(self) -> dict[str, float]:

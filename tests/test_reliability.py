@@ -238,3 +238,33 @@ def test_a_run_of_skipped_steps_stops_with_advice(tiny_data, tmp_path):
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "error: 3 optimizer steps in a row skipped for non-finite gradients" in proc.stderr
     assert "skipped 2 |" in proc.stdout or "skipped 1 |" in proc.stdout  # counted on the console too
+
+
+def test_an_exception_while_the_loader_runs_ends_the_run_instead_of_hanging(tiny_data, tmp_path):
+    """A stale index cache (the prefix rebuilt with 10 of its ~34 documents; megatron-core keys its
+    cache by path, split, seed and sample count, not by content) makes the first read raise
+    IndexError with the loader's worker running. The workers ignore SIGTERM, which used to leave
+    the process waiting for them forever at exit; now it exits non-zero at once."""
+    import json
+    import shutil
+
+    from data_tools.preprocess import preprocess
+
+    prefix = tmp_path / "data" / "corpus_text_document"
+    prefix.parent.mkdir()
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(tiny_data["prefix"] + ext, str(prefix) + ext)
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
+    cache = ["--data.cache_dir", str(tmp_path / "cache"), "--data.paths", str(prefix), "--data.num_workers=1",
+             "--training.train_iters=2", "--training.eval_interval=100"]
+    ok(run_pretrain(args_for(tiny_data, tmp_path / "first", ds, *cache)))
+    few = tmp_path / "few.jsonl"
+    with open(tiny_data["corpus"]) as f, open(few, "w") as out:
+        out.writelines(line for _, line in zip(range(10), f))
+    preprocess([str(few)], str(tmp_path / "data" / "corpus"), tiny_data["tokenizer_model"], append_eod=True,
+               workers=1, quiet=True)
+    assert json.loads(few.read_text().splitlines()[0])  # a real, smaller corpus at the same prefix
+    started = time.time()
+    proc = run_pretrain(args_for(tiny_data, tmp_path / "second", ds, *cache), timeout=180)
+    assert proc.returncode not in (0, 2) and "IndexError" in proc.stderr, proc.stderr[-2000:]
+    assert time.time() - started < 120

@@ -597,7 +597,8 @@ def test_run_saved_in_config_format_1_still_resumes_evaluates_generates_and_expo
     for path in (os.path.join(old_run, "config.json"), os.path.join(ckpt, "mtds_config.json")):
         with open(path) as f:
             old = to_format_1(json.load(f))
-        assert {s: set(v) for s, v in old["run"].items()} == {s: set(v) for s, v in captured.items()}
+        assert "task" not in old["run"]  # the sections the format change touched hold what that code wrote
+        assert all(set(old["run"][s]) == set(captured[s]) for s in ("model", "data"))
         with open(path, "w") as f:
             json.dump(old, f)
 

@@ -151,18 +151,20 @@ class ResumableBatchSampler:
             yield list(range(base, base + self.micro))
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    # SLURM and DeepSpeed's launcher send SIGTERM to every process, loader workers included.
-    # A worker dying of it makes the DataLoader raise in the training process mid-save; the
-    # training process decides when to stop and its workers end with it.
+def _ignore_stop_signals(worker_id: int) -> None:
+    # SLURM and DeepSpeed's launcher send SIGTERM to every process, loader workers included, and
+    # Ctrl-C sends SIGINT to the terminal's whole process group. A worker dying of either makes the
+    # DataLoader raise in the training process mid-save; the training process decides when to stop
+    # (mtds.trainer) and its workers end with it (loader_batches).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
 def loader_batches(loader: torch.utils.data.DataLoader):
     """Iterate `loader`; however the block ends (an exception included), stop its worker processes.
 
-    Why: the workers ignore SIGTERM (above), and when the interpreter exits after an uncaught
+    Why: the workers ignore SIGTERM and SIGINT (above), and when the interpreter exits after an uncaught
     exception, the traceback still holds the iterator, so it is not collected; multiprocessing then
     stops the workers with SIGTERM and joins them without a timeout, and the process (and with it
     the whole job) hangs forever. torch's own clean stop, `_shutdown_workers` (what the iterator's
@@ -186,7 +188,7 @@ def build_loader(dataset, sampler, num_workers: int, seed: int = 0) -> torch.uti
         batch_sampler=sampler,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=_ignore_sigterm,
+        worker_init_fn=_ignore_stop_signals,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,

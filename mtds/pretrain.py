@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         if rank0:
             print(f"error: {e}", file=sys.stderr)
         return 3 if isinstance(e, TrainingStopped) else 2
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
+        if rank0:
+            print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

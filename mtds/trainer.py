@@ -49,7 +49,7 @@ class Trainer:
         self.peak = peak_tflops
         self.device = engine.device
         self.state = TrainState()
-        self._signal = False
+        self._signal = 0  # number of the first stop signal received (0: none)
         self._stop_request: str | None = None
         self._skipped_in_row = 0
         self._loss_ema: float | None = None
@@ -71,22 +71,27 @@ class Trainer:
                         self.cfg.training.keep_last, log=self.log)
 
     # -- loop ------------------------------------------------------------------------------
-    def _on_sigterm(self, signum, frame):
-        self._signal = True
+    def _on_stop_signal(self, signum, frame):
+        """SIGTERM (SLURM, the launcher) or a first Ctrl-C (SIGINT): every rank saves at the same
+        step and exits 0. A second Ctrl-C gets Python's default handler back: it stops at once."""
+        self._signal = self._signal or signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.log("Ctrl-C: saving at the end of this step and exiting (Ctrl-C again to stop at once, unsaved)")
 
-    def _stop_flags(self, loss: torch.Tensor) -> tuple[bool, bool, bool]:
-        """All-reduced (max) flags: (signal received, time limit reached, loss not finite)."""
+    def _stop_flags(self, loss: torch.Tensor) -> tuple[int, bool, bool]:
+        """All-reduced (max) flags: (stop signal number or 0, time limit reached, loss not finite)."""
         limit = self.cfg.training.exit_duration_mins
         over_time = limit is not None and (time.time() - self.start_time) / 60 >= limit
         flags = torch.stack([
-            torch.tensor(float(self._signal), device=self.device),
+            torch.tensor(float(self._signal), device=self.device),  # max over ranks: SIGTERM (15) > SIGINT (2)
             torch.tensor(float(over_time), device=self.device),
             (~torch.isfinite(loss.detach())).float(),
         ])
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         sig, late, bad = flags.tolist()
-        return bool(sig), bool(late), bool(bad)
+        return int(sig), bool(late), bool(bad)
 
     def train_step(self, batches) -> tuple[torch.Tensor, dict]:
         """One optimizer step = `accum` micro-batches. Returns detached mean loss and metrics."""
@@ -113,7 +118,8 @@ class Trainer:
         skipped_before = self.engine.skipped_steps
         self.engine.step()  # the boundary: optimizer step, LR schedule, zero grads
         self._check_overflow_streak(self.engine.skipped_steps > skipped_before)
-        self._stop_request = "SIGTERM" if sig else ("time limit" if late else None)
+        # All-reduced: a rank that got no signal itself stops with the others, at the same step.
+        self._stop_request = signal.Signals(sig).name if sig else ("time limit" if late else None)
         return mean, {k: v / self.accum for k, v in extra.items()}
 
     def _check_overflow_streak(self, skipped: bool) -> None:
@@ -130,7 +136,7 @@ class Trainer:
             )
 
     def fit(self) -> TrainState:
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        previous = {s: signal.signal(s, self._on_stop_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         sampler = ResumableBatchSampler(len(self.train_ds), self.state.consumed_samples, self.micro,
                                         self.dp_rank, self.dp_size)
         loader = build_loader(self.train_ds, sampler, self.cfg.data.num_workers, self.cfg.data.seed)
@@ -138,7 +144,8 @@ class Trainer:
             with loader_batches(loader) as batches:  # its workers stop however the loop ends
                 return self._train(batches)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     def _train(self, batches) -> TrainState:
         t = self.cfg.training

@@ -51,6 +51,10 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
         raise ConfigError("model.recompute_activations=true needs CUDA (megatron-core's activation checkpointing "
                           "uses the CUDA RNG tracker); set it false on CPU")
     check_run_dir(t.run_dir, t.load)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from mtds.run_lock import lock_run_dir
+
+        lock_run_dir(t.run_dir, log=log)
     resume_from = None
     if t.load:
         from mtds.ckpt.resume import plan_resume

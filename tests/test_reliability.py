@@ -268,3 +268,67 @@ def test_an_exception_while_the_loader_runs_ends_the_run_instead_of_hanging(tiny
     proc = run_pretrain(args_for(tiny_data, tmp_path / "second", ds, *cache), timeout=180)
     assert proc.returncode not in (0, 2) and "IndexError" in proc.stderr, proc.stderr[-2000:]
     assert time.time() - started < 120
+
+
+def test_ctrl_c_saves_and_exits_zero_and_a_second_one_stops_at_once(tiny_data, tmp_path):
+    """Ctrl-C reaches the terminal's whole process group (training process and loader worker):
+    the first saves at the end of the step and exits 0; a second one stops at once, unsaved."""
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
+    cmd = [sys.executable, PRETRAIN, *args_for(tiny_data, tmp_path / "run", ds, "--training.train_iters=100000",
+                                               "--training.eval_interval=100000", "--data.num_workers=1")]
+    proc = start(cmd)
+    wait_for_line(proc, "iter      3/")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGINT: saving at iteration" in out and "Traceback" not in out
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+
+    proc = start([*cmd, "--run-dir", str(tmp_path / "run2")])  # the last --run-dir wins
+    wait_for_line(proc, "iter      3/")
+    os.killpg(proc.pid, signal.SIGINT)
+    wait_for_line(proc, "Ctrl-C: saving at the end of this step")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "error: interrupted" in out, out[-3000:]
+
+
+def test_a_second_run_into_a_run_dir_in_use_is_refused_and_a_dead_ones_lock_is_not(tiny_data, tmp_path):
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
+    run = tmp_path / "run"
+    first = start([sys.executable, PRETRAIN, *args_for(tiny_data, run, ds, "--training.train_iters=100000",
+                                                       "--training.eval_interval=100000")])
+    wait_for_line(first, "iter      1/")
+    second = run_pretrain(args_for(tiny_data, run, ds, "--training.train_iters=2"))
+    assert second.returncode == 2
+    assert (f"error: training.run_dir={str(run)!r} is in use by another run (pid {first.pid} on "
+            in second.stderr), second.stderr[-2000:]
+    os.killpg(first.pid, signal.SIGKILL)  # dies holding the lock
+    first.wait()
+    third = ok(run_pretrain(args_for(tiny_data, run, ds, "--training.train_iters=2")))
+    assert "iter      2/2" in third.stdout
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 4 MiB tmpfs: room for one checkpoint of the tiny model (2.7 MB), not two."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_no_space_left_during_a_save_is_one_line_and_latest_stays(tiny_data, tmp_path, small_filesystem):
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
+    run = small_filesystem / "run"
+    proc = run_pretrain(args_for(tiny_data, run, ds, "--training.train_iters=5", "--training.save_interval=1",
+                                 "--training.eval_interval=100", "--data.cache_dir", str(tmp_path / "cache")))
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = [l for l in proc.stderr.splitlines() if l.startswith("error:")][-1]
+    tmp = run / "checkpoints" / "iter_0000002.tmp"
+    assert line == (f"error: no space left on device while writing {tmp}; the partial save is removed and latest "
+                    "is still iter_0000001; free space (or move training.run_dir) and resume with --load")
+    assert not tmp.exists() and (run / "checkpoints" / "latest").read_text() == "iter_0000001"
+    assert (run / "checkpoints" / "iter_0000001" / "mtds_config.json").is_file()

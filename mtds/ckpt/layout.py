@@ -5,8 +5,9 @@ Layout under <run_dir>/checkpoints:
     iter_0000200.tmp/        a save in progress (or killed mid-way): never loaded
     latest                   text file naming the newest complete tag (DeepSpeed's own format)
 
-A tag is complete when its directory holds mtds_config.json, which is written last (see
-save_load.py). Training resumes and the tools read checkpoints through `find` alone.
+A tag is complete when its directory holds mtds_config.json and has its final name: a save is
+renamed from `<tag>.tmp` only after every rank finished writing (see save_load.py). Training
+resumes and the tools read checkpoints through `find` alone.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ complete, see layout.py), renames the directory and replaces `latest` atomically
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -19,7 +20,7 @@ import torch
 from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, tag_for
 from mtds.ckpt.resume import check_compatible
 from mtds.distributed import barrier, is_rank0
-from mtds.errors import ConfigError
+from mtds.errors import ConfigError, TrainingStopped
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -55,13 +56,18 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         os.makedirs(root, exist_ok=True)
         shutil.rmtree(os.path.join(root, tmp_tag), ignore_errors=True)  # a save killed earlier
     barrier()
-    engine.save_checkpoint(root, tag=tmp_tag, client_state={"mtds": trainer_state}, save_latest=False)
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    torch.save(rng_state(), os.path.join(root, tmp_tag, f"rng_rank{rank}.pt"))
+    tmp_dir, final_dir = os.path.join(root, tmp_tag), os.path.join(root, tag)
+    try:
+        engine.save_checkpoint(root, tag=tmp_tag, client_state={"mtds": trainer_state}, save_latest=False)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        torch.save(rng_state(), os.path.join(tmp_dir, f"rng_rank{rank}.pt"))
+        if is_rank0():
+            _atomic_write(os.path.join(tmp_dir, CONFIG_FILE), json.dumps(resolved, indent=2))
+    except (OSError, RuntimeError) as e:
+        _stop_if_storage_failed(e, root, tmp_dir)
+        raise
     barrier()  # every rank's shards are on disk
     if is_rank0():
-        tmp_dir, final_dir = os.path.join(root, tmp_tag), os.path.join(root, tag)
-        _atomic_write(os.path.join(tmp_dir, CONFIG_FILE), json.dumps(resolved, indent=2))
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(tmp_dir, final_dir)
         _atomic_write(os.path.join(root, LATEST_FILE), tag)
@@ -69,6 +75,37 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         log(f"saved checkpoint {final_dir}")
     barrier()
     return tag
+
+
+# What a failed write looks like: OSError with one of these errnos, or torch.save's RuntimeError
+# from its zip writer, which drops the errno ("[enforce fail at inline_container.cc] unexpected pos").
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                   errno.EIO: "I/O error"}
+
+
+def _stop_if_storage_failed(error: BaseException, root: str, tmp_dir: str) -> None:
+    """A save that failed for lack of space (or quota, or an I/O error): remove the partial save and
+    stop with one line naming what was being written and the checkpoint `latest` still names."""
+    cause = None
+    for e in _chain(error):
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            cause = _STORAGE_ERRNOS[e.errno]
+    if cause is None and "inline_container" in str(error) and shutil.disk_usage(root).free < (64 << 20):
+        cause = "no space left on device"  # under 64 MiB free after a failed zip write
+    if cause is None:
+        return
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    latest = os.path.join(root, LATEST_FILE)
+    named = open(latest).read().strip() if os.path.isfile(latest) else None
+    raise TrainingStopped(f"{cause} while writing {tmp_dir}; the partial save is removed and "
+                          f"{'latest is still ' + named if named else 'there is no earlier checkpoint'}; free space "
+                          "(or move training.run_dir) and resume with --load") from None
+
+
+def _chain(error: BaseException):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def _prune(root: str, keep_last: int) -> None:

@@ -107,6 +107,9 @@ class DataConfig:
     """False: every rank computes the indices in memory, nothing cached (nodes without a shared
     filesystem; cheap up to millions of samples: ~0.2 s for 200k)."""
     seed: int = 1234
+    allow_other_data: bool = False
+    """Resume even though the data differs from the checkpoint's (other prefixes, or files rebuilt
+    with other content): the data position (consumed samples) then counts into the new data."""
     num_workers: int = 1
     """DataLoader worker processes per rank (0 = load in the training process)."""
 

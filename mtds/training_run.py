@@ -169,7 +169,8 @@ def train(plan: Plan, log=print) -> int:
                 "versions": versions(),
                 "data_sources": {"prefixes": sources.prefixes, "weights": sources.weights,
                                  "valid_prefixes": sources.valid_prefixes,
-                                 "tokenizer_model": os.path.abspath(sources.tokenizer_model)},
+                                 "tokenizer_model": os.path.abspath(sources.tokenizer_model),
+                                 "identity": sources.identity()},
                 "vocab_size": vocab_size, "num_parameters": n_params, "train_iters": plan.train_iters}
     if rank == 0:
         with open(os.path.join(cfg.training.run_dir, "config.json"), "w") as f:

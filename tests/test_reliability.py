@@ -240,12 +240,56 @@ def test_a_run_of_skipped_steps_stops_with_advice(tiny_data, tmp_path):
     assert "skipped 2 |" in proc.stdout or "skipped 1 |" in proc.stdout  # counted on the console too
 
 
-def test_an_exception_while_the_loader_runs_ends_the_run_instead_of_hanging(tiny_data, tmp_path):
-    """A stale index cache (the prefix rebuilt with 10 of its ~34 documents; megatron-core keys its
-    cache by path, split, seed and sample count, not by content) makes the first read raise
-    IndexError with the loader's worker running. The workers ignore SIGTERM, which used to leave
-    the process waiting for them forever at exit; now it exits non-zero at once."""
-    import json
+LOADER_FAILS = """
+import sys, torch
+from mtds.data import ResumableBatchSampler, build_loader, loader_batches
+
+class FailsAtSample8(torch.utils.data.Dataset):
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, i):
+        if i >= 8:
+            raise IndexError(f"sample {i}")
+        return torch.tensor([i])
+
+def train(manage_workers):
+    loader = build_loader(FailsAtSample8(), ResumableBatchSampler(100, 0, 4, 0, 1), num_workers=1)
+    if manage_workers:  # as mtds.trainer.Trainer.fit iterates
+        with loader_batches(loader) as batches:
+            for _ in range(10):
+                next(batches)
+    batches = iter(loader)  # a bare iterator, as it was
+    for _ in range(10):
+        next(batches)
+
+train(sys.argv[1] == "managed")
+"""
+
+
+@pytest.mark.parametrize("mode", ["managed", "bare"])
+def test_an_uncaught_exception_while_the_loader_runs_ends_the_process(tmp_path, mode):
+    """The workers ignore SIGTERM; after an uncaught exception the traceback keeps the loader's
+    iterator alive and multiprocessing joins the workers at exit without a timeout. The training
+    loop's way (mtds.data.loader_batches) exits at once; a bare iterator hangs (shown, then killed)."""
+    script = tmp_path / "loader_fails.py"
+    script.write_text(LOADER_FAILS)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(PRETRAIN))}
+    try:
+        proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=30,
+                              env=env, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        assert mode == "bare", "loader_batches should have stopped the workers"
+        return
+    assert mode == "managed", "the bare iterator was expected to hang"
+    assert proc.returncode == 1 and "IndexError: sample 8" in proc.stderr
+
+
+def test_data_rebuilt_at_the_same_path_is_refused_on_resume_or_trains_with_fresh_indices(tiny_data, tmp_path):
+    """The prefix rebuilt with 10 of its ~34 documents: resuming is refused before training (its
+    identity, sizes and .idx hash, is saved with the checkpoint); with data.allow_other_data it
+    resumes on the new data, whose index cache is its own (the old cache at the same path once made
+    the first read raise IndexError in a loader worker)."""
     import shutil
 
     from data_tools.preprocess import preprocess
@@ -255,19 +299,23 @@ def test_an_exception_while_the_loader_runs_ends_the_run_instead_of_hanging(tiny
     for ext in (".bin", ".idx"):
         shutil.copyfile(tiny_data["prefix"] + ext, str(prefix) + ext)
     ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
-    cache = ["--data.cache_dir", str(tmp_path / "cache"), "--data.paths", str(prefix), "--data.num_workers=1",
-             "--training.train_iters=2", "--training.eval_interval=100"]
-    ok(run_pretrain(args_for(tiny_data, tmp_path / "first", ds, *cache)))
+    run = tmp_path / "run"
+    common = ["--data.cache_dir", str(tmp_path / "cache"), "--data.paths", str(prefix), "--data.num_workers=1",
+              "--training.eval_interval=100"]
+    ok(run_pretrain(args_for(tiny_data, run, ds, *common, "--training.train_iters=2")))
     few = tmp_path / "few.jsonl"
     with open(tiny_data["corpus"]) as f, open(few, "w") as out:
         out.writelines(line for _, line in zip(range(10), f))
     preprocess([str(few)], str(tmp_path / "data" / "corpus"), tiny_data["tokenizer_model"], append_eod=True,
                workers=1, quiet=True)
-    assert json.loads(few.read_text().splitlines()[0])  # a real, smaller corpus at the same prefix
-    started = time.time()
-    proc = run_pretrain(args_for(tiny_data, tmp_path / "second", ds, *cache), timeout=180)
-    assert proc.returncode not in (0, 2) and "IndexError" in proc.stderr, proc.stderr[-2000:]
-    assert time.time() - started < 120
+    refused = run_pretrain(args_for(tiny_data, run, ds, *common, "--training.train_iters=4", "--load", str(run)))
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert (f"error: training.load: the data differs from the checkpoint's ({prefix}: rebuilt); resume on the "
+            "data it trained on, or set data.allow_other_data=true") in refused.stderr
+    resumed = ok(run_pretrain(args_for(tiny_data, run, ds, *common, "--training.train_iters=4", "--load", str(run),
+                                       "--data.allow_other_data=true")))
+    assert "resuming on it (data.allow_other_data=true)" in resumed.stdout and "iter      4/4" in resumed.stdout
+    assert len(os.listdir(tmp_path / "cache")) == 2  # one index cache per data content
 
 
 def test_ctrl_c_saves_and_exits_zero_and_a_second_one_stops_at_once(tiny_data, tmp_path):

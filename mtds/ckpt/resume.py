@@ -39,8 +39,30 @@ def check_compatible(saved: dict, current: dict, log=print) -> None:
         bad.append(f"padded vocabulary: {saved.get('vocab_size')} -> {current.get('vocab_size')} (another tokenizer?)")
     if bad:
         raise ConfigError("checkpoint does not fit this model: " + "; ".join(bad))
+    _check_data(saved, current, log)
     for item in allowed:
         log(f"note: config differs from the checkpoint's (allowed): {item}")
+
+
+def _check_data(saved: dict, current: dict, log) -> None:
+    """The data the checkpoint trained on vs this run's, by content (sizes and .idx hash, not mtime
+    or how the path is spelled); allowed with a note when data.allow_other_data is set."""
+    def content(resolved):
+        identity = resolved.get("data_sources", {}).get("identity")
+        return None if identity is None else {
+            os.path.abspath(p): (v["bin_bytes"], v["idx_bytes"], v["idx_blake2b"]) for p, v in identity.items()}
+
+    old, new = content(saved), content(current)
+    if old is None or new is None or old == new:  # checkpoints from before data identities: not checked
+        return
+    differ = [f"{p}: {'not used before' if p not in old else 'not used now' if p not in new else 'rebuilt'}"
+              for p in sorted(set(old) | set(new)) if old.get(p) != new.get(p)]
+    what = f"the data differs from the checkpoint's ({'; '.join(differ[:3])})"
+    if current.get("run", {}).get("data", {}).get("allow_other_data"):
+        log(f"note: {what}; resuming on it (data.allow_other_data=true)")
+        return
+    raise ConfigError(f"training.load: {what}; resume on the data it trained on, or set "
+                      "data.allow_other_data=true to resume on this data anyway")
 
 
 def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print) -> str | None:

@@ -24,6 +24,7 @@ from data_tools.spm import TokenizerError
 from mtds.config import RunConfig, build_config, load_file, parse_overrides
 from mtds.errors import ConfigError, LoadError, TrainingStopped
 from mtds.kinds import KINDS
+from mtds.run_lock import release_run_dir_locks
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         if rank0:
             print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_run_dir_locks()
 
 
 if __name__ == "__main__":

@@ -44,3 +44,9 @@ def lock_run_dir(run_dir: str, log=print) -> None:
     f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     f.flush()
     _held.append(f)
+
+
+def release_run_dir_locks() -> None:
+    """Drop the locks this process holds (the run is over; a process that dies drops them anyway)."""
+    while _held:
+        _held.pop().close()

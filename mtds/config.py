@@ -145,6 +145,9 @@ class TrainingConfig:
     """tqdm bar on rank 0; None = only when stdout is a terminal."""
     tflops_peak: float | None = None
     """Peak TFLOP/s per device for MFU; None = looked up for known GPUs, else MFU not shown."""
+    dist_timeout_mins: float = 30.0
+    """How long a collective waits for a peer before the rank fails (a hung or dead rank must not
+    block the job forever); longer than the slowest checkpoint save."""
     max_skipped_steps_in_row: int = 20
     """Stop after this many optimizer steps in a row skipped for non-finite gradients (fp16 overflow)."""
     loss_spike_factor: float = 2.0
@@ -410,6 +413,8 @@ def validate(cfg: RunConfig) -> list[str]:
     for key in ("save_interval", "exit_interval"):
         if getattr(t, key) is not None and getattr(t, key) < 1:
             errs.append(f"training.{key} must be >= 1 or none")
+    if t.dist_timeout_mins <= 0:
+        errs.append("training.dist_timeout_mins must be > 0")
     if not 0 <= m.hidden_dropout < 1 or not 0 <= m.attention_dropout < 1:
         errs.append("model dropouts must be in [0, 1)")
     return errs

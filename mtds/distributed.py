@@ -3,6 +3,7 @@ parallel state (tensor/pipeline size 1: mtds is data-parallel under ZeRO)."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import socket
@@ -17,8 +18,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed() -> tuple[int, int, int]:
+def init_distributed(timeout_minutes: float = 30.0) -> tuple[int, int, int]:
     """Initialise torch.distributed through DeepSpeed and megatron-core's parallel state.
+
+    A collective that waits longer than `timeout_minutes` for a peer (a rank that hung or died)
+    raises instead of blocking the job forever.
 
     Returns (rank, world_size, local_rank). A plain `python mtds/pretrain.py` is a world of one.
     """
@@ -34,7 +38,8 @@ def init_distributed() -> tuple[int, int, int]:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed(dist_init_required=True, auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_init_required=True, auto_mpi_discovery=False,
+                               timeout=datetime.timedelta(minutes=timeout_minutes))
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank

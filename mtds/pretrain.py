@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 import warnings
 
 if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make `mtds` importable
@@ -66,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         if rank0:
             print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # unforeseen: the traceback, then one line naming the rank (the launcher stops the rest)
+        traceback.print_exc()
+        print(f"error: rank {os.environ.get('RANK', '0')} failed: {type(e).__name__}: {e}".splitlines()[0],
+              file=sys.stderr)
+        return 1
     finally:
         release_run_dir_locks()
 

@@ -152,7 +152,7 @@ def train(plan: Plan, log=print) -> int:
     from mtds.trainer import Trainer
 
     cfg, ds_cfg, parallel = plan.cfg, plan.ds_cfg, plan.parallel
-    rank, world, _ = init_distributed()
+    rank, world, _ = init_distributed(cfg.training.dist_timeout_mins)
     if world != parallel.world:
         raise ConfigError(f"WORLD_SIZE said {parallel.world} ranks but {world} joined; check the launcher")
     if plan.sources is None:

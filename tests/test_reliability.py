@@ -3,6 +3,7 @@ checkpoints, non-finite losses. All slow (each starts DeepSpeed); CI runs them."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -380,3 +381,16 @@ def test_no_space_left_during_a_save_is_one_line_and_latest_stays(tiny_data, tmp
                     "is still iter_0000001; free space (or move training.run_dir) and resume with --load")
     assert not tmp.exists() and (run / "checkpoints" / "latest").read_text() == "iter_0000001"
     assert (run / "checkpoints" / "iter_0000001" / "mtds_config.json").is_file()
+
+
+def test_an_unforeseen_error_ends_with_one_line_naming_the_rank(tiny_data, tmp_path):
+    """An error nobody turned into a one-line message (here DeepSpeed's own, for an optimizer type
+    it does not know) still ends the run: the traceback, then `error: rank N failed: ...`."""
+    ds = write_ds_config(str(tmp_path / "ds.json"), precision="fp32")
+    cfg = json.loads(open(ds).read())
+    cfg["optimizer"]["type"] = "NoSuchOptimizer"
+    (tmp_path / "ds.json").write_text(json.dumps(cfg))
+    proc = run_pretrain(args_for(tiny_data, tmp_path / "run", ds, "--training.train_iters=2"), timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: rank 0 failed: ") and "NoSuchOptimizer" in proc.stderr, last

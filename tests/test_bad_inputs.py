@@ -148,9 +148,9 @@ def test_data_built_with_another_tokenizer(case, capsys, tmp_path, tiny_data):
 
 
 def test_bert_on_document_level_data(case, capsys, tmp_path):
-    """The sentence-order head needs sentence-split data; refused before DeepSpeed starts."""
+    """A sentence-pair objective (SOP, NSP) needs sentence-split data; refused before DeepSpeed starts."""
     assert case("--model.model_type=bert", "--model.position_embedding_type=learned_absolute") == 2
-    assert "the sentence-order head needs sentence-split data" in error_line(capsys)
+    assert "a sentence-pair objective needs sentence-split data" in error_line(capsys)
     assert nothing_written(tmp_path)
 
 

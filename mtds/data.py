@@ -47,11 +47,16 @@ class DataSources:
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-@functools.lru_cache(maxsize=64)
 def data_identity(prefix: str) -> dict:
     """Sizes of a prefix's .bin/.idx and a BLAKE2b hash of its .idx (document and sequence tables:
     any rebuild with other content changes them), plus the .bin's mtime for people to read.
-    Hashing reads the whole .idx once (measured ~1 GB/s; the .idx is ~10 bytes per sequence)."""
+    Hashing reads the whole .idx (~10 bytes per sequence) once per process and file version."""
+    idx = os.stat(prefix + ".idx")
+    return _identity(prefix, idx.st_size, idx.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _identity(prefix: str, idx_bytes: int, idx_mtime_ns: int) -> dict:
     h = hashlib.blake2b(digest_size=16)
     with open(prefix + ".idx", "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):

@@ -17,6 +17,19 @@ TINY_GPT = ["--model.preset=none", "--model.num_layers=2", "--model.hidden_size=
             "--model.num_attention_heads=2", "--model.max_position_embeddings=64"]
 
 
+def tiny_gpt_args(tiny_data: dict, run_dir, ds: str, *extra: str) -> list[str]:
+    """mtds/pretrain.py arguments for TINY_GPT on the tiny corpus, logging every step."""
+    return ["--deepspeed_config", ds, "--data.paths", tiny_data["prefix"], "--data.tokenizer_model",
+            tiny_data["tokenizer_model"], "--data.split=90,10,0", "--run-dir", str(run_dir), *TINY_GPT,
+            "--training.log_interval=1", "--training.eval_iters=1", "--training.progress_bar=false", *extra]
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """The process, after asserting it exited 0 (its output tails as the message)."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def build_tiny_data(out_dir: str, vocab_size: int = 512, sentences: bool = False) -> dict:
     """A ~1 MB slice of the stdlib -> sentencepiece model -> .bin/.idx (and _sentence if asked)."""
     from data_tools.corpus import build_corpus

@@ -7,18 +7,11 @@ import json
 
 import pytest
 
-from helpers import TINY_GPT, run_pretrain, scalars, write_ds_config
+from helpers import ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
 
 
 def args_for(tiny_data, run_dir, ds, *extra):
-    return ["--deepspeed_config", ds, "--data.paths", tiny_data["prefix"], "--data.tokenizer_model",
-            tiny_data["tokenizer_model"], "--data.split=90,10,0", "--run-dir", str(run_dir), *TINY_GPT,
-            "--training.log_interval=1", "--training.progress_bar=false", "--data.num_workers=0", *extra]
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return tiny_gpt_args(tiny_data, run_dir, ds, "--data.num_workers=0", *extra)
 
 
 @pytest.mark.slow

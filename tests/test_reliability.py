@@ -13,20 +13,12 @@ import time
 import pytest
 import torch
 
-from helpers import PRETRAIN, TINY_GPT, run_pretrain, scalars, write_ds_config
+from helpers import PRETRAIN, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
 
 pytestmark = pytest.mark.slow
 
 
-def args_for(tiny_data, run_dir, ds, *extra):
-    return ["--deepspeed_config", ds, "--data.paths", tiny_data["prefix"], "--data.tokenizer_model",
-            tiny_data["tokenizer_model"], "--data.split=90,10,0", "--run-dir", str(run_dir), *TINY_GPT,
-            "--training.log_interval=1", "--training.eval_iters=1", "--training.progress_bar=false", *extra]
-
-
-def ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+args_for = tiny_gpt_args
 
 
 def train_losses(run_dir) -> list[tuple[int, float]]:

@@ -269,7 +269,7 @@ def test_an_uncaught_exception_while_the_loader_runs_ends_the_process(tmp_path, 
     script.write_text(LOADER_FAILS)
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(PRETRAIN))}
     try:
-        proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=30,
+        proc = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True, timeout=15,
                               env=env, start_new_session=True)
     except subprocess.TimeoutExpired:
         assert mode == "bare", "loader_batches should have stopped the workers"

@@ -11,6 +11,10 @@ Two more CPU differences are handled where they arise, not here:
 - attention dropout does not fork megatron's CUDA RNG tracker because our core attention
   (mtds.attention.SDPAttention) calls PyTorch SDPA, which draws from the default generator.
 
+Precision on CPUs without native bf16: `bf16_slowdown()` measures how much slower a bf16 matmul
+is than an fp32 one (on a 2-core AVX2-only EPYC, 58x for 384x384; where the CPU has bf16
+instructions it is ~1x or faster), and mtds.ds_config trains such CPUs in fp32 instead.
+
 One DeepSpeed cost on CPU is cut here too: its CPU op builder asks py-cpuinfo about the CPU
 twice each time an op loads (FusedAdam at `deepspeed.initialize`), and each ask spawns a Python
 subprocess (~1.1 s here). The answer cannot change within a process, so it is asked once.
@@ -45,3 +49,20 @@ def _ask_cpuinfo_once() -> None:
     except ImportError:  # DeepSpeed then reads lscpu instead, which is fast
         return
     cpuinfo.get_cpu_info = functools.lru_cache(maxsize=1)(cpuinfo.get_cpu_info)
+
+
+def bf16_slowdown(n: int = 256, reps: int = 5) -> float:
+    """Time of an [n, n] @ [n, n] matmul in bf16 over fp32 on this CPU (best of `reps`; ~0.1 s)."""
+    import time
+
+    def best(dtype) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up: first-call dispatch and allocation
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(torch.bfloat16) / best(torch.float32)

@@ -46,7 +46,10 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
     import torch
 
     on_gpu = torch.cuda.is_available()
-    ds_cfg = resolve_ds_config(ds_raw, ds_config_path, parallel.data, train_iters, on_gpu, log=log)
+    from mtds.cpu_compat import bf16_slowdown
+
+    ds_cfg = resolve_ds_config(ds_raw, ds_config_path, parallel.data, train_iters, on_gpu, log=log,
+                               cpu_bf16_slowdown=bf16_slowdown)
     if cfg.model.recompute_activations and not on_gpu:
         raise ConfigError("model.recompute_activations=true needs CUDA (megatron-core's activation checkpointing "
                           "uses the CUDA RNG tracker); set it false on CPU")

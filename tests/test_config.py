@@ -146,8 +146,9 @@ def test_missing_and_unparsable_run_config(tmp_path):
 
 
 # -- DeepSpeed JSON ---------------------------------------------------------------------------
-def resolve(raw, world=1, iters=100, cuda=False, log=None):
-    return resolve_ds_config(raw, "ds.json", world, iters, cuda, log=log or (lambda *_: None))
+def resolve(raw, world=1, iters=100, cuda=False, log=None, bf16_slowdown=1.0):
+    return resolve_ds_config(raw, "ds.json", world, iters, cuda, log=log or (lambda *_: None),
+                             cpu_bf16_slowdown=lambda: bf16_slowdown)
 
 
 def test_every_shipped_ds_config_resolves():
@@ -184,6 +185,24 @@ def test_fp16_on_cpu_becomes_bf16_with_one_line():
     assert precision(cfg) == "bf16"
     assert lines == ["note: ds.json asks for fp16, which DeepSpeed refuses on CPU; training in bf16 instead"]
     assert precision(resolve({"train_micro_batch_size_per_gpu": 1, "fp16": {"enabled": True}}, cuda=True)) == "fp16"
+
+
+def test_bf16_on_a_cpu_without_native_bf16_becomes_fp32_with_one_line():
+    lines = []
+    cfg = resolve({"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}}, log=lines.append,
+                  bf16_slowdown=58.0)
+    assert precision(cfg) == "fp32"
+    assert lines == ["note: bf16 matmuls run 58x slower than fp32 on this CPU (no native bf16); training in fp32 "
+                     "instead of the bf16 ds.json asks for"]
+    assert precision(resolve({"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}})) == "bf16"  # native
+    assert precision(resolve({"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}}, cuda=True,
+                             bf16_slowdown=58.0)) == "bf16"  # GPUs are not asked
+
+
+def test_the_bf16_probe_measures_this_cpu():
+    from mtds.cpu_compat import bf16_slowdown
+
+    assert 0 < bf16_slowdown(n=64, reps=2) < 1000
 
 
 def test_scheduler_total_steps_filled_and_checked():

@@ -30,7 +30,8 @@ import sys
 import torch
 
 from mtds.errors import LoadError
-from mtds.load_trained import find_checkpoint, read_saved_config, saved_run_config
+from mtds.ckpt.layout import read_config
+from mtds.load_trained import find_checkpoint, saved_run_config
 from mtds.tool_cli import run_tool
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,7 +79,7 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     from mtds.hf.tokenizer import write_tokenizer
 
     ckpt_dir = find_checkpoint(run_dir, tag)
-    saved = read_saved_config(ckpt_dir)
+    saved = read_config(ckpt_dir)
     cfg = saved_run_config(saved)
     arch = hf_architecture(cfg)  # refuse before reading any weights
     if os.path.isfile(out_dir):

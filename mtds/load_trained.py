@@ -10,14 +10,13 @@ family with its task's heads. The weights are the fp32 consolidation of the shar
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from dataclasses import dataclass
 
 import torch
 
-from mtds.ckpt.layout import CONFIG_FILE, TAG_RE, checkpoint_root, complete_tags, find
+from mtds.ckpt.layout import TAG_RE, checkpoint_root, complete_tags, find, read_config
 from mtds.errors import LoadError
 
 
@@ -65,11 +64,6 @@ def find_checkpoint(run_dir: str, tag: str | None = None) -> str:
     shown = ", ".join(complete_tags(root)[-5:]) or "none"
     hint = "" if TAG_RE.match(tag) else " (tags look like iter_0000040)"
     raise LoadError(f"--tag {tag!r}: no complete checkpoint {os.path.join(root, tag)}{hint}; available: {shown}")
-
-
-def read_saved_config(ckpt_dir: str) -> dict:
-    with open(os.path.join(ckpt_dir, CONFIG_FILE)) as f:
-        return json.load(f)
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
@@ -129,7 +123,7 @@ def load_trained(run_dir: str, tag: str | None = None, device: str = "cpu") -> T
     layers need them even in a single process).
     """
     ckpt_dir = find_checkpoint(run_dir, tag)
-    saved = read_saved_config(ckpt_dir)
+    saved = read_config(ckpt_dir)
 
     from mtds.ckpt.consolidate import consolidated_state_dict
     from mtds.distributed import init_distributed, seed_everything

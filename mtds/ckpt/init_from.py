@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 
-from mtds.ckpt.layout import find
-from mtds.ckpt.resume import CHANGEABLE_MODEL_KEYS
+from mtds.ckpt.layout import find, read_config
+from mtds.ckpt.resume import CHANGEABLE_MODEL_KEYS, differences
 from mtds.config import migrate
 from mtds.errors import ConfigError
 from mtds.kinds import KINDS
@@ -26,25 +26,19 @@ def plan_init(init_from: str, current_run: dict) -> tuple[str, dict]:
     """(checkpoint dir, its saved config) to start from, checked before DeepSpeed starts.
 
     `current_run` is this run's resolved `run` dict (mtds.config.resolved_dict)."""
-    import json
-
-    from mtds.ckpt.layout import CONFIG_FILE
-
     key = f"training.init_from={init_from!r}"
     if not os.path.isdir(init_from):
         raise ConfigError(f"{key}: not a directory; give the run directory of a finished training run")
     ckpt = find(init_from)
     if ckpt is None:
         raise ConfigError(f"{key}: no complete checkpoint under it (train with mtds/pretrain.py first)")
-    with open(os.path.join(ckpt, CONFIG_FILE)) as f:
-        saved = json.load(f)
+    saved = read_config(ckpt)
     old, new = migrate(saved["run"])["model"], current_run["model"]
     old_kind, new_kind = KINDS.get(old.get("model_type")), KINDS[new["model_type"]]
     if old_kind is None or old_kind.family is not new_kind.family:
         raise ConfigError(f"{key}: {ckpt} is a {old.get('model_type')!r} model and this run trains "
                           f"{new['model_type']!r}, another network; start from a run of the same family")
-    differ = [f"model.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-              if old.get(k) != new.get(k) and k not in (*CHANGEABLE_MODEL_KEYS, "model_type")]
+    differ = differences(old, new, "model", allowed=(*CHANGEABLE_MODEL_KEYS, "model_type"))
     if differ:
         raise ConfigError(f"{key}: {ckpt} holds another network: " + "; ".join(differ))
     return ckpt, saved

@@ -12,6 +12,7 @@ resumes and the tools read checkpoints through `find` alone.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -40,6 +41,12 @@ def complete_tags(root: str) -> list[str]:
 def partial_saves(root: str) -> list[str]:
     """Directories of saves that did not finish (`<tag>.tmp`)."""
     return sorted(t for t in os.listdir(root) if t.endswith(".tmp")) if os.path.isdir(root) else []
+
+
+def read_config(ckpt_dir: str) -> dict:
+    """The resolved config a checkpoint was saved with (its mtds_config.json)."""
+    with open(os.path.join(ckpt_dir, CONFIG_FILE)) as f:
+        return json.load(f)
 
 
 def find(run_dir: str, tag: str | None = None, log=None) -> str | None:

@@ -3,10 +3,9 @@ and can DeepSpeed load it at this world size and ZeRO stage."""
 
 from __future__ import annotations
 
-import json
 import os
 
-from mtds.ckpt.layout import CONFIG_FILE, find
+from mtds.ckpt.layout import find, read_config
 from mtds.ckpt.universal import UNIVERSAL_DIR, is_universal
 from mtds.config import migrate
 from mtds.errors import ConfigError
@@ -30,11 +29,9 @@ def check_compatible(saved: dict, current: dict, log=print) -> None:
     bad, allowed = [], []
     for section in ("model", "task", "data", "training"):
         old, new = old_run.get(section, {}), new_run.get(section, {})
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                item = f"{section}.{key}: {old.get(key)!r} -> {new.get(key)!r}"
-                strict = section in changeable and key not in changeable[section]
-                (bad if strict else allowed).append(item)
+        refused = differences(old, new, section, allowed=changeable[section]) if section in changeable else []
+        bad += refused
+        allowed += [d for d in differences(old, new, section) if d not in refused]
     if saved.get("vocab_size") != current.get("vocab_size"):
         bad.append(f"padded vocabulary: {saved.get('vocab_size')} -> {current.get('vocab_size')} (another tokenizer?)")
     if bad:
@@ -42,6 +39,12 @@ def check_compatible(saved: dict, current: dict, log=print) -> None:
     _check_data(saved, current, log)
     for item in allowed:
         log(f"note: config differs from the checkpoint's (allowed): {item}")
+
+
+def differences(old: dict, new: dict, section: str, allowed=()) -> list[str]:
+    """`section.key: old -> new` for every key whose value differs, except the `allowed` ones."""
+    return [f"{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in allowed]
 
 
 def _check_data(saved: dict, current: dict, log) -> None:
@@ -77,8 +80,7 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print) -> str | N
     ckpt = find(load_dir, log=log)
     if ckpt is None:
         return None
-    with open(os.path.join(ckpt, CONFIG_FILE)) as f:
-        saved = json.load(f)
+    saved = read_config(ckpt)
     saved_dp = saved.get("parallel", {}).get("data", saved.get("world_size", dp_size))
     stage = saved.get("deepspeed", {}).get("zero_optimization", {}).get("stage", 0)
     new_stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)

@@ -17,7 +17,7 @@ import shutil
 import numpy as np
 import torch
 
-from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, tag_for
+from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, read_config, tag_for
 from mtds.ckpt.resume import check_compatible
 from mtds.distributed import barrier, is_rank0
 from mtds.errors import ConfigError, TrainingStopped
@@ -115,9 +115,7 @@ def _prune(root: str, keep_last: int) -> None:
 
 def load(engine, ckpt_dir: str, current_resolved: dict, log=print) -> dict:
     """Load model/optimizer/scheduler and return the trainer state; restores RNG states."""
-    with open(os.path.join(ckpt_dir, CONFIG_FILE)) as f:
-        saved = json.load(f)
-    check_compatible(saved, current_resolved, log)
+    check_compatible(read_config(ckpt_dir), current_resolved, log)
     root, tag = os.path.split(ckpt_dir)
     path, client = engine.load_checkpoint(root, tag=tag)
     if path is None:

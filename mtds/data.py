@@ -61,7 +61,7 @@ def _identity(prefix: str, idx_bytes: int, idx_mtime_ns: int) -> dict:
     with open(prefix + ".idx", "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return {"bin_bytes": os.path.getsize(prefix + ".bin"), "idx_bytes": os.path.getsize(prefix + ".idx"),
+    return {"bin_bytes": os.path.getsize(prefix + ".bin"), "idx_bytes": idx_bytes,
             "idx_blake2b": h.hexdigest(), "bin_mtime": int(os.path.getmtime(prefix + ".bin"))}
 
 
@@ -196,8 +196,8 @@ def _ignore_stop_signals(worker_id: int) -> None:
 def loader_batches(loader: torch.utils.data.DataLoader):
     """Iterate `loader`; however the block ends (an exception included), stop its worker processes.
 
-    Why: the workers ignore SIGTERM and SIGINT (above), and when the interpreter exits after an uncaught
-    exception, the traceback still holds the iterator, so it is not collected; multiprocessing then
+    Why: the workers ignore SIGTERM and SIGINT (above), and when the interpreter exits after an
+    uncaught exception, the traceback still holds the iterator, so it is not collected; multiprocessing then
     stops the workers with SIGTERM and joins them without a timeout, and the process (and with it
     the whole job) hangs forever. torch's own clean stop, `_shutdown_workers` (what the iterator's
     `__del__` calls), ends them first.

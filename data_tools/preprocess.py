@@ -24,8 +24,12 @@ import argparse
 import collections
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -83,6 +87,21 @@ def _init_worker(model_path: str, json_keys: Sequence[str], append_eod: bool, sp
 
         _W["splitter"] = SentenceSplitter()
     _W["eod"] = np.array([_W["sp"].eos_id()], dtype=np.int32)
+
+
+def _init_pool_worker(parent_pid: int, *initargs) -> None:
+    """_init_worker in a worker process, which also must not outlive or outshout its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    _init_worker(*initargs)
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    # A killed parent (SIGKILL, OOM killer) cannot stop its workers, and a spawned worker waiting
+    # for work holds both ends of its queue's pipe, so it would wait forever: watch instead.
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _encode_chunk(chunk: Chunk) -> _EncodedChunk:
@@ -144,17 +163,26 @@ def _ordered_results(chunks: Iterable[Chunk], workers: int, initargs: tuple) -> 
         _init_worker(*initargs)
         yield from map(_encode_chunk, chunks)
         return
-    # fork: workers only run sentencepiece/orjson/numpy; no re-import of the caller's __main__.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+    # spawn, not fork: a caller that has torch loaded (a training run building its corpus, a test
+    # session) has OpenMP threads, and a forked child of a threaded process can crash; one did,
+    # in the garbage collector (CI, 2026-12). A process pool, not multiprocessing.Pool: when a
+    # worker dies, Pool waits forever for its result; the executor raises BrokenProcessPool.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_pool_worker,
+                             initargs=(os.getpid(), *initargs)) as pool:
         pending: collections.deque = collections.deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
-            if len(pending) >= 2 * workers + 1:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
-        # leaving the with-block terminates the pool, also on error / Ctrl-C
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(_encode_chunk, chunk))
+                if len(pending) >= 2 * workers + 1:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise DataToolsError("preprocess: a worker process died (killed, out of memory or crashed); "
+                                 "nothing was published; rerun, or with --workers 1 to see the failure") from None
+        finally:
+            for f in pending:  # on error / Ctrl-C: drop queued chunks instead of encoding them
+                f.cancel()
 
 
 def _load_tokenizer(model_path: str | os.PathLike, append_eod: bool):
@@ -256,7 +284,6 @@ def _progress(total_bytes: int, quiet: bool, log_interval: float):
         return None
     from tqdm import tqdm
 
-    tqdm.monitor_interval = 0  # no monitor thread: worker processes are forked after this
     return tqdm(total=total_bytes, unit="B", unit_scale=True, file=sys.stderr,
                 mininterval=log_interval, desc="preprocess")
 

@@ -11,9 +11,12 @@ Two more CPU differences are handled where they arise, not here:
 - attention dropout does not fork megatron's CUDA RNG tracker because our core attention
   (mtds.attention.SDPAttention) calls PyTorch SDPA, which draws from the default generator.
 
-Precision on CPUs without native bf16: `bf16_slowdown()` measures how much slower a bf16 matmul
-is than an fp32 one (on a 2-core AVX2-only EPYC, 58x for 384x384; where the CPU has bf16
-instructions it is ~1x or faster), and mtds.ds_config trains such CPUs in fp32 instead.
+Precision on CPUs without native bf16: `has_native_bf16()` reads the CPU's instruction set
+(AVX512-BF16 or AMX on x86, the BF16 extension on Arm), and mtds.ds_config trains bf16 configs
+in fp32 where it is missing: there bf16 matmuls are emulated (58x slower than fp32 measured on a
+2-core AVX2-only EPYC, bench/RESULTS.md). A flag, not a timing: every rank, every restart and
+every resume must make the same choice, and an earlier timing-based probe, run by two ranks at
+once on two cores, once chose bf16 for one run and fp32 for its resume.
 
 One DeepSpeed cost on CPU is cut here too: its CPU op builder asks py-cpuinfo about the CPU
 twice each time an op loads (FusedAdam at `deepspeed.initialize`), and each ask spawns a Python
@@ -51,18 +54,33 @@ def _ask_cpuinfo_once() -> None:
     cpuinfo.get_cpu_info = functools.lru_cache(maxsize=1)(cpuinfo.get_cpu_info)
 
 
-def bf16_slowdown(n: int = 256, reps: int = 5) -> float:
-    """Time of an [n, n] @ [n, n] matmul in bf16 over fp32 on this CPU (best of `reps`; ~0.1 s)."""
-    import time
+def has_native_bf16() -> bool:
+    """True where the CPU computes bf16 in hardware (or where we cannot tell: train as asked)."""
+    import platform
 
-    def best(dtype) -> float:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b  # warm-up: first-call dispatch and allocation
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        return min(times)
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        cpu = torch.cpu
+        if hasattr(cpu, "_is_avx512_bf16_supported"):  # torch's own cpuinfo, as inductor uses it
+            return bool(cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+        return bool({"avx512_bf16", "amx_bf16"} & _linux_cpu_flags("flags"))
+    if machine in ("aarch64", "arm64"):
+        if platform.system() == "Darwin":  # Apple M2 and later
+            import subprocess
 
-    return best(torch.bfloat16) / best(torch.float32)
+            out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True)
+            return out.stdout.strip() == "1"
+        return "bf16" in _linux_cpu_flags("Features")
+    return True
+
+
+def _linux_cpu_flags(field: str) -> set[str]:
+    """The words of /proc/cpuinfo's first `field:` line (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() == field:
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()

@@ -8,8 +8,8 @@ them. What we add here is what DeepSpeed does not do for the user:
 - the LR scheduler's `total_num_steps` is filled from the run's iteration count when absent;
 - typos in top-level keys are errors (DeepSpeed silently ignores unknown keys);
 - on a CPU-only machine fp16, which DeepSpeed refuses there, is switched to bf16 with one line,
-  and bf16 to fp32 where the CPU runs bf16 matmuls several times slower than fp32 (no native
-  bf16: measured by mtds.cpu_compat.bf16_slowdown), also with one line.
+  and bf16 to fp32 where the CPU has no bf16 instructions (mtds.cpu_compat.has_native_bf16:
+  there bf16 matmuls are emulated, tens of times slower than fp32), also with one line.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ KNOWN_KEYS = {
     "train_steps", "zero_ignore_unknown_keys", "hybrid_engine", "eigenvalue",
 }
 LR_SCHEDULERS_WITH_TOTAL = {"WarmupDecayLR", "WarmupCosineLR"}
-SLOW_BF16 = 3.0  # bf16/fp32 matmul time above which a CPU trains in fp32 (1x where bf16 is native)
 
 
 def load_ds_config(path: str | None) -> dict:
@@ -96,12 +95,12 @@ def resolve_ds_config(
     train_iters: int | None,
     cuda_available: bool,
     log=print,
-    cpu_bf16_slowdown=None,
+    cpu_native_bf16: bool = True,
 ) -> dict:
     """Return a completed copy of `raw` or raise ConfigError naming the key and the fix.
 
-    `cpu_bf16_slowdown()`, called only on CPU when the config asks for bf16, says how many times
-    slower bf16 matmuls are than fp32 here (mtds.cpu_compat.bf16_slowdown)."""
+    `cpu_native_bf16` (mtds.cpu_compat.has_native_bf16) matters only on CPU: without it, bf16
+    configs train in fp32."""
     cfg = copy.deepcopy(raw)
     for key in cfg:
         if key not in KNOWN_KEYS:
@@ -118,16 +117,12 @@ def resolve_ds_config(
             raise ConfigError(f"{path}: fp16.enabled and bf16.enabled are both true; enable one")
         if not cuda_available:
             log(f"note: {path} asks for fp16, which DeepSpeed refuses on CPU; training in bf16 instead")
-            cfg["fp16"] = {"enabled": False}
-            cfg["bf16"] = {"enabled": True}
+            set_precision(cfg, "bf16")
 
-    if not cuda_available and precision(cfg) == "bf16" and cpu_bf16_slowdown is not None:
-        slowdown = cpu_bf16_slowdown()
-        if slowdown > SLOW_BF16:
-            log(f"note: bf16 matmuls run {slowdown:.0f}x slower than fp32 on this CPU (no native bf16); "
-                f"training in fp32 instead of the bf16 {path} asks for")
-            cfg.pop("bfloat16", None)
-            cfg["bf16"] = {"enabled": False}
+    if not cuda_available and precision(cfg) == "bf16" and not cpu_native_bf16:
+        log(f"note: this CPU has no bf16 instructions (bf16 matmuls would be emulated, tens of times slower); "
+            f"training in fp32 instead of the bf16 {path} asks for")
+        set_precision(cfg, "fp32")
 
     sched = cfg.get("scheduler")
     if isinstance(sched, dict) and sched.get("type") in LR_SCHEDULERS_WITH_TOTAL:
@@ -153,6 +148,13 @@ def precision(cfg: dict) -> str:
     if cfg.get("bf16", cfg.get("bfloat16", {})).get("enabled") is True:
         return "bf16"
     return "fp32"
+
+
+def set_precision(cfg: dict, name: str) -> None:
+    """Make `cfg` train in `name` ('bf16' or 'fp32'; fp16 needs its loss-scaler settings)."""
+    cfg.pop("bfloat16", None)
+    cfg["fp16"] = {"enabled": False}
+    cfg["bf16"] = {"enabled": name == "bf16"}
 
 
 def zero_stage(cfg: dict) -> int:

@@ -46,10 +46,10 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
     import torch
 
     on_gpu = torch.cuda.is_available()
-    from mtds.cpu_compat import bf16_slowdown
+    from mtds.cpu_compat import has_native_bf16
 
     ds_cfg = resolve_ds_config(ds_raw, ds_config_path, parallel.data, train_iters, on_gpu, log=log,
-                               cpu_bf16_slowdown=bf16_slowdown)
+                               cpu_native_bf16=on_gpu or has_native_bf16())
     if cfg.model.recompute_activations and not on_gpu:
         raise ConfigError("model.recompute_activations=true needs CUDA (megatron-core's activation checkpointing "
                           "uses the CUDA RNG tracker); set it false on CPU")
@@ -62,7 +62,8 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
     if t.load:
         from mtds.ckpt.resume import plan_resume
 
-        resume_from = plan_resume(t.load, parallel.data, ds_cfg, log=log)
+        fell_back = not on_gpu and precision(ds_cfg) == "fp32" and precision(ds_raw) != "fp32"
+        resume_from = plan_resume(t.load, parallel.data, ds_cfg, log=log, cpu_fell_back_to_fp32=fell_back)
         if resume_from is None:
             log(f"note: no complete checkpoint under {t.load}; starting from scratch")
     init_from = None

@@ -166,12 +166,13 @@ def test_load_dir_that_is_a_file(case, capsys, tmp_path):
     assert error_line(capsys) == f"error: training.load={f!r} is a file; give the run directory to resume from"
 
 
-def fake_checkpoint(run_dir, world_size: int, stage: int) -> str:
-    """A complete-looking checkpoint: all that is read before DeepSpeed starts is its config."""
+def fake_checkpoint(run_dir, world_size: int, stage: int, bf16: bool = True) -> str:
+    """A complete-looking checkpoint: all that is read before DeepSpeed starts is its config
+    (bf16 like GOOD_DS: on a CPU without bf16 instructions such a checkpoint resumes in bf16)."""
     ckpt = run_dir / "checkpoints" / "iter_0000003"
     ckpt.mkdir(parents=True)
-    (ckpt / "mtds_config.json").write_text(json.dumps({"world_size": world_size,
-                                                       "deepspeed": {"zero_optimization": {"stage": stage}}}))
+    ds = {"zero_optimization": {"stage": stage}, "bf16": {"enabled": bf16}}
+    (ckpt / "mtds_config.json").write_text(json.dumps({"world_size": world_size, "deepspeed": ds}))
     (run_dir / "checkpoints" / "latest").write_text("iter_0000003")
     return str(ckpt)
 
@@ -195,6 +196,31 @@ def test_checkpoint_of_another_zero_family_is_refused(case, capsys, tmp_path, sa
         f"resumes only between stages 1 and 2, so set zero_optimization.stage={saved_stage} in the DeepSpeed JSON "
         "(or start a new run from exported weights)")
     assert nothing_written(tmp_path)
+
+
+def test_checkpoint_of_another_precision_is_refused(case, capsys, tmp_path):
+    """DeepSpeed's optimizer state (and its file names) differ between fp32 and bf16."""
+    ckpt = fake_checkpoint(tmp_path / "old", world_size=1, stage=2, bf16=True)
+    fp32 = os.path.join(ROOT, "ds_configs", "zero2_fp32.json")
+    assert case("--load", str(tmp_path / "old"), ds=fp32) == 2
+    assert error_line(capsys) == (
+        f"error: training.load: {ckpt} was saved training in bf16 and this run trains in fp32; DeepSpeed's optimizer "
+        "state differs between them, so train in bf16 in the DeepSpeed JSON (or start a new run with "
+        "training.init_from)")
+    assert nothing_written(tmp_path)
+
+
+def test_a_bf16_checkpoint_resumes_in_bf16_on_a_cpu_that_would_train_fp32():
+    """On a CPU without bf16 instructions a bf16 JSON trains in fp32 (mtds.ds_config); resuming a
+    bf16 checkpoint there keeps bf16 rather than failing mid-load on fp32 file names."""
+    from mtds.ckpt.resume import _keep_precision
+    from mtds.ds_config import precision
+
+    lines, ds = [], {"bf16": {"enabled": False}}
+    _keep_precision("ck", {"bf16": {"enabled": True}}, ds, True, lines.append)
+    assert precision(ds) == "bf16" and lines == [
+        "note: ck was saved in bf16; resuming in bf16 although this CPU has no bf16 instructions (slow; start a "
+        "new run to train in fp32 here)"]
 
 
 def test_run_dir_that_is_a_file(tiny_data, capsys, tmp_path):

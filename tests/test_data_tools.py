@@ -20,7 +20,7 @@ import pytest
 
 from data_tools import corpus as corpus_mod
 from data_tools import default_dataset, inspect_data, merge, preprocess, train_tokenizer
-from data_tools.errors import run_cli
+from data_tools.errors import DataToolsError, run_cli
 
 N_FILES = 60
 
@@ -210,6 +210,15 @@ def test_workers_and_bulk_writer_match_megatron_add_document(tok, tmp_path, corp
         ref = (tmp_path / f"ref{ext}").read_bytes()
         assert (tmp_path / f"w1_text_document{ext}").read_bytes() == ref
         assert open(doc_prefix + ext, "rb").read() == ref
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(tok, corpus_jsonl):
+    """A worker that dies (here: its start-up fails) ends preprocess with one line; Pool would wait."""
+    from data_tools.jsonl_reader import iter_chunks
+
+    bad_initargs = ("/nonexistent/tok.model", ("text",), True, False, "<u2", 1)
+    with pytest.raises(DataToolsError, match="^preprocess: a worker process died .* rerun, or with --workers 1"):
+        list(preprocess._ordered_results(iter_chunks([corpus_jsonl]), 2, bad_initargs))
 
 
 def test_preprocess_split_sentences(tok, tmp_path, corpus_jsonl, docs, sp):

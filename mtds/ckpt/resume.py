@@ -8,6 +8,7 @@ import os
 from mtds.ckpt.layout import find, read_config
 from mtds.ckpt.universal import UNIVERSAL_DIR, is_universal
 from mtds.config import migrate
+from mtds.ds_config import precision, set_precision
 from mtds.errors import ConfigError
 from mtds.kinds import KINDS
 
@@ -68,12 +69,16 @@ def _check_data(saved: dict, current: dict, log) -> None:
                       "data.allow_other_data=true to resume on this data anyway")
 
 
-def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print) -> str | None:
+def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_back_to_fp32: bool = False) -> str | None:
     """The checkpoint to resume from (None: none yet), checked before DeepSpeed starts.
 
     ZeRO partitions optimizer state per data-parallel rank, and DeepSpeed refuses to load a
     ZeRO checkpoint at another data-parallel size except in its universal form: turn that on in
     `ds_cfg` when the checkpoint has one, else say how to make it.
+
+    DeepSpeed's optimizer state and file names differ by precision, so a resume keeps the
+    checkpoint's. `cpu_fell_back_to_fp32`: the JSON asked for bf16 and this CPU trains it in fp32
+    (mtds.ds_config); a bf16 checkpoint then resumes in bf16, slowly, rather than not at all.
     """
     if os.path.exists(load_dir) and not os.path.isdir(load_dir):
         raise ConfigError(f"training.load={load_dir!r} is a file; give the run directory to resume from")
@@ -92,6 +97,7 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print) -> str | N
             f"DeepSpeed resumes only between stages 1 and 2, so set zero_optimization.stage={stage} in the "
             "DeepSpeed JSON (or start a new run from exported weights)"
         )
+    _keep_precision(ckpt, saved.get("deepspeed", {}), ds_cfg, cpu_fell_back_to_fp32, log)
     if saved_dp == dp_size or stage == 0:
         return ckpt
     if not is_universal(ckpt):
@@ -105,6 +111,20 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print) -> str | N
     log(f"resuming a checkpoint of {saved_dp} data-parallel ranks with {dp_size}: loading its universal "
         f"form {os.path.join(ckpt, UNIVERSAL_DIR)}")
     return ckpt
+
+
+def _keep_precision(ckpt: str, saved_ds: dict, ds_cfg: dict, cpu_fell_back_to_fp32: bool, log) -> None:
+    old, new = precision(saved_ds), precision(ds_cfg)
+    if old == new:
+        return
+    if cpu_fell_back_to_fp32 and old == "bf16":
+        set_precision(ds_cfg, "bf16")
+        log(f"note: {ckpt} was saved in bf16; resuming in bf16 although this CPU has no bf16 instructions "
+            "(slow; start a new run to train in fp32 here)")
+        return
+    raise ConfigError(f"training.load: {ckpt} was saved training in {old} and this run trains in {new}; "
+                      f"DeepSpeed's optimizer state differs between them, so train in {old} in the DeepSpeed "
+                      "JSON (or start a new run with training.init_from)")
 
 
 def _stage_family(stage: int) -> str:

@@ -25,6 +25,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_tools.hf_tokenizer import TOKENIZER_TYPES
 from mtds.errors import ConfigError
 from mtds.kinds import KINDS, Kind, family_name
 
@@ -55,13 +56,20 @@ class ModelConfig:
     position_embedding_type: str = "rope"
     """"rope" or "learned_absolute"."""
     rotary_base: int = 10000
+    rope_scaling: bool = False
+    """Llama-3.1/3.2 RoPE frequency scaling (megatron-core's: low/high frequency factors 1 and 4,
+    original context 8192), by rope_scaling_factor."""
+    rope_scaling_factor: float = 8.0
     normalization: str = "RMSNorm"
     """"RMSNorm" or "LayerNorm"."""
+    layernorm_epsilon: float = 1e-5
     activation: str = "swiglu"
-    """"swiglu" or "gelu"."""
+    """"swiglu", "gelu" (exact, erf) or "gelu_tanh" (the tanh approximation: GPT-2's gelu_new)."""
     tie_embeddings: bool = False
     """Share the input embedding with the output layer."""
     add_bias_linear: bool = False
+    add_qkv_bias: bool = False
+    """Biases on the query/key/value projection only (Qwen2); add_bias_linear puts them everywhere."""
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     init_method_std: float = 0.02
@@ -93,7 +101,11 @@ class DataConfig:
     """Validation set from its own prefixes (Megatron-LM's --valid-data-path): then all of
     `paths` is training data, `split` is not used, and there is no test split."""
     tokenizer_model: str | None = None
-    """sentencepiece .model; required when paths are given."""
+    """sentencepiece .model or Hugging Face tokenizer directory (tokenizer.json); required when
+    paths are given."""
+    tokenizer_type: str = "auto"
+    """"auto" (a directory is HuggingFaceTokenizer, a file SentencePieceTokenizer),
+    "SentencePieceTokenizer" or "HuggingFaceTokenizer" (Megatron-LM's --tokenizer-type names)."""
     default_dir: str = "data/stdlib"
     """Where the embedded default corpus, tokenizer and .bin/.idx are built."""
     split: str = "969,30,1"
@@ -188,7 +200,7 @@ PRESETS: dict[str, tuple] = {name: (k.family, shape) for k in KINDS.values() for
 CHOICES = {
     ("model", "position_embedding_type"): ("rope", "learned_absolute"),
     ("model", "normalization"): ("RMSNorm", "LayerNorm"),
-    ("model", "activation"): ("swiglu", "gelu"),
+    ("model", "activation"): ("swiglu", "gelu", "gelu_tanh"),
     ("training", "compile"): ("none", "layers", "model"),
 }
 
@@ -395,6 +407,8 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append("data.valid_paths needs data.paths (the training prefixes, tokenized with the same tokenizer)")
     if d.paths and not d.tokenizer_model:
         errs.append("data.tokenizer_model: required when data.paths is set (the .model the data was built with)")
+    if d.tokenizer_type not in TOKENIZER_TYPES:
+        errs.append(f"data.tokenizer_type={d.tokenizer_type!r}: choose one of {', '.join(TOKENIZER_TYPES)}")
     split = d.split.replace("/", ",").split(",")
     try:
         parts = [float(s) for s in split]
@@ -441,8 +455,24 @@ def migrate(run: dict) -> dict:
     or nothing) and [data] (masking_probability, short_seq_prob), present for every kind; they move
     to [task] (bert_binary_head as task.pair "sop" / "none") where the kind's task has them and are
     dropped otherwise.
+
+    Any format: [model] and [task] keys added since the run was saved take their defaults, which
+    are what the code did before the key existed (so the resume check sees no difference).
     """
     run = {k: dict(v) for k, v in run.items() if isinstance(v, dict)}
+    _format_1_to_2(run)
+    model = run.setdefault("model", {})
+    for f in dataclasses.fields(ModelConfig):
+        model.setdefault(f.name, f.default)
+    kind = KINDS.get(model["model_type"])
+    if kind is not None:
+        for f in dataclasses.fields(kind.task.Options):
+            if f.default is not dataclasses.MISSING:
+                run["task"].setdefault(f.name, f.default)
+    return run
+
+
+def _format_1_to_2(run: dict) -> None:
     if "task" not in run:
         model, data = run.setdefault("model", {}), run.setdefault("data", {})
         head = model.pop("bert_binary_head", None)
@@ -452,7 +482,6 @@ def migrate(run: dict) -> dict:
         kind = KINDS.get(model.get("model_type", "gpt"))
         known = {f.name for f in dataclasses.fields(kind.task.Options)} if kind else set()
         run["task"] = {k: v for k, v in moved.items() if v is not None and k in known}
-    return run
 
 
 def from_dict(d: dict) -> RunConfig:

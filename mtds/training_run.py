@@ -94,10 +94,11 @@ def check_run_dir(run_dir: str, load: str | None) -> None:
 def data_and_tokenizer(cfg: RunConfig):
     """Data sources (checked) and the tokenizer, plus the task's own data checks."""
     from mtds.data import check_token_ids, resolve_sources
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.tokenizer import load_tokenizer
 
     sources = resolve_sources(cfg)
-    tokenizer = SentencePieceTokenizer(sources.tokenizer_model)
+    tokenizer = load_tokenizer(sources.tokenizer_model, sources.tokenizer_type)
+    sources.tokenizer_type = tokenizer.tokenizer_type  # recorded resolved: the tools reload this class
     check_vocab(cfg, tokenizer.vocab_size, sources.tokenizer_model)
     check_token_ids(sources, tokenizer.vocab_size)
     cfg.kind.task.check_data(cfg, sources, tokenizer)
@@ -164,9 +165,10 @@ def train(plan: Plan, log=print) -> int:
     sources = plan.sources
     vocab_size = cfg.model.padded_vocab_size(plan.tokenizer.vocab_size)
     if plan.init_from:
-        from mtds.ckpt.init_from import check_vocab
+        from mtds.ckpt.init_from import check_special_tokens, check_vocab
 
         check_vocab(*plan.init_from, vocab_size)
+        check_special_tokens(*plan.init_from, plan.tokenizer, sources.tokenizer_model)
     engine, n_params = build_engine(cfg, ds_cfg, vocab_size, plan.on_gpu, log, plan.init_from)
     global_batch = ds_cfg["train_batch_size"]
     resolved = {"config_format": CONFIG_FORMAT, "run": resolved_dict(cfg), "deepspeed": ds_cfg, "world_size": world, "parallel": parallel.as_dict(),
@@ -174,6 +176,7 @@ def train(plan: Plan, log=print) -> int:
                 "data_sources": {"prefixes": sources.prefixes, "weights": sources.weights,
                                  "valid_prefixes": sources.valid_prefixes,
                                  "tokenizer_model": os.path.abspath(sources.tokenizer_model),
+                                 "tokenizer_type": sources.tokenizer_type,
                                  "identity": sources.identity()},
                 "vocab_size": vocab_size, "num_parameters": n_params, "train_iters": plan.train_iters}
     if rank == 0:

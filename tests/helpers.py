@@ -92,3 +92,15 @@ def scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(os.path.join(run_dir, "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def call(main, argv, capsys) -> tuple[int, str, str]:
+    """Run a tool's main in-process through its CLI wrapper; (exit code, stdout, stderr)."""
+    from mtds.tool_cli import run_tool
+
+    try:
+        rc = run_tool(main, argv)
+    except SystemExit as e:  # argparse: --help (0) and usage errors (2)
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err

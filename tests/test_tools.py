@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from helpers import PRETRAIN, ROOT, scalars, write_ds_config
+from helpers import PRETRAIN, ROOT, call, scalars, write_ds_config
 
 ITERS = 12
 COMMON = ["--model.preset=none", "--model.num_layers=2", "--model.hidden_size=64", "--model.num_attention_heads=4",
@@ -89,18 +89,6 @@ def _restore_dist_env():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-def call(main, argv, capsys) -> tuple[int, str, str]:
-    """Run a tool's main in-process through its CLI wrapper; (exit code, stdout, stderr)."""
-    from mtds.tool_cli import run_tool
-
-    try:
-        rc = run_tool(main, argv)
-    except SystemExit as e:  # argparse: --help (0) and usage errors (2)
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def tools():

@@ -50,6 +50,24 @@ def check_vocab(ckpt: str, saved: dict, vocab_size: int) -> None:
                           f"{vocab_size}; use the tokenizer (and model.make_vocab_size_divisible_by) it was trained with")
 
 
+def check_special_tokens(ckpt: str, saved: dict, tokenizer, tokenizer_path: str) -> None:
+    """An imported model (mtds.import_hf) learned its BOS/EOS ids: the tokenizer the data was made
+    with must use the same ones, or every document boundary means something else to it."""
+    imported = saved.get("imported_from")
+    if not imported:
+        return
+    for name, ours in (("bos", "bos"), ("eos", "eod")):
+        wanted = imported.get(f"{name}_token_id")
+        try:
+            have = getattr(tokenizer, ours)
+        except (ValueError, AttributeError):
+            have = None
+        if isinstance(wanted, int) and have is not None and have != wanted:
+            raise ConfigError(f"data.tokenizer_model={tokenizer_path}: its {name} id is {have} but the model "
+                              f"imported in {ckpt} uses {wanted} ({imported['path']}/config.json {name}_token_id); "
+                              "preprocess the data with the model's own tokenizer (its run dir's tokenizer/)")
+
+
 def load_initial_weights(model, ckpt: str, saved: dict, log=print) -> None:
     """Copy the source's fp32 weights into `model` (before DeepSpeed wraps it)."""
     from mtds.ckpt.consolidate import consolidated_state_dict

@@ -55,19 +55,20 @@ def to_hf(state: dict, rules: list[Rule]) -> dict:
     return out
 
 
-def from_hf(hf_state: dict, rules: list[Rule]) -> dict:
-    """megatron state dict for an HF state dict, less the `not_exported` keys."""
+def from_hf(hf_state: dict, rules: list[Rule], consume: bool = False) -> dict:
+    """megatron state dict for an HF state dict, less the `not_exported` keys. `consume`: take each
+    rule's tensors out of `hf_state` as it converts them (an import then holds one copy, not two)."""
     _check(hf_state, [k for r in rules for k in r.theirs], "Hugging Face", "megatron")
     out = {}
     for r in rules:
         if r.theirs:
-            out.update(_convert(r.theirs, r.ours, r.transform.from_hf, hf_state))
+            out.update(_convert(r.theirs, r.ours, r.transform.from_hf, hf_state, consume))
     return out
 
 
-def _convert(sources: tuple, targets: tuple, direction, state: dict) -> dict:
+def _convert(sources: tuple, targets: tuple, direction, state: dict, consume: bool = False) -> dict:
     try:
-        produced = direction(tuple(state[k] for k in sources))
+        produced = direction(tuple(state.pop(k) if consume else state[k] for k in sources))
     except ValueError as e:  # a transform's import check: name the tensors
         raise ValueError(f"{', '.join(sources)}: {e}") from None
     return dict(zip(targets, produced, strict=True))

@@ -11,6 +11,7 @@ place in the masked-LM model and are left out: an importer initialises them fres
 
 from __future__ import annotations
 
+from mtds.hf.config_fields import Fields
 from mtds.hf.mapping import Rule, dropped, rule
 from mtds.hf.transforms import Duplicate, SplitQKV, Zeros
 
@@ -36,10 +37,31 @@ def hf_config(m, heads: dict, vocab_size: int, tok_ids: dict) -> dict:
         "num_attention_heads": m.num_attention_heads, "intermediate_size": m.ffn_size(),
         "hidden_act": "gelu",  # F.gelu (erf) in megatron's MLP and in its BertLMHead
         "max_position_embeddings": m.max_position_embeddings, "position_embedding_type": "absolute",
-        "type_vocab_size": 2 if heads.get("add_binary_head", False) else 1, "layer_norm_eps": 1e-5,
+        "type_vocab_size": 2 if heads.get("add_binary_head", False) else 1, "layer_norm_eps": m.layernorm_epsilon,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "initializer_range": m.init_method_std,
         "tie_word_embeddings": m.tie_embeddings, "is_decoder": False, "use_cache": False, **tok_ids,
     }
+
+
+def model_config(hf: dict) -> tuple[dict, dict]:
+    """([model] keys, [task] keys) for a MegatronBert config.json. Two token types mean the sentence
+    pair head (task.pair=sop; its pooler and binary head are not in the masked-LM model and start
+    fresh), one means none."""
+    f = Fields(hf)
+    f.require("hidden_act", "gelu", why="megatron's exact (erf) GELU")
+    f.require("position_embedding_type", "absolute", default="absolute")
+    types = f.get("type_vocab_size", 2)
+    if types not in (1, 2):
+        raise ValueError(f"type_vocab_size={types}: megatron's BERT has 2 token types (with the sentence-pair head) or none")
+    return dict(
+        preset=None, model_type="bert", num_layers=f.get("num_hidden_layers"), hidden_size=f.get("hidden_size"),
+        num_attention_heads=f.get("num_attention_heads"), num_query_groups=None,
+        ffn_hidden_size=f.get("intermediate_size"), max_position_embeddings=f.get("max_position_embeddings"),
+        vocab_size=f.get("vocab_size"), position_embedding_type="learned_absolute", normalization="LayerNorm",
+        layernorm_epsilon=float(f.get("layer_norm_eps", 1e-12)), activation="gelu",
+        tie_embeddings=bool(f.get("tie_word_embeddings", True)), add_bias_linear=True,
+        init_method_std=float(f.get("initializer_range", 0.02)),
+    ), {"pair": "sop" if types == 2 else "none"}
 
 
 def rules(m, heads: dict) -> list[Rule]:

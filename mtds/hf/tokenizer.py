@@ -1,20 +1,25 @@
-"""The tokenizer files of an exported model directory, from the run's sentencepiece model.
+"""The tokenizer files of an exported model directory, from the run's tokenizer.
 
-tokenizer.model is the sentencepiece file as trained; tokenizer.json an equivalent fast
-tokenizer, so `AutoTokenizer.from_pretrained` works without sentencepiece's slow wrapper.
+Sentencepiece: tokenizer.model is the sentencepiece file as trained; tokenizer.json an equivalent
+fast tokenizer, so `AutoTokenizer.from_pretrained` works without sentencepiece's slow wrapper.
+Hugging Face: the tokenizer directory's own files, copied (`copy_hf_tokenizer`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 
+from data_tools.hf_tokenizer import HF_FILES, HUGGINGFACE, SENTENCEPIECE, load_hf_tokenizer, special_id
 from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece
 
 
-def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: bool = False) -> dict:
-    """tokenizer.model (the sentencepiece file as trained) + an equivalent fast tokenizer.json.
+def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: bool = False,
+                    tokenizer_type: str = SENTENCEPIECE) -> dict:
+    """tokenizer.model (the sentencepiece file as trained) + an equivalent fast tokenizer.json;
+    a Hugging Face tokenizer (`tokenizer_type`) is copied instead (copy_hf_tokenizer).
 
     The tokenizer.json reproduces data_tools.train_tokenizer's sentencepiece settings: spaces become
     U+2581 with no dummy prefix and no normalization, a word starts at a U+2581 that follows
@@ -25,6 +30,8 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: 
     `pipeline("fill-mask")` works as is.
     Returns the special-token ids for the model config.
     """
+    if tokenizer_type == HUGGINGFACE:
+        return copy_hf_tokenizer(model_path, out_dir)
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
 
@@ -60,6 +67,21 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: 
     with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
         json.dump(special, f, indent=2)
     return ids
+
+
+def copy_hf_tokenizer(tok_dir: str, out_dir: str) -> dict:
+    """The run's Hugging Face tokenizer files as they are (tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json, ... where present): AutoTokenizer on the export is then the tokenizer
+    the data was made with, BOS handling and added tokens included. Returns the special-token ids."""
+    tok = load_hf_tokenizer(tok_dir)  # one line if it moved or broke since training
+    for name in HF_FILES:  # an earlier export's files must not mix with these
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
+    for name in HF_FILES:
+        if os.path.isfile(os.path.join(tok_dir, name)):
+            shutil.copyfile(os.path.join(tok_dir, name), os.path.join(out_dir, name))
+    eos, pad = special_id(tok, "eos"), special_id(tok, "pad")
+    return {"pad_token_id": eos if pad is None else pad, "bos_token_id": special_id(tok, "bos"), "eos_token_id": eos}
 
 
 def bpe_merges(sp) -> list[tuple[str, str]]:

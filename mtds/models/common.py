@@ -17,6 +17,7 @@ def transformer_config(m, precision: str, on_gpu: bool):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     swiglu = m.activation == "swiglu"
+    activation = {"swiglu": F.silu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}[m.activation]
     return TransformerConfig(
         num_layers=m.num_layers,
         hidden_size=m.hidden_size,
@@ -24,9 +25,11 @@ def transformer_config(m, precision: str, on_gpu: bool):
         num_query_groups=m.num_query_groups,
         ffn_hidden_size=m.ffn_size(),
         normalization=m.normalization,
+        layernorm_epsilon=m.layernorm_epsilon,
         gated_linear_unit=swiglu,
-        activation_func=F.silu if swiglu else F.gelu,
+        activation_func=activation,
         add_bias_linear=m.add_bias_linear,
+        add_qkv_bias=m.add_qkv_bias,
         hidden_dropout=m.hidden_dropout,
         attention_dropout=m.attention_dropout,
         init_method_std=m.init_method_std,
@@ -50,6 +53,13 @@ def transformer_config(m, precision: str, on_gpu: bool):
         recompute_method="uniform" if m.recompute_activations else None,
         recompute_num_layers=1 if m.recompute_activations else None,
     )
+
+
+def gelu_tanh(x):
+    """GELU's tanh approximation (GPT-2's `gelu_new`); a module-level function so it pickles."""
+    import torch.nn.functional as F
+
+    return F.gelu(x, approximate="tanh")
 
 
 def with_sdpa(spec):

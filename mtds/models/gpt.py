@@ -36,6 +36,8 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool):
         config=transformer_config(m, precision, on_gpu),
         transformer_layer_spec=with_sdpa(get_gpt_layer_local_spec(normalization=m.normalization)),
         rotary_base=m.rotary_base,
+        rope_scaling=m.rope_scaling,
+        rope_scaling_factor=m.rope_scaling_factor,
         **language_model_args(m, vocab_size),
     )
 
@@ -53,6 +55,6 @@ def transformer_layers(model) -> list:
 
 def hf_architectures() -> tuple:
     """Hugging Face architectures this family maps to, tried in order (mtds/hf/)."""
-    from mtds.hf import gpt2, llama
+    from mtds.hf import gpt2, llama, qwen2
 
-    return (llama, gpt2)
+    return (llama, qwen2, gpt2)

@@ -1,0 +1,36 @@
+"""Hugging Face `Qwen2ForCausalLM`, both ways: Llama's weight layout (mtds/hf/llama.py) with biases
+on the q/k/v projections only (megatron's add_qkv_bias), none on o_proj or the MLP."""
+
+from __future__ import annotations
+
+from mtds.hf import llama
+from mtds.hf.config_fields import Fields
+
+ARCHITECTURE = "Qwen2ForCausalLM"
+MODEL_TYPE = "qwen2"
+CAUSAL_LM = True
+rules = llama.rules
+
+
+def unsupported(m, heads: dict) -> str | None:
+    combo = (m.position_embedding_type, m.normalization, m.activation)
+    if combo != ("rope", "RMSNorm", "swiglu"):
+        return f"position_embedding_type={combo[0]}, normalization={combo[1]}, activation={combo[2]}"
+    if not m.add_qkv_bias or m.add_bias_linear:
+        return f"add_qkv_bias={m.add_qkv_bias}, add_bias_linear={m.add_bias_linear} (Qwen2 has q/k/v biases only)"
+    return None
+
+
+def hf_config(m, heads: dict, vocab_size: int, tok_ids: dict) -> dict:
+    config = llama.hf_config(m, heads, vocab_size, tok_ids)
+    for key in ("attention_bias", "mlp_bias", "head_dim"):  # Qwen2's q/k/v biases are implied
+        config.pop(key)
+    return {**config, "architectures": [ARCHITECTURE], "model_type": MODEL_TYPE, "use_sliding_window": False}
+
+
+def model_config(hf: dict) -> tuple[dict, dict]:
+    f = Fields(hf)
+    f.require("hidden_act", "silu")
+    f.require("use_sliding_window", False, default=False,
+              why="mtds attends to the whole sequence; Qwen2 checkpoints train without the window")
+    return llama.llama_family_model(f, add_qkv_bias=True), {}

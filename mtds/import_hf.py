@@ -1,0 +1,307 @@
+"""Import a Hugging Face model directory as an mtds run directory.
+
+    python -m mtds.import_hf --hf HF_DIR --out RUN_DIR
+
+HF_DIR is a local directory (no hub access): config.json, the weights as model.safetensors or
+shards named by model.safetensors.index.json, and the tokenizer (tokenizer.json with
+tokenizer_config.json, or a sentencepiece tokenizer.model). Architectures: those listed in
+ARCHITECTURES, each a two-way mapping table in mtds/hf/. RUN_DIR gets what a training run leaves:
+
+    RUN_DIR/checkpoints/iter_0000000/   mtds_config.json + the weights in ZeRO-0's layout (fp32)
+    RUN_DIR/checkpoints/latest
+    RUN_DIR/tokenizer/                  the tokenizer files, copied
+    RUN_DIR/run_config.json             [model], [task] and the tokenizer: `--config` for training
+
+so `generate`, `evaluate` and `export_hf` take it like any run, and `training.init_from=RUN_DIR`
+continues pretraining or fine-tunes from it.
+
+Every check comes before a weight is read: the architecture and each config field (a value mtds
+cannot express is refused with one line naming it), the tokenizer, that every shard exists and
+that the tensor names and shapes in the shard headers are exactly those the table expects (from
+the megatron model built on the meta device). Then shards are read one at a time and each
+mapping rule converts and frees its tensors, so host memory peaks near one fp32 copy of the
+model plus one shard. The checkpoint is written to `<tag>.tmp` and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, tag_for
+from mtds.errors import ConfigError, LoadError
+from mtds.hf import gpt2, llama, megatron_bert, mistral, qwen2
+from mtds.tool_cli import run_tool
+
+ARCHITECTURES = {arch.ARCHITECTURE: arch for arch in (llama, mistral, qwen2, gpt2, megatron_bert)}
+MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's ZeRO-0 file name, read by mtds.ckpt.consolidate
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+# Buffers some HF checkpoints store that are no weights (recomputed from the config by both sides).
+BUFFER_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias", "position_ids")
+
+
+def read_hf_config(hf_dir: str) -> tuple[dict, object]:
+    """(config.json, its architecture's mtds/hf module), or a one-line LoadError."""
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isdir(hf_dir):
+        raise LoadError(f"{hf_dir}: not a directory (give a local Hugging Face model directory)")
+    try:
+        with open(path) as f:
+            hf = json.load(f)
+    except FileNotFoundError:
+        raise LoadError(f"{path}: not found; a Hugging Face model directory holds config.json") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LoadError(f"{path}: not valid JSON ({e})") from None
+    names = hf.get("architectures") or []
+    arch = ARCHITECTURES.get(names[0]) if len(names) == 1 else None
+    if arch is None:
+        raise LoadError(f"{path}: architectures={names}; mtds imports exactly one of {', '.join(ARCHITECTURES)}")
+    return hf, arch
+
+
+def run_config(hf: dict, arch, hf_dir: str) -> dict:
+    """The run-config sections of the imported model: [model], [task], the tokenizer in [data]."""
+    try:
+        model, task = arch.model_config(hf)
+    except (ValueError, TypeError, KeyError) as e:
+        raise LoadError(f"{os.path.join(hf_dir, 'config.json')}: {e}; {arch.ARCHITECTURE} "
+                        "cannot be imported with it") from None
+    return {"model": model, "task": task}
+
+
+def find_tokenizer(hf_dir: str) -> tuple[list[str], str]:
+    """(tokenizer files to copy, tokenizer type): tokenizer.json preferred, as AutoTokenizer does."""
+    present = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, name))]
+    if "tokenizer.json" in present:
+        return present, "HuggingFaceTokenizer"
+    if "tokenizer.model" in present:
+        return ["tokenizer.model"], "SentencePieceTokenizer"
+    raise LoadError(f"{hf_dir}: no tokenizer.json (or sentencepiece tokenizer.model); copy the model's tokenizer "
+                    "files beside config.json")
+
+
+def shard_files(hf_dir: str) -> dict[str, list[str]]:
+    """{shard path: tensor names it holds per the index}, every shard checked to exist."""
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    single = os.path.join(hf_dir, "model.safetensors")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise LoadError(f"{index}: not a safetensors index ({e})") from None
+        shards: dict[str, list[str]] = {}
+        for name, file in weight_map.items():
+            shards.setdefault(os.path.join(hf_dir, file), []).append(name)
+    elif os.path.isfile(single):
+        shards = {single: []}
+    else:
+        raise LoadError(f"{hf_dir}: no model.safetensors or model.safetensors.index.json (only safetensors "
+                        "weights are imported; convert .bin weights with transformers' save_pretrained)")
+    missing = [p for p in shards if not os.path.isfile(p)]
+    if missing:
+        raise LoadError(f"{missing[0]}: shard missing ({len(missing)} of {len(shards)} named by the index); "
+                        "download every shard")
+    return shards
+
+
+def read_headers(shards: dict[str, list[str]]) -> dict[str, tuple[str, tuple]]:
+    """{tensor name: (shard, shape)} from the safetensors headers alone (no weight is read)."""
+    from safetensors import safe_open
+
+    found: dict[str, tuple[str, tuple]] = {}
+    for path, indexed in shards.items():
+        try:
+            with safe_open(path, framework="pt") as f:
+                names = list(f.keys())
+                for name in names:
+                    found[name] = (path, tuple(f.get_slice(name).get_shape()))
+        except Exception as e:  # safetensors raises its own SafetensorError for damaged files
+            raise LoadError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+        absent = sorted(set(indexed) - set(names))
+        if absent:
+            raise LoadError(f"{path}: lacks {absent[0]} (and {len(absent) - 1} more) that the index puts there; "
+                            "the shard is incomplete, download it again")
+    return found
+
+
+def expected_hf_shapes(cfg, arch, vocab_size: int) -> tuple[dict[str, tuple], list]:
+    """({HF tensor name: shape} the mapping table wants, the table), from the
+    megatron model built on the meta device (shapes only, no memory)."""
+    import torch
+
+    from mtds.hf.mapping import to_hf
+    from mtds.kinds import build_model
+
+    heads = cfg.kind.task.model_heads(cfg.task)
+    with torch.device("meta"):
+        model = build_model(cfg, vocab_size, "fp32", on_gpu=False)
+    meta = {k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}
+    rules = arch.rules(cfg.model, heads)
+    return {k: tuple(v.shape) for k, v in to_hf(meta, rules).items()}, rules
+
+
+def check_tensors(found: dict[str, tuple[str, tuple]], wanted: dict[str, tuple], tied: bool) -> list[str]:
+    """HF tensor names to skip (buffers, a tied lm_head); a LoadError for any missing, extra or
+    misshapen tensor."""
+    skip = [n for n in found if n not in wanted and (n.endswith(BUFFER_SUFFIXES) or (tied and n == "lm_head.weight"))]
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise LoadError(f"no shard holds {missing[0]} ({len(missing)} tensors missing); the weights are incomplete "
+                        "or are of another model than config.json describes")
+    extra = sorted(set(found) - set(wanted) - set(skip))
+    if extra:
+        raise LoadError(f"{found[extra[0]][0]}: {extra[0]} has no place in the model config.json describes "
+                        f"({len(extra)} such tensors)")
+    for name, shape in wanted.items():
+        if found[name][1] != shape:
+            raise LoadError(f"{found[name][0]}: {name} has shape {list(found[name][1])} but config.json makes it "
+                            f"{list(shape)}; the weights belong to another model")
+    return skip
+
+
+def load_weights(shards: dict[str, list[str]], skip: list[str], rules: list) -> dict:
+    """The megatron state dict (fp32): shards read one at a time, each rule's HF tensors freed once converted."""
+    import torch
+    from safetensors import safe_open
+
+    from mtds.hf.mapping import from_hf
+
+    hf_state: dict = {}
+    for path in shards:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                if name not in skip:
+                    hf_state[name] = f.get_tensor(name).to(torch.float32)
+    return from_hf(hf_state, rules, consume=True)
+
+
+def fresh_tensors(cfg, vocab_size: int, keys: list[str]) -> dict:
+    """Tensors HF has no counterpart for (BERT's sentence-pair head), initialised as training would."""
+    from mtds.distributed import seed_everything
+    from mtds.kinds import build_model
+
+    seed_everything(cfg.training.seed)
+    state = build_model(cfg, vocab_size, "fp32", on_gpu=False).state_dict()
+    return {k: state[k] for k in keys}
+
+
+def prepare_out_dir(out_dir: str) -> None:
+    """An empty or new directory, or an earlier import (replaced); never a training run's directory."""
+    if os.path.isfile(out_dir):
+        raise LoadError(f"--out {out_dir}: is a file; give a new directory")
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    tags = complete_tags(os.path.join(out_dir, "checkpoints"))
+    if tags == [tag_for(0)] and os.path.isfile(os.path.join(out_dir, "run_config.json")):
+        return  # an earlier import: written again below
+    raise LoadError(f"--out {out_dir}: not empty and not an earlier import; give a new directory "
+                    "(nothing was written)")
+
+
+def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
+    """Convert HF_DIR into the run directory out_dir; returns the checkpoint directory."""
+    import torch
+
+    from mtds.config import CONFIG_FORMAT, build_config, resolved_dict
+    from mtds.distributed import init_distributed
+    from mtds.load_trained import stdout_to_stderr
+
+    hf, arch = read_hf_config(hf_dir)
+    sections = run_config(hf, arch, hf_dir)
+    tok_files, tok_type = find_tokenizer(hf_dir)
+    prepare_out_dir(out_dir)
+    tok_dir = os.path.join(out_dir, "tokenizer")
+    tok_model = tok_dir if tok_type == "HuggingFaceTokenizer" else os.path.join(tok_dir, "tokenizer.model")
+    sections["data"] = {"tokenizer_model": os.path.abspath(tok_model), "tokenizer_type": tok_type}
+    try:
+        cfg = build_config({**sections, "training": {"run_dir": out_dir}})
+    except ConfigError as e:
+        raise LoadError(f"{os.path.join(hf_dir, 'config.json')}: {e}") from None
+    tokenizer = tokenizer_of(hf_dir, tok_type)
+    vocab_size = cfg.model.vocab_size
+    if tokenizer.vocab_size > vocab_size:
+        raise LoadError(f"{hf_dir}: the tokenizer has {tokenizer.vocab_size} tokens but config.json's vocab_size is "
+                        f"{vocab_size}; it is not this model's tokenizer")
+    shards = shard_files(hf_dir)
+    found = read_headers(shards)
+    with stdout_to_stderr():
+        init_distributed()
+        wanted, rules = expected_hf_shapes(cfg, arch, vocab_size)
+    skip = check_tensors(found, wanted, cfg.model.tie_embeddings)
+    for note in getattr(arch, "notes", lambda hf: [])(hf):
+        log(f"note: {note}")
+
+    state = load_weights(shards, skip, rules)
+    from mtds.hf.mapping import not_exported
+
+    fresh = not_exported(rules)
+    if fresh:
+        with stdout_to_stderr():
+            state.update(fresh_tensors(cfg, vocab_size, fresh))
+        log(f"note: not in a {arch.ARCHITECTURE}, initialised fresh: {', '.join(fresh)}")
+
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.isdir(tok_dir):
+        shutil.rmtree(tok_dir)
+    os.makedirs(tok_dir)
+    for name in tok_files:
+        shutil.copy2(os.path.join(hf_dir, name), tok_dir)
+    with open(os.path.join(out_dir, "run_config.json"), "w") as f:
+        json.dump(sections, f, indent=2)
+    saved = {
+        "config_format": CONFIG_FORMAT, "run": resolved_dict(cfg),
+        "deepspeed": {"zero_optimization": {"stage": 0}, "bf16": {"enabled": False}},
+        "world_size": 1, "parallel": {"world": 1, "tensor": 1, "data": 1},
+        "data_sources": {"prefixes": [], "weights": None, "valid_prefixes": None,
+                         "tokenizer_model": os.path.abspath(tok_model), "tokenizer_type": tok_type},
+        "vocab_size": vocab_size, "num_parameters": sum(t.numel() for t in state.values()), "train_iters": 0,
+        "imported_from": {"path": os.path.abspath(hf_dir), "architecture": arch.ARCHITECTURE,
+                          "bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id"),
+                          "pad_token_id": hf.get("pad_token_id")},
+    }
+    root = os.path.join(out_dir, "checkpoints")
+    tag = tag_for(0)
+    final, tmp = os.path.join(root, tag), os.path.join(root, tag + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    torch.save({"module": state}, os.path.join(tmp, MODEL_STATES))
+    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+        json.dump(saved, f, indent=2)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    with open(os.path.join(root, LATEST_FILE), "w") as f:
+        f.write(tag)
+    log(f"imported {arch.ARCHITECTURE} from {hf_dir}: {saved['num_parameters'] / 1e6:.1f}M parameters, "
+        f"{len(shards)} shard(s) -> {final}")
+    log(f"next: deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json --config "
+        f"{os.path.join(out_dir, 'run_config.json')} --data.paths PREFIX --training.init_from {out_dir} "
+        "--run-dir NEW_RUN_DIR")
+    return final
+
+
+def tokenizer_of(hf_dir: str, tok_type: str):
+    """The tokenizer as training will load it (mtds.tokenizer), with one-line errors."""
+    from mtds.tokenizer import load_tokenizer
+
+    path = hf_dir if tok_type == "HuggingFaceTokenizer" else os.path.join(hf_dir, "tokenizer.model")
+    try:
+        return load_tokenizer(path, tok_type)
+    except ValueError as e:
+        raise LoadError(str(e)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mtds.import_hf", description=__doc__.split("\n\n")[0])
+    p.add_argument("--hf", required=True, help="local Hugging Face model directory (config.json + *.safetensors)")
+    p.add_argument("--out", required=True, help="run directory to write (new, empty, or an earlier import)")
+    a = p.parse_args(argv)
+    import_hf(a.hf, a.out, log=lambda line: print(line, file=sys.stderr))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_tool(main))

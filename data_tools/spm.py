@@ -2,14 +2,14 @@
 
 `data_tools.train_tokenizer` writes models with this special-token layout:
     0 <pad>   1 <unk>   2 <s>   3 </s> (= end of document)   4 [CLS]   5 [SEP]   6 [MASK]
-Kept free of megatron/torch imports so data_tools' worker processes start in well under a second.
+Kept free of megatron/torch imports so data_tools' worker processes start in well under a second;
+sentencepiece itself is imported only to load a model, so Hugging Face tokenizer users
+(data_tools.hf_tokenizer, which shares TokenizerError) need not install it.
 """
 
 from __future__ import annotations
 
 import os
-
-import sentencepiece as spm
 
 PAD, UNK, BOS, EOD = "<pad>", "<unk>", "<s>", "</s>"
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
@@ -17,16 +17,18 @@ USER_DEFINED_SYMBOLS = (CLS, SEP, MASK)
 
 
 class TokenizerError(ValueError):
-    """A tokenizer file that is missing or is not a usable sentencepiece model."""
+    """A tokenizer file or directory that is missing or not a usable tokenizer (one line)."""
 
 
-def load_sentencepiece(model_path: str | os.PathLike) -> spm.SentencePieceProcessor:
+def load_sentencepiece(model_path: str | os.PathLike):
     """Load a sentencepiece model, or raise a one-line TokenizerError naming the file."""
     model_path = os.fspath(model_path)
     if not os.path.isfile(model_path):
         raise TokenizerError(
             f"{model_path}: tokenizer model not found; build one with `python -m data_tools.train_tokenizer`"
         )
+    import sentencepiece as spm
+
     sp = spm.SentencePieceProcessor()
     try:
         sp.load(model_path)

@@ -1,9 +1,12 @@
-"""Train a sentencepiece tokenizer (BPE or unigram) on jsonl documents.
+"""Train a sentencepiece tokenizer (BPE or unigram), or a Hugging Face byte-level BPE one, on jsonl documents.
 
     python -m data_tools.train_tokenizer --input corpus.jsonl --output-prefix tok [--vocab-size 8192]
+    python -m data_tools.train_tokenizer --type hf-bpe --input corpus.jsonl --output-prefix tok_hf
 
-Writes `tok.model` and `tok.vocab` (temp names, renamed when complete). The special-token layout
-is the one `data_tools.spm` documents and the training code relies on:
+Writes `tok.model` and `tok.vocab` (temp names, renamed when complete); with `--type hf-bpe` the
+directory `tok_hf/` (tokenizer.json + tokenizer_config.json, for AutoTokenizer and
+`--tokenizer-type HuggingFaceTokenizer`). The special-token layout is the one `data_tools.spm`
+documents and the training code relies on, in both:
     0 <pad>   1 <unk>   2 <s>   3 </s> (= EOD)   4 [CLS]   5 [SEP]   6 [MASK]
 
 Text is streamed line by line, never loaded whole: a uniform random sample of
@@ -16,6 +19,13 @@ Settings chosen so that decode(encode(text)) == text, which matters for code:
 identity normalization (no NFKC), no whitespace collapsing, no dummy prefix, whitespace-only
 pieces allowed (indentation becomes a few tokens), byte fallback for anything unseen
 (a newline becomes the byte piece <0x0A>), digits split one by one.
+
+hf-bpe (the `tokenizers` library's BPE trainer, on the same sampled lines; the same corpus and
+seed give the same tokenizer.json): GPT-2's byte-level pre-tokenizer (every byte has a token, so
+decode(encode(text)) == text with no normalization), digits split one by one, no BOS added (as
+with sentencepiece: documents end with </s> from `preprocess --append-eod`), and
+`split_special_tokens`, so "</s>" or "[MASK]" written in a document stays text, never a control
+token (pass split_special_tokens=False to a call that needs "[MASK]" in text to be the mask).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import argparse
 import io
 import os
 import random
+import shutil
 import sys
 import time
 from typing import Iterator, Sequence
@@ -31,8 +42,8 @@ from typing import Iterator, Sequence
 import orjson
 
 from data_tools.errors import DataToolsError, run_cli
-from data_tools.io_utils import atomic_outputs, check_input_files, check_output_prefix, open_binary_lines
-from data_tools.spm import BOS, EOD, PAD, UNK, USER_DEFINED_SYMBOLS
+from data_tools.io_utils import atomic_outputs, check_input_files, check_output_prefix, open_binary_lines, tmp_name
+from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS
 
 # sentencepiece drops training sentences longer than max_sentence_length bytes; code lines are
 # short, but long prose lines are cut into pieces of at most this many characters instead.
@@ -144,12 +155,73 @@ def train_tokenizer(
     return model_path
 
 
+def train_hf_bpe(
+    input_paths: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    vocab_size: int = 8192,
+    json_keys: Sequence[str] = ("text",),
+    input_sentence_size: int = 500_000,
+    seed: int = 1234,
+    quiet: bool = False,
+) -> str:
+    """Train a byte-level BPE tokenizer; write `output_dir/` (tokenizer.json, tokenizer_config.json)
+    under a temporary name, renamed when complete; return the directory."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    paths = check_input_files(input_paths)
+    out = check_output_prefix(output_dir).rstrip("/")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DataToolsError(f"{out}: is a file; --type hf-bpe writes a directory there, give another --output-prefix")
+    specials = [PAD, UNK, BOS, EOD, CLS, SEP, MASK]  # ids 0..6, data_tools.spm's layout
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(specials) + 1:
+        raise DataToolsError(f"--vocab-size {vocab_size} is too small for --type hf-bpe (256 bytes + "
+                             f"{len(specials)} special tokens + merges: give at least {len(alphabet) + len(specials) + 1})")
+    t0 = time.perf_counter()
+    sample, n_lines = sample_lines(iter_training_lines(paths, json_keys), input_sentence_size, seed)
+    if not sample:
+        raise DataToolsError(f"{paths[0]}: no text under json keys {list(json_keys)} to train on")
+    tok = Tokenizer(models.BPE(unk_token=None))  # byte-level: every byte has a token, no unknowns
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet,
+                                  show_progress=False)
+    tok.train_from_iterator(sample, trainer, length=len(sample))
+    from transformers import PreTrainedTokenizerFast
+
+    # transformers writes the tokenizer_config.json AutoTokenizer reads (and the post-processor
+    # into tokenizer.json); no BOS/EOS added to a text: add_bos_token / add_eos_token stay off.
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOD,
+                                 cls_token=CLS, sep_token=SEP, mask_token=MASK, split_special_tokens=True,
+                                 clean_up_tokenization_spaces=False)
+    tmp = tmp_name(out)
+    try:
+        hf.save_pretrained(tmp)
+        if os.path.isdir(out):  # replace an earlier one: no mix of old and new files
+            old = f"{out}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not quiet:
+        print(f"train_tokenizer: {out}/ (hf-bpe, vocab {tok.get_vocab_size()}, trained on {len(sample)} of "
+              f"{n_lines} lines) in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_tools.train_tokenizer", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help=".jsonl / .jsonl.gz / .jsonl.zst files")
-    p.add_argument("--output-prefix", required=True, help="writes PREFIX.model and PREFIX.vocab")
+    p.add_argument("--output-prefix", required=True,
+                   help="writes PREFIX.model and PREFIX.vocab (--type hf-bpe: the directory PREFIX/)")
+    p.add_argument("--type", choices=["sentencepiece", "hf-bpe"], default="sentencepiece",
+                   help="hf-bpe: a Hugging Face byte-level BPE tokenizer.json (the tokenizers library)")
     p.add_argument("--json-keys", nargs="+", default=["text"])
-    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--input-sentence-size", type=int, default=500_000,
                    help="lines sampled for training (bounds time and memory; 0 = all)")
@@ -158,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    if a.type == "hf-bpe":
+        train_hf_bpe(a.input, a.output_prefix, a.vocab_size, a.json_keys, a.input_sentence_size, a.seed, a.quiet)
+        return 0
     train_tokenizer(a.input, a.output_prefix, a.vocab_size, a.model_type, a.json_keys,
                     a.input_sentence_size, a.character_coverage, a.num_threads, a.seed, a.quiet)
     return 0

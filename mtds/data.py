@@ -30,6 +30,8 @@ class DataSources:
     tokenizer_model: str
     valid_prefixes: list[str] | None = None
     """A separate validation set (data.valid_paths); None: validation is a split of `prefixes`."""
+    tokenizer_type: str = "auto"
+    """data.tokenizer_type; mtds.tokenizer.load_tokenizer resolves "auto" by the path."""
 
     @property
     def all_prefixes(self) -> list[str]:
@@ -89,7 +91,7 @@ def resolve_sources(cfg) -> DataSources:
             check_prefix(p, "data.valid_paths")
         if not d.valid_paths:  # with a separate validation set, data.split is not used
             check_splits(d.paths, d.split)
-        return DataSources(list(d.paths), d.weights, d.tokenizer_model, list(d.valid_paths) or None)
+        return DataSources(list(d.paths), d.weights, d.tokenizer_model, list(d.valid_paths) or None, d.tokenizer_type)
     from data_tools.default_dataset import build_default_dataset
 
     split_sentences = cfg.kind.task.DATA_LAYOUT == "sentence"  # the default corpus in the layout the task reads

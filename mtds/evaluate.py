@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     n = iters * micro
     own = saved["data_sources"]
     sources = DataSources(cfg.data.paths or own["prefixes"], cfg.data.weights if cfg.data.paths else own["weights"],
-                          run.tokenizer_model, None if a.data else own.get("valid_prefixes"))
+                          run.tokenizer_model, None if a.data else own.get("valid_prefixes"), run.tokenizer_type)
     for prefix in sources.all_prefixes:
         check_prefix(prefix, "--data")
     if sources.valid_prefixes and a.split != "valid":

@@ -3,7 +3,8 @@
     python -m mtds.export_hf --load RUN_DIR [--tag iter_0000040] --out DIR [--dtype fp32|bf16|fp16]
 
 Writes config.json + model.safetensors (+ generation_config.json for causal LMs) and the tokenizer
-(tokenizer.model, tokenizer.json, tokenizer_config.json), loadable with
+(tokenizer.model, tokenizer.json, tokenizer_config.json; a Hugging Face tokenizer's own files,
+copied), loadable with
 `AutoModelForCausalLM.from_pretrained(DIR)` (GPT) or `AutoModelForMaskedLM.from_pretrained(DIR)`
 (BERT) and `AutoTokenizer.from_pretrained(DIR)`.
 
@@ -88,8 +89,9 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
         raise LoadError(f"--out {out_dir}: exists and is not an exported model; give a new or empty directory")
     sd = consolidated_state_dict(ckpt_dir, saved)
     os.makedirs(out_dir, exist_ok=True)
-    tok_ids = write_tokenizer(saved["data_sources"]["tokenizer_model"], out_dir, cfg.model.max_position_embeddings,
-                              bert=not arch.CAUSAL_LM)
+    sources = saved["data_sources"]
+    tok_ids = write_tokenizer(sources["tokenizer_model"], out_dir, cfg.model.max_position_embeddings,
+                              bert=not arch.CAUSAL_LM, tokenizer_type=sources.get("tokenizer_type", "SentencePieceTokenizer"))
     config, weights = convert(sd, cfg, int(saved["vocab_size"]), tok_ids)
     config["torch_dtype"] = config["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     from safetensors.torch import save_file

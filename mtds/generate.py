@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         raise LoadError(f"{run.ckpt_dir}: generation needs a causal model; model_type={run.cfg.model.model_type!r} "
                         "trains a task that does not generate")
     tok = run.tokenizer()
-    prompt_ids = tok.tokenize(a.prompt) if a.prompt else [tok.eod]
+    # No prompt: what follows a document's end in the data, EOD then whatever the tokenizer starts a
+    # text with (a Hugging Face tokenizer's BOS; nothing for sentencepiece).
+    prompt_ids = tok.tokenize(a.prompt) if a.prompt else [tok.eod, *tok.tokenize("")]
     max_context = run.cfg.model.max_position_embeddings
     if len(prompt_ids) > max_context:
         print(f"note: prompt has {len(prompt_ids)} tokens; the model sees the last {max_context}", file=sys.stderr)

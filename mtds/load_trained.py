@@ -42,10 +42,15 @@ class TrainedRun:
     def tokenizer_model(self) -> str:
         return self.saved["data_sources"]["tokenizer_model"]
 
-    def tokenizer(self):
-        from mtds.tokenizer import SentencePieceTokenizer
+    @property
+    def tokenizer_type(self) -> str:
+        """Recorded since Hugging Face tokenizers were added; runs from before used sentencepiece."""
+        return self.saved["data_sources"].get("tokenizer_type", "SentencePieceTokenizer")
 
-        return SentencePieceTokenizer(self.tokenizer_model)
+    def tokenizer(self):
+        from mtds.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.tokenizer_model, self.tokenizer_type)
 
 
 def find_checkpoint(run_dir: str, tag: str | None = None) -> str:

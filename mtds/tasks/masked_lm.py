@@ -53,7 +53,9 @@ def model_heads(opts: Options) -> dict:
 
 
 def check_data(cfg, sources, tokenizer) -> None:
-    """One-line ConfigError, before DeepSpeed starts, for a split BERT cannot sample from."""
+    """One-line ConfigError, before DeepSpeed starts, for a split BERT cannot sample from, and the
+    tokenizer's one-line error for a missing [CLS]/[SEP]/[MASK] (a Hugging Face tokenizer may lack them)."""
+    tokenizer.cls, tokenizer.sep, tokenizer.mask  # noqa: B018 -- each raises if the tokenizer lacks it
     _check_splits(dataset_config(cfg, sources, tokenizer), cfg, sources)
 
 

@@ -1,0 +1,137 @@
+"""What `--input` names: files of which format, in which order, read as which chunks.
+
+An argument is a file, a folder or a glob pattern, and arguments keep their order:
+  - a file: `.parquet`, `.arrow`, or jsonl (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`; any other
+    name is read as jsonl, as before this module existed);
+  - a folder: its `.parquet`, `.arrow` and jsonl files, recursively, names sorted; a `datasets`
+    `save_to_disk` folder (`state.json` beside its `.arrow` shards) in the order state.json lists;
+  - a glob (`'data/*.parquet'`, `'shards/**/*.jsonl.zst'`): expanded here, so it works quoted,
+    matches sorted and taken as if listed one by one.
+Every problem (nothing found, a missing column, an unreadable file) is one line before any work.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from data_tools.errors import DataToolsError
+from data_tools.io_utils import JSONL_SUFFIXES
+
+FORMAT_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow", **{s: "jsonl" for s in JSONL_SUFFIXES}}
+_GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    format: str  # "jsonl" | "parquet" | "arrow"
+
+
+def format_of(path: str) -> str | None:
+    """The format a file name says, or None for a name this tool does not recognise."""
+    for suffix, fmt in FORMAT_SUFFIXES.items():
+        if path.endswith(suffix):
+            return fmt
+    return None
+
+
+def resolve_inputs(args: Sequence[str | os.PathLike]) -> list[InputFile]:
+    """Every input file behind `args`, in order; a one-line DataToolsError for the first bad one."""
+    if not args:
+        raise DataToolsError("no input files given (--input)")
+    out: list[InputFile] = []
+    for arg in map(os.fspath, args):
+        if os.path.isdir(arg):
+            out += _folder(arg)
+        elif os.path.isfile(arg):
+            out.append(_file(arg))
+        elif any(c in arg for c in _GLOB_CHARS):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                raise DataToolsError(f"{arg}: no files match this pattern")
+            # Matches are what the shell would have passed: files as named, folders as folders.
+            for m in matches:
+                out += _folder(m) if os.path.isdir(m) else [_file(m)]
+        else:
+            raise DataToolsError(f"{arg}: input file not found")
+    return out
+
+
+def _file(path: str) -> InputFile:
+    if not os.access(path, os.R_OK):
+        raise DataToolsError(f"{path}: input file is not readable")
+    return InputFile(path, format_of(path) or "jsonl")
+
+
+def _folder(root: str) -> list[InputFile]:
+    found: list[InputFile] = []
+    if os.path.isfile(os.path.join(root, "dataset_dict.json")):
+        splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        raise DataToolsError(f"{root}: a datasets DatasetDict (splits: {', '.join(splits)}); "
+                             f"give one split's folder, e.g. {os.path.join(root, splits[0] if splits else 'train')}")
+    for d, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(s for s in subdirs if not s.startswith((".", "_")))
+        if "state.json" in files and any(f.endswith(".arrow") for f in files):
+            found += [InputFile(p, "arrow") for p in _save_to_disk_shards(d)]
+            subdirs[:] = []
+            continue
+        for name in sorted(files):
+            if not name.startswith((".", "_")) and format_of(name) is not None:
+                found.append(_file(os.path.join(d, name)))
+    if not found:
+        raise DataToolsError(f"{root}: no .parquet, .arrow or .jsonl(.gz/.zst) files in this folder")
+    return found
+
+
+def _save_to_disk_shards(folder: str) -> list[str]:
+    """The `.arrow` shards of a `datasets.Dataset.save_to_disk` folder, in the dataset's row order."""
+    state_path = os.path.join(folder, "state.json")
+    try:
+        with open(state_path) as f:
+            names = [d["filename"] for d in json.load(f)["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataToolsError(f"{state_path}: not a datasets save_to_disk state file ({e})") from None
+    paths = [os.path.join(folder, n) for n in names]
+    for p in paths:
+        if not os.path.isfile(p):
+            raise DataToolsError(f"{p}: listed in {state_path} but missing")
+    return paths
+
+
+def check_inputs(inputs: Sequence[InputFile], json_keys: Sequence[str]) -> None:
+    """Read every columnar file's schema now, so a missing column or a damaged footer is one line
+    before any work, not an error after hours of it."""
+    columnar = [f for f in inputs if f.format != "jsonl"]
+    if columnar:
+        from data_tools.columnar_reader import check_columns  # pyarrow only when needed
+
+        for f in columnar:
+            check_columns(f.path, f.format, json_keys)
+
+
+def iter_chunks(inputs: Sequence[InputFile], json_keys: Sequence[str]) -> Iterator:
+    """Stream every input, in order, as jsonl `Chunk`s or columnar `ColumnChunk`s."""
+    from data_tools import jsonl_reader
+
+    for f in inputs:
+        if f.format == "jsonl":
+            yield from jsonl_reader.iter_chunks([f.path])
+        else:
+            from data_tools.columnar_reader import iter_column_chunks
+
+            yield from iter_column_chunks(f.path, f.format, json_keys)
+
+
+def parse_chunk(chunk, json_keys: Sequence[str]):
+    """Documents and skips of one chunk of either kind (runs in the worker processes)."""
+    from data_tools.jsonl_reader import Chunk, parse_lines
+
+    if isinstance(chunk, Chunk):
+        return parse_lines(chunk, json_keys)
+    from data_tools.columnar_reader import parse_columns
+
+    return parse_columns(chunk, json_keys)

@@ -2,13 +2,14 @@
 
     python -m data_tools.preprocess --input corpus.jsonl --output-prefix data/stdlib \\
         --tokenizer-model tok.model --append-eod --workers 2 [--split-sentences]
+    python -m data_tools.preprocess ... --tokenizer-type HuggingFaceTokenizer --tokenizer-model hf_tok_dir/
 
 Writes `{prefix}_{key}_document.bin/.idx` (`_sentence` with --split-sentences) per json key,
 through megatron-core's `IndexedDatasetBuilder`, so Megatron-LM / Megatron-DeepSpeed read them.
 
 How it is fast: the main process reads raw lines in ~1 MB chunks; N worker processes each parse
-a chunk (orjson), batch-encode it with sentencepiece straight into numpy arrays, append EOD
-and return one flat token array per chunk; the main process writes chunks in input order
+a chunk (orjson), batch-encode it (sentencepiece straight into numpy arrays, or a Hugging Face
+tokenizer's Rust backend: data_tools.hf_tokenizer), append EOD and return one flat token array per chunk; the main process writes chunks in input order
 with one write each. No per-token Python work anywhere, and at most a few chunks are in flight,
 so memory does not grow with the corpus (only the index's per-sequence lengths do, as in
 megatron-core itself).
@@ -20,6 +21,12 @@ files fail with one line before any work. The EOD token is counted in the length
 `--input` also takes parquet files, Arrow / `datasets` save_to_disk folders, folders and
 quoted globs (data_tools.inputs); their cells are read by data_tools.columnar_reader and
 skipped like bad lines (null, not a string, not UTF-8, empty), reported as FILE:ROW from 0.
+
+Hugging Face tokenizers (`--tokenizer-type HuggingFaceTokenizer`, or a directory with "auto"):
+each document is exactly `AutoTokenizer.from_pretrained(DIR)(text)["input_ids"]`, BOS included
+when the tokenizer adds one; `--append-eod` appends its eos token. With `--split-sentences` the
+tokenizer's special tokens frame the document once (leading ones before its first sentence,
+trailing ones after its last), not every sentence.
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ from data_tools.errors import DataToolsError, run_cli
 from data_tools.inputs import check_inputs, iter_chunks, parse_chunk, resolve_inputs
 from data_tools.io_utils import check_output_prefix
 from data_tools.jsonl_reader import SKIP_REASONS, Chunk, Skip, total_input_bytes
-from data_tools.spm import TokenizerError, load_sentencepiece
+from data_tools.hf_tokenizer import HUGGINGFACE, TOKENIZER_TYPES
+from data_tools.spm import TokenizerError
 
 FIRST_SKIPS_KEPT = 5  # line numbers reported per skip reason
 
@@ -80,24 +88,38 @@ class _EncodedChunk:
 
 
 # -- worker side ------------------------------------------------------------------------------
-_W: dict = {}  # per-process state set by _init_worker: sp, splitter, settings
+_W: dict = {}  # per-process state set by _init_worker: sp or hf, splitter, settings
 
 
-def _init_worker(model_path: str, json_keys: Sequence[str], append_eod: bool, split_sentences: bool,
+def _init_worker(tokenizer: str | dict, json_keys: Sequence[str], append_eod: bool, split_sentences: bool,
                  dtype: str, threads: int) -> None:
-    _W.update(sp=load_sentencepiece(model_path), json_keys=tuple(json_keys), append_eod=append_eod,
-              dtype=np.dtype(dtype), threads=threads, splitter=None)
+    """`tokenizer`: a sentencepiece model path, or a Hugging Face FastEncoder spec (a dict)."""
+    _W.update(json_keys=tuple(json_keys), append_eod=append_eod, dtype=np.dtype(dtype), threads=threads,
+              splitter=None, sp=None, hf=None)
+    if isinstance(tokenizer, dict):
+        from data_tools.hf_tokenizer import FastEncoder
+
+        _W["hf"] = FastEncoder(tokenizer)
+        eos = tokenizer["eos_id"]
+    else:
+        from data_tools.spm import load_sentencepiece
+
+        _W["sp"] = load_sentencepiece(tokenizer)
+        eos = _W["sp"].eos_id()
     if split_sentences:
         from data_tools.sentences import SentenceSplitter
 
         _W["splitter"] = SentenceSplitter()
-    _W["eod"] = np.array([_W["sp"].eos_id()], dtype=np.int32)
+    _W["eod"] = np.array([-1 if eos is None else eos], dtype=np.int32)
 
 
 def _init_pool_worker(parent_pid: int, *initargs) -> None:
     """_init_worker in a worker process, which also must not outlive or outshout its parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    # One Rust thread per worker for Hugging Face tokenizers (read when its pool first starts):
+    # the processes are the parallelism, as with sentencepiece's num_threads=1.
+    os.environ["RAYON_NUM_THREADS"] = str(initargs[-1])
     _init_worker(*initargs)
 
 
@@ -111,7 +133,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 def _encode_chunk(chunk: Chunk) -> _EncodedChunk:
     parsed = parse_chunk(chunk, _W["json_keys"])  # jsonl lines or parquet/Arrow cells
-    sp, splitter, eod, dtype = _W["sp"], _W["splitter"], _W["eod"], _W["dtype"]
+    sp, hf, splitter, eod, dtype = _W["sp"], _W["hf"], _W["splitter"], _W["eod"], _W["dtype"]
     n_docs = len(parsed.lines)
     per_key = []
     keep = np.ones(n_docs, dtype=bool)
@@ -122,8 +144,12 @@ def _encode_chunk(chunk: Chunk) -> _EncodedChunk:
             counts = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=n_docs)
         else:
             flat, counts = texts, np.ones(n_docs, dtype=np.int64)
-        # One C++ call per chunk; numpy output avoids a Python int per token.
-        ids = sp.encode(flat, out_type="numpy", num_threads=_W["threads"]) if flat else []
+        if not flat:
+            ids = []
+        elif hf is not None:  # one Rust call per chunk
+            ids = hf.encode_documents(flat, counts) if splitter is not None else hf.encode(flat)
+        else:  # one C++ call per chunk; numpy output avoids a Python int per token.
+            ids = sp.encode(flat, out_type="numpy", num_threads=_W["threads"])
         per_key.append((ids, counts))
         # A document is empty when all its sequences are (byte fallback makes this rare).
         doc_ntok = np.add.reduceat(np.fromiter(map(len, ids), np.int64, len(ids)), _starts(counts)) if flat else np.zeros(0)
@@ -190,15 +216,37 @@ def _ordered_results(chunks: Iterable[Chunk], workers: int, initargs: tuple) -> 
                 f.cancel()
 
 
-def _load_tokenizer(model_path: str | os.PathLike, append_eod: bool):
+def _load_tokenizer(model_path: str | os.PathLike, append_eod: bool, tokenizer_type: str = "auto"):
+    """(vocabulary size, what _init_worker takes) for a sentencepiece .model or a Hugging Face
+    directory; one-line DataToolsError for a bad path, type or missing eos."""
+    from data_tools.hf_tokenizer import tokenizer_type as resolve_type
+
+    model_path = os.fspath(model_path)
     try:
+        if resolve_type(model_path, tokenizer_type) == HUGGINGFACE:
+            return _load_hf_tokenizer(model_path, append_eod)
+        from data_tools.spm import load_sentencepiece
+
         sp = load_sentencepiece(model_path)
     except TokenizerError as e:
         raise DataToolsError(str(e)) from None
     if append_eod and sp.eos_id() < 0:
         raise DataToolsError(f"{model_path}: tokenizer has no end-of-document (eos) token; "
                              "train it with `python -m data_tools.train_tokenizer`")
-    return sp
+    return sp.get_piece_size(), model_path
+
+
+def _load_hf_tokenizer(path: str, append_eod: bool) -> tuple[int, dict]:
+    from data_tools.hf_tokenizer import FastEncoder, check_fast_encoder, fast_encoder_spec, load_hf_tokenizer, special_id
+
+    tok = load_hf_tokenizer(path)
+    eos = special_id(tok, "eos")
+    if append_eod and eos is None:
+        raise DataToolsError(f"{path}: tokenizer has no eos token for --append-eod; set eos_token in "
+                             "tokenizer_config.json, or drop --append-eod")
+    spec = {**fast_encoder_spec(tok), "eos_id": eos}
+    check_fast_encoder(tok, FastEncoder(spec), path)
+    return len(tok), spec
 
 
 def output_prefixes(output_prefix: str, json_keys: Sequence[str], split_sentences: bool) -> list[str]:
@@ -217,8 +265,12 @@ def preprocess(
     strict: bool = False,
     quiet: bool = False,
     log_interval: float = 1.0,
+    tokenizer_type: str = "auto",
 ) -> Summary:
     """Tokenize `input_paths` (jsonl/parquet/Arrow files, folders, globs) into `{output_prefix}_{key}_{document|sentence}.bin/.idx`.
+
+    `tokenizer_model` is a sentencepiece .model or a Hugging Face tokenizer directory
+    (`tokenizer_type`: "auto", "SentencePieceTokenizer" or "HuggingFaceTokenizer").
 
     Raises DataToolsError (one line) for bad paths / tokenizer before doing any work, and for
     the first bad line when `strict`. Returns the run's Summary.
@@ -233,13 +285,13 @@ def preprocess(
     if workers < 1:
         raise DataToolsError(f"--workers {workers}: must be >= 1")
     check_inputs(inputs, json_keys)  # parquet/Arrow schemas: a missing column is one line now
-    sp = _load_tokenizer(tokenizer_model, append_eod)
+    vocab_size, worker_tokenizer = _load_tokenizer(tokenizer_model, append_eod, tokenizer_type)
     from data_tools.indexed_writer import BinIdxWriter, optimal_dtype
 
-    dtype = np.dtype(optimal_dtype(sp.get_piece_size()))
+    dtype = np.dtype(optimal_dtype(vocab_size))
     summary = Summary(outputs=output_prefixes(output_prefix, json_keys, split_sentences),
                       input_bytes=total_input_bytes(paths))
-    initargs = (os.fspath(tokenizer_model), json_keys, append_eod, split_sentences, dtype.str, 1)
+    initargs = (worker_tokenizer, json_keys, append_eod, split_sentences, dtype.str, 1)
     writers: list[BinIdxWriter] = []
     results = None
     bar = _progress(summary.input_bytes, quiet, log_interval)
@@ -299,9 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_tools.preprocess", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help=".jsonl(.gz/.zst), .parquet, .arrow files; folders of them (datasets save_to_disk too); quoted globs")
     p.add_argument("--output-prefix", required=True, help="writes PREFIX_KEY_document.bin/.idx per key")
-    p.add_argument("--tokenizer-model", required=True, help="sentencepiece .model (data_tools.train_tokenizer)")
+    p.add_argument("--tokenizer-model", required=True,
+                   help="sentencepiece .model, or a Hugging Face tokenizer directory (tokenizer.json)")
+    p.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default="auto",
+                   help="auto: a directory is HuggingFaceTokenizer, a file SentencePieceTokenizer")
     p.add_argument("--json-keys", nargs="+", default=["text"], help="json keys, or parquet/Arrow columns")
-    p.add_argument("--append-eod", action="store_true", help="end every document with </s> (counted in lengths)")
+    p.add_argument("--append-eod", action="store_true",
+                   help="end every document with the tokenizer's eos, e.g. </s> (counted in lengths)")
     p.add_argument("--split-sentences", action="store_true", help="one sequence per sentence (nltk Punkt, offline)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
@@ -309,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     preprocess(a.input, a.output_prefix, a.tokenizer_model, a.json_keys, a.append_eod, a.workers,
-               a.split_sentences, a.strict, a.quiet, a.log_interval)
+               a.split_sentences, a.strict, a.quiet, a.log_interval, a.tokenizer_type)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Look inside a Megatron `.bin`/`.idx` pair: counts, dtype, length histogram, decoded samples,
 and `--verify` that the two files agree.
 
-    python -m data_tools.inspect_data PREFIX [--verify] [--decode N --tokenizer-model tok.model]
+    python -m data_tools.inspect_data PREFIX [--verify] [--decode N --tokenizer-model tok.model|hf_tok_dir/]
 
 Named inspect_data, not inspect: a module called `inspect` inside the package would shadow the
 standard library's `inspect` whenever data_tools/ is first on sys.path (running a file in it as
@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from data_tools.errors import DataToolsError, run_cli
+from data_tools.hf_tokenizer import TOKENIZER_TYPES
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"  # megatron-core's _INDEX_HEADER
 HEADER_BYTES = 9 + 8 + 1 + 8 + 8  # magic, version, dtype code, sequence count, document count
@@ -165,11 +166,17 @@ def length_histogram(lengths: np.ndarray, width: int = 40) -> list[str]:
     return rows
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, tokenizer_type: str = "auto"):
+    """(vocabulary size, decode(ids) -> str) of a sentencepiece .model or a Hugging Face directory."""
+    from data_tools.hf_tokenizer import HUGGINGFACE, load_hf_tokenizer, tokenizer_type as resolve_type
     from data_tools.spm import TokenizerError, load_sentencepiece
 
     try:
-        return load_sentencepiece(path)
+        if resolve_type(path, tokenizer_type) == HUGGINGFACE:
+            tok = load_hf_tokenizer(path)
+            return len(tok), tok.decode
+        sp = load_sentencepiece(path)
+        return sp.vocab_size(), sp.decode
     except TokenizerError as e:
         raise DataToolsError(str(e)) from None
 
@@ -180,13 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--verify", action="store_true", help="only check the pair; exit 0 if consistent")
     p.add_argument("--decode", type=int, default=0, metavar="N", help="print the first N documents decoded")
     p.add_argument("--tokenizer-model",
-                   help="sentencepiece model: for --decode, and with --verify every token id is checked against it")
+                   help="sentencepiece .model or Hugging Face tokenizer directory: for --decode, and with --verify "
+                        "every token id is checked against it")
+    p.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES,
+                   default="auto", help="auto: a directory is HuggingFaceTokenizer, a file SentencePieceTokenizer")
     a = p.parse_args(argv)
     info = verify_pair(a.prefix)
     if a.verify:
         checked = ""
         if a.tokenizer_model:
-            vocab = load_tokenizer(a.tokenizer_model).vocab_size()
+            vocab, _ = load_tokenizer(a.tokenizer_model, a.tokenizer_type)
             check_token_ids(info.prefix, vocab, a.tokenizer_model)
             checked = f", every id below the tokenizer's {vocab}"
         print(f"ok: {info.prefix}: {info.documents} documents, {info.sequences} sequences, "
@@ -202,14 +212,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.decode:
         if not a.tokenizer_model:
             raise DataToolsError("--decode needs --tokenizer-model")
-        sp = load_tokenizer(a.tokenizer_model)
+        _, decode = load_tokenizer(a.tokenizer_model, a.tokenizer_type)
         data = np.memmap(info.prefix + ".bin", dtype=info.dtype, mode="r")
         offsets = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
         for d in range(min(a.decode, info.documents)):
             s, e = info.document_indices[d], info.document_indices[d + 1]
             ids = data[offsets[s] : offsets[e]].tolist()
             print(f"--- document {d} ({e - s} sequences, {len(ids)} tokens)")
-            print(sp.decode(ids))
+            print(decode(ids))
     return 0
 
 

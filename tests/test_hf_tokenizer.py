@@ -89,7 +89,7 @@ def test_hf_bpe_is_deterministic_and_loads_with_autotokenizer(toks, tiny_data, t
 
 
 @pytest.mark.parametrize("name, workers, type_flag", [("llama", 2, []), ("bpe", 1, ["--tokenizer-type", "HuggingFaceTokenizer"])])
-def test_preprocess_writes_exactly_autotokenizer_ids(toks, tiny_data, tmp_path, name, workers, type_flag):
+def test_preprocess_writes_exactly_autotokenizer_ids(toks, tiny_data, tmp_path, capsys, name, workers, type_flag):
     from transformers import AutoTokenizer
 
     from data_tools.errors import run_cli
@@ -106,6 +106,12 @@ def test_preprocess_writes_exactly_autotokenizer_ids(toks, tiny_data, tmp_path, 
         assert seqs == [tok(text)["input_ids"] + [tok.eos_token_id]]
     if name == "llama":
         assert all(seqs[0][0] == tok.bos_token_id for seqs in docs)
+        from data_tools.inspect_data import main as inspect
+
+        assert run_cli(inspect, [prefix + "_text_document", "--verify", "--tokenizer-model", toks[name]]) == 0
+        assert "every id below the tokenizer's 514" in capsys.readouterr().out
+        assert run_cli(inspect, [prefix + "_text_document", "--decode", "1", "--tokenizer-model", toks[name]]) == 0
+        assert f"{BOS3}{texts[0]}{EOS3}" in capsys.readouterr().out
 
 
 def test_split_sentences_puts_special_tokens_once_per_document(toks, tiny_data, tmp_path):

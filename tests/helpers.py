@@ -73,6 +73,9 @@ def write_ds_config(path: str, stage: int = 2, micro: int = 4, accum: int = 1, p
     return path
 
 
+DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def run_pretrain(args: list[str], ranks: int = 0, timeout: float = 600, env: dict | None = None,
                  cwd: str = ROOT) -> subprocess.CompletedProcess:
     """Run the real entry point: `python mtds/pretrain.py` (ranks=0) or the deepspeed launcher."""
@@ -81,7 +84,9 @@ def run_pretrain(args: list[str], ranks: int = 0, timeout: float = 600, env: dic
                "--master_port", str(29500 + os.getpid() % 1000), PRETRAIN, *args]
     else:
         cmd = [sys.executable, PRETRAIN, *args]
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    # Not the rendezvous of a world this test process made for itself (mtds.load_trained sets it).
+    inherited = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    full_env = {**inherited, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

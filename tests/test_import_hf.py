@@ -283,3 +283,47 @@ def test_an_occupied_output_directory_is_not_touched(hf_dirs, tmp_path, capsys):
     rc, _, err = call(main, ["--hf", hf_dirs["gpt2"], "--out", str(tmp_path / "out")], capsys)
     assert rc == 2 and "not empty and not an earlier import" in err
     assert os.listdir(tmp_path / "out") == ["notes.txt"]
+
+
+# -- continued pretraining ----------------------------------------------------------------------
+@pytest.mark.slow
+def test_continued_pretraining_starts_at_the_hf_models_loss_and_lowers_it(imported, hf_dirs, tiny_data, tmp_path):
+    """20 fp32 steps from the imported Llama (training.init_from) on data preprocessed with the
+    model's own HF tokenizer: the first logged loss is the HF model's loss on that first batch
+    (to 1e-5: a freshly initialised model would log another loss), and the loss falls."""
+    from transformers import AutoModelForCausalLM
+
+    from data_tools.preprocess import preprocess
+    from helpers import ok, run_pretrain, scalars, write_ds_config
+    from mtds.ckpt.layout import find, read_config
+    from mtds.data import resolve_sources
+    from mtds.load_trained import saved_run_config
+    from mtds.tasks.causal_lm import build_datasets
+    from mtds.tokenizer import load_tokenizer
+
+    source, _ = imported["llama_gqa"]
+    tok_dir = os.path.join(source, "tokenizer")
+    prefix = str(tmp_path / "corpus")
+    preprocess([tiny_data["corpus"]], prefix, tok_dir, append_eod=True, workers=1, quiet=True)
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=4, precision="fp32", warmup=2, lr=3e-3)
+    run = tmp_path / "run"
+    proc = ok(run_pretrain(["--deepspeed_config", ds, "--config", os.path.join(source, "run_config.json"),
+                            "--data.paths", prefix + "_text_document", "--data.split=90,10,0", "--data.seq_length=64",
+                            "--training.init_from", source, "--run-dir", str(run), "--training.train_iters=20",
+                            "--training.log_interval=1", "--training.eval_iters=1", "--training.eval_interval=100",
+                            "--training.progress_bar=false"]))
+    assert f"initialised from {find(source)}" in proc.stdout
+    losses = [v for _, v in scalars(str(run))["train/loss"]]
+
+    # The first batch, rebuilt as the run built it: the same datasets (sizes as mtds.training_run), samples 0-3.
+    cfg = saved_run_config(read_config(find(str(run))))
+    tok = load_tokenizer(tok_dir)
+    train, _, _ = build_datasets(cfg, resolve_sources(cfg), tok, [20 * 4, 4, 4], 1)
+    batch = [train[i] for i in range(4)]
+    tokens = torch.stack([torch.as_tensor(b["tokens"]) for b in batch])  # [4, 64]
+    labels = torch.stack([torch.as_tensor(b["labels"]) for b in batch])
+    hf = AutoModelForCausalLM.from_pretrained(hf_dirs["llama_gqa"], dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf_loss = torch.nn.functional.cross_entropy(hf(tokens).logits.flatten(0, 1), labels.flatten()).item()
+    assert losses[0] == pytest.approx(hf_loss, rel=1e-5)
+    assert losses[-1] < losses[0] - 0.7, losses  # measured: 6.06 -> 4.94

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from helpers import PRETRAIN, ROOT, call, scalars, write_ds_config
+from helpers import DIST_ENV, PRETRAIN, ROOT, call, scalars, write_ds_config
 
 ITERS = 12
 COMMON = ["--model.preset=none", "--model.num_layers=2", "--model.hidden_size=64", "--model.num_attention_heads=4",
@@ -77,7 +77,7 @@ def runs(tiny_data, tmp_path_factory) -> dict[str, str]:
 
 # Variables mtds.distributed.init_distributed sets for a world of one. Loading a model in-process
 # sets them (and holds MASTER_PORT); restore them so later subprocess tests pick their own port.
-_DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_DIST_ENV = DIST_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -327,3 +327,32 @@ def test_continued_pretraining_starts_at_the_hf_models_loss_and_lowers_it(import
         hf_loss = torch.nn.functional.cross_entropy(hf(tokens).logits.flatten(0, 1), labels.flatten()).item()
     assert losses[0] == pytest.approx(hf_loss, rel=1e-5)
     assert losses[-1] < losses[0] - 0.7, losses  # measured: 6.06 -> 4.94
+
+
+def test_training_refuses_a_tokenizer_with_other_special_ids_than_the_imported_model(imported, tiny_data):
+    """The imported model learned BOS=1, EOS=2 (config.json); data made with the sentencepiece
+    tokenizer of tests/helpers.py (BOS 2, EOS 3) would mark document ends with another token."""
+    from mtds.ckpt.init_from import check_special_tokens
+    from mtds.ckpt.layout import find, read_config
+    from mtds.errors import ConfigError
+    from mtds.tokenizer import load_tokenizer
+
+    run_dir, _ = imported["llama_gqa"]
+    ckpt = find(run_dir)
+    saved = read_config(ckpt)
+    check_special_tokens(ckpt, saved, load_tokenizer(os.path.join(run_dir, "tokenizer")), "own")  # its own: fine
+    spm = tiny_data["tokenizer_model"]
+    with pytest.raises(ConfigError, match=rf"^data.tokenizer_model={spm}: its bos id is 2 but the model imported in "
+                                          rf"{ckpt} uses 1 \(.*/config.json bos_token_id\); preprocess the data"):
+        check_special_tokens(ckpt, saved, load_tokenizer(spm), spm)
+
+
+def test_init_from_an_import_with_another_model_config_names_the_run_config(imported):
+    from mtds.ckpt.init_from import plan_init
+    from mtds.config import build_config, resolved_dict
+    from mtds.errors import ConfigError
+
+    run_dir, _ = imported["llama_gqa"]
+    with pytest.raises(ConfigError, match=r"holds another network: .* \(train it with --config "
+                                          rf"{run_dir}/run_config.json\)$"):
+        plan_init(run_dir, resolved_dict(build_config({})))

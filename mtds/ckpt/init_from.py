@@ -40,7 +40,10 @@ def plan_init(init_from: str, current_run: dict) -> tuple[str, dict]:
                           f"{new['model_type']!r}, another network; start from a run of the same family")
     differ = differences(old, new, "model", allowed=(*CHANGEABLE_MODEL_KEYS, "model_type"))
     if differ:
-        raise ConfigError(f"{key}: {ckpt} holds another network: " + "; ".join(differ))
+        hint = ""
+        if saved.get("imported_from"):  # mtds.import_hf wrote the model's sections beside it
+            hint = f" (train it with --config {os.path.join(init_from, 'run_config.json')})"
+        raise ConfigError(f"{key}: {ckpt} holds another network: " + "; ".join(differ[:4]) + hint)
     return ckpt, saved
 
 

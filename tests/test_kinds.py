@@ -250,3 +250,19 @@ def test_resume_check_covers_the_task_section():
         check_compatible(bert, resolved({"model_type": "bert", "preset": "bert-tiny"}, {"pair": "nsp"}))
     with pytest.raises(ConfigError, match=r"model.model_type: 'gpt' -> 'bert'"):
         check_compatible(resolved({}), bert)
+
+
+def test_model_keys_added_since_a_checkpoint_was_saved_take_their_defaults_on_resume():
+    """A checkpoint saved before model.layernorm_epsilon, add_qkv_bias and rope_scaling existed
+    (the code then did what their defaults do) resumes without a difference; a changed one is refused."""
+    from mtds.ckpt.resume import check_compatible
+    from mtds.errors import ConfigError
+
+    old = resolved({})
+    for key in ("layernorm_epsilon", "add_qkv_bias", "rope_scaling", "rope_scaling_factor"):
+        del old["run"]["model"][key]
+    notes = []
+    check_compatible(old, resolved({}), log=notes.append)
+    assert notes == []
+    with pytest.raises(ConfigError, match=r"model.layernorm_epsilon: 1e-05 -> 1e-06"):
+        check_compatible(old, resolved({"layernorm_epsilon": 1e-6}))

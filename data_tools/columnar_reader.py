@@ -47,15 +47,17 @@ def _holds_text(t: pa.DataType) -> bool:
 
 
 def _open_arrow(path: str):
-    """A record batch reader over an Arrow IPC file of either layout, memory-mapped."""
+    """(memory map, iterator of (record batch, file bytes consumed), schema) for an Arrow IPC
+    file in either layout: the stream one datasets writes, or the random-access file one."""
     source = pa.memory_map(path)
     magic = source.read(len(_ARROW_FILE_MAGIC))
     source.seek(0)
     if magic == _ARROW_FILE_MAGIC:
         f = pa.ipc.open_file(source)
-        return source, (f.get_batch(i) for i in range(f.num_record_batches)), f.schema
+        n, size = f.num_record_batches, source.size()
+        return source, ((f.get_batch(i), size * (i + 1) // n) for i in range(n)), f.schema
     stream = pa.ipc.open_stream(source)
-    return source, stream, stream.schema
+    return source, ((b, source.tell()) for b in stream), stream.schema
 
 
 def read_schema(path: str, fmt: str) -> pa.Schema:
@@ -123,8 +125,8 @@ def _arrow_batches(path: str):
     row = 0
     with source:
         try:
-            for batch in batches:
-                yield batch, source.tell()
+            for batch, pos in batches:
+                yield batch, pos
                 row += batch.num_rows
         except (pa.ArrowException, OSError) as e:
             raise DataToolsError(f"{path}: cannot be read after row {row}, the file is damaged ({_reason(e)})") from None

@@ -68,23 +68,24 @@ def _file(path: str) -> InputFile:
 
 
 def _folder(root: str) -> list[InputFile]:
-    found: list[InputFile] = []
     if os.path.isfile(os.path.join(root, "dataset_dict.json")):
         splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
         raise DataToolsError(f"{root}: a datasets DatasetDict (splits: {', '.join(splits)}); "
                              f"give one split's folder, e.g. {os.path.join(root, splits[0] if splits else 'train')}")
+    found: list[tuple[list[str], list[InputFile]]] = []  # (relative path as parts, its inputs)
     for d, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(s for s in subdirs if not s.startswith((".", "_")))
+        subdirs[:] = [s for s in subdirs if not s.startswith((".", "_"))]  # caches, _temporary/
+        rel = os.path.relpath(d, root).split(os.sep) if d != root else []
         if "state.json" in files and any(f.endswith(".arrow") for f in files):
-            found += [InputFile(p, "arrow") for p in _save_to_disk_shards(d)]
+            found.append((rel, [InputFile(p, "arrow") for p in _save_to_disk_shards(d)]))
             subdirs[:] = []
             continue
-        for name in sorted(files):
-            if not name.startswith((".", "_")) and format_of(name) is not None:
-                found.append(_file(os.path.join(d, name)))
+        found += [(rel + [name], [_file(os.path.join(d, name))]) for name in files
+                  if not name.startswith((".", "_")) and format_of(name) is not None]
     if not found:
         raise DataToolsError(f"{root}: no .parquet, .arrow or .jsonl(.gz/.zst) files in this folder")
-    return found
+    # Sorted by path, part by part: 'a/z.parquet' before 'a.parquet' before 'b/x.parquet'.
+    return [f for _, files in sorted(found, key=lambda t: t[0]) for f in files]
 
 
 def _save_to_disk_shards(folder: str) -> list[str]:

@@ -267,7 +267,9 @@ def preprocess(
     log_interval: float = 1.0,
     tokenizer_type: str = "auto",
 ) -> Summary:
-    """Tokenize `input_paths` (jsonl/parquet/Arrow files, folders, globs) into `{output_prefix}_{key}_{document|sentence}.bin/.idx`.
+    """Tokenize `input_paths` into `{output_prefix}_{key}_{document|sentence}.bin/.idx`.
+
+    `input_paths`: jsonl / parquet / Arrow files, folders and globs (data_tools.inputs).
 
     `tokenizer_model` is a sentencepiece .model or a Hugging Face tokenizer directory
     (`tokenizer_type`: "auto", "SentencePieceTokenizer" or "HuggingFaceTokenizer").
@@ -349,7 +351,8 @@ def _progress(total_bytes: int, quiet: bool, log_interval: float):
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_tools.preprocess", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, help=".jsonl(.gz/.zst), .parquet, .arrow files; folders of them (datasets save_to_disk too); quoted globs")
+    p.add_argument("--input", nargs="+", required=True, help=".jsonl(.gz/.zst), .parquet, .arrow files; "
+                   "folders of them (datasets save_to_disk too); quoted globs")
     p.add_argument("--output-prefix", required=True, help="writes PREFIX_KEY_document.bin/.idx per key")
     p.add_argument("--tokenizer-model", required=True,
                    help="sentencepiece .model, or a Hugging Face tokenizer directory (tokenizer.json)")

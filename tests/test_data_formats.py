@@ -120,19 +120,27 @@ def test_strict_stops_at_a_null_cell(tiny_data, tmp_path, capsys):
 # -- folders, globs, mixed inputs -----------------------------------------------------------------
 def test_folders_globs_and_mixed_inputs_keep_their_order(tiny_data, tmp_path, sp, capsys):
     shards = tmp_path / "shards"
-    (shards / "sub").mkdir(parents=True)
-    for name in ("01.parquet", "00.parquet", "sub/02.parquet"):
-        pq.write_table(pa.table({"text": [f"shard {name} doc {i}" for i in range(2)]}), str(shards / name))
+    for d in ("sub", "00dir"):
+        (shards / d).mkdir(parents=True)
+
+    def docs(name):
+        return [f"shard {name} doc {i}" for i in range(2)]
+
+    for name in ("01.parquet", "00.parquet", "sub/02.parquet", "00dir/04.parquet"):
+        pq.write_table(pa.table({"text": docs(name)}), str(shards / name))
+    with pa.OSFile(str(shards / "03.arrow"), "wb") as f, pa.ipc.new_file(f, pa.schema([("text", pa.string())])) as w:
+        w.write_table(pa.table({"text": docs("03.arrow")}))  # the IPC *file* layout (datasets writes streams)
     (shards / "README.md").write_text("not an input")  # ignored inside a folder
     (shards / "_SUCCESS").write_text("")
     j = tmp_path / "first.jsonl"
     j.write_text('{"text": "jsonl first"}\n')
-    # The glob is quoted (no shell here): we expand it, sorted; the folder is walked recursively, sorted.
+    # The glob is quoted (no shell here): we expand it, sorted; the folder is walked recursively,
+    # sorted by path part by part.
     rc, err = _run(tiny_data, tmp_path, capsys, j, str(shards / "*.parquet"), shards)
     assert rc == 0, err
-    flat = [f"shard {n} doc {i}" for n in ("00.parquet", "01.parquet") for i in range(2)]
-    assert _decoded(str(tmp_path / "o_text_document"), sp) == ["jsonl first", *flat, *flat] + [
-        f"shard sub/02.parquet doc {i}" for i in range(2)]
+    globbed = docs("00.parquet") + docs("01.parquet")
+    walked = [d for n in ("00.parquet", "00dir/04.parquet", "01.parquet", "03.arrow", "sub/02.parquet") for d in docs(n)]
+    assert _decoded(str(tmp_path / "o_text_document"), sp) == ["jsonl first", *globbed, *walked]
 
 
 # -- bad inputs: one line, before any work, nothing written ----------------------------------------

@@ -147,14 +147,14 @@ def shared_dataset_fields(cfg, sources: DataSources, tokenizer) -> dict:
         data = dict(blend_per_split=[(sources.prefixes, sources.weights), (sources.valid_prefixes, None), None])
     else:
         data = dict(blend=(sources.prefixes, sources.weights), split=split_string(cfg.data.split))
-    return dict(
-        random_seed=cfg.data.seed,
-        sequence_length=cfg.seq_length,
-        **data,
-        path_to_cache=os.path.join(cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"),
-                                   sources.identity_key()) if cfg.data.index_cache else None,
-        tokenizer=tokenizer,
-    )
+    cache = os.path.join(cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"),
+                         sources.identity_key()) if cfg.data.index_cache else None
+    if cache is not None:
+        from mtds.safe_loading import check_index_cache
+
+        check_index_cache(cache)  # megatron-core unpickles these files (allow_pickle=True)
+    return dict(random_seed=cfg.data.seed, sequence_length=cfg.seq_length, **data, path_to_cache=cache,
+                tokenizer=tokenizer)
 
 
 class ResumableBatchSampler:

@@ -72,6 +72,12 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
 
         init_from = plan_init(t.init_from, resolved_dict(cfg))
     plan = Plan(cfg, ds_cfg, parallel, train_iters, on_gpu, resume_from, init_from)
+    from mtds.safe_loading import check_checkpoint, enable
+
+    enable()  # every torch.load of this run is weights-only (DeepSpeed's too)
+    for ckpt in (resume_from, init_from and init_from[0]):
+        if ckpt:
+            check_checkpoint(ckpt)
     if cfg.data.paths:  # the user's data is checked now; the default corpus is built after init (rank 0)
         plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
     return plan

@@ -30,6 +30,9 @@ def consolidated_state_dict(ckpt_dir: str, saved: dict) -> dict:
     megatron-core modules save an `_extra_state` entry per linear layer (Transformer Engine's FP8
     metadata slot; None here): they are not weights and are left out.
     """
+    from mtds.safe_loading import check_checkpoint
+
+    check_checkpoint(ckpt_dir)  # nothing below unpickles code (DeepSpeed's zero_to_fp32 included)
     root, tag = os.path.split(ckpt_dir)
     optim_files = glob.glob(os.path.join(ckpt_dir, "*_optim_states.pt"))
     if zero_stage(saved) >= 1 and optim_files:
@@ -53,7 +56,7 @@ def consolidated_state_dict(ckpt_dir: str, saved: dict) -> dict:
             raise LoadError(f"{ckpt_dir}: no DeepSpeed model states file (*mp_rank_00_model_states.pt); "
                             "is this a complete checkpoint?")
         try:
-            state = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+            state = torch.load(files[0], map_location="cpu", weights_only=True)["module"]
         except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as e:
             raise LoadError(f"{files[0]}: cannot read this DeepSpeed model states file: {str(e).splitlines()[0]}") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()

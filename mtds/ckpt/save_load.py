@@ -123,7 +123,7 @@ def load(engine, ckpt_dir: str, current_resolved: dict, log=print) -> dict:
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     rng_file = os.path.join(ckpt_dir, f"rng_rank{rank}.pt")
     if os.path.isfile(rng_file):
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(torch.load(rng_file, weights_only=True))  # checked by mtds.safe_loading before the resume
     else:
         log(f"warning: {rng_file} missing (different world size?); RNG streams restart")
     return client["mtds"]

@@ -43,6 +43,9 @@ def convert(ckpt_dir: str, log=print) -> str:
     if is_universal(ckpt_dir):
         log(f"{target} exists already: the checkpoint is universal")
         return target
+    from mtds.safe_loading import check_checkpoint
+
+    check_checkpoint(ckpt_dir)
     model_files = sorted(glob.glob(os.path.join(ckpt_dir, "*model_states.pt")))
     optim_files = sorted(glob.glob(os.path.join(ckpt_dir, "*_optim_states.pt")))
     if not model_files or not optim_files:
@@ -54,11 +57,15 @@ def convert(ckpt_dir: str, log=print) -> str:
         for path in optim_files:
             os.symlink(os.path.abspath(path), os.path.join(source, os.path.basename(path)))
         for path in model_files:  # without megatron's None `_extra_state` entries (see above)
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)
             state["module"] = {k: v for k, v in state["module"].items() if v is not None}
             torch.save(state, os.path.join(source, os.path.basename(path)))
         out = os.path.join(staging, "out")
-        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", source,
+        # DeepSpeed's converter, in a process where torch.load is weights-only with our allowlist.
+        # (Imported as a module, not run as __main__: its worker pool pickles its functions by module name.)
+        run_converter = ("import mtds.safe_loading as s; s.enable(); "
+                         "from deepspeed.checkpoint import ds_to_universal as m; m.main(m.parse_arguments())")
+        cmd = [sys.executable, "-c", run_converter, "--input_folder", source,
                "--output_folder", out, "--inject_missing_state", "--num_extract_workers", "2",
                "--num_merge_workers", "1"]
         proc = subprocess.run(cmd, capture_output=True, text=True)

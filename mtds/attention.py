@@ -61,12 +61,12 @@ class SDPAttention(MegatronModule):
         mask_type = attn_mask_type or self.attn_mask_type
         # megatron layout [s, b, heads, hn] -> SDPA layout [b, heads, s, hn]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
-        is_causal = mask_type == AttnMaskType.causal
-        sdpa_mask = None
-        if not is_causal and attention_mask is not None:
-            # megatron masks are True where attention is NOT allowed; SDPA's bool mask is the
-            # opposite ([b, 1, sq, sk], broadcast over heads).
-            sdpa_mask = ~attention_mask.bool()
+        is_causal, sdpa_mask = mask_type == AttnMaskType.causal, None
+        if attention_mask is not None:
+            # A given mask is the whole mask: BERT's padding mask [b, 1, 1, s], or GPT's block-causal
+            # document mask [b, 1, s, s] (data.document_mask), which holds the causal part itself.
+            # megatron masks are True where attention is NOT allowed; SDPA's bool mask is the opposite.
+            is_causal, sdpa_mask = False, ~attention_mask.bool()
         context = F.scaled_dot_product_attention(
             q,
             k,

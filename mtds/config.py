@@ -124,6 +124,11 @@ class DataConfig:
     with other content): the data position (consumed samples) then counts into the new data."""
     num_workers: int = 1
     """DataLoader worker processes per rank (0 = load in the training process)."""
+    document_mask: bool = False
+    """GPT: a token attends only to tokens of its own document (block-causal attention, split at
+    each end-of-document token) and position ids restart at every document, so several
+    documents per sequence change speed, not the math (Megatron-LM's --reset-attention-mask
+    with --reset-position-ids). CPU and GPU take a dense [s, s] mask per sample through SDPA."""
 
 
 @dataclass
@@ -144,6 +149,9 @@ class TrainingConfig:
     """Checkpoints, TensorBoard events, resolved config and logs go here."""
     load: str | None = None
     """Resume from the latest complete checkpoint in this directory (usually run_dir)."""
+    load_tag: str | None = None
+    """Resume from this checkpoint of `load` (e.g. iter_0000040, the one before a damaged one)
+    instead of the newest. For one resume: drop it again, or a requeued job goes back to it."""
     init_from: str | None = None
     """Start from the weights of this run dir's newest complete checkpoint (any ZeRO stage and world
     size): iteration, data position, optimizer state and LR schedule start fresh (fine-tuning).
@@ -427,6 +435,8 @@ def validate(cfg: RunConfig) -> list[str]:
     for key in ("save_interval", "exit_interval"):
         if getattr(t, key) is not None and getattr(t, key) < 1:
             errs.append(f"training.{key} must be >= 1 or none")
+    if t.load_tag is not None and not t.load:
+        errs.append("training.load_tag needs training.load (the run dir whose checkpoint it names)")
     if t.dist_timeout_mins <= 0:
         errs.append("training.dist_timeout_mins must be > 0")
     if not 0 <= m.hidden_dropout < 1 or not 0 <= m.attention_dropout < 1:

@@ -42,7 +42,7 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     """(train, valid, test) GPTDatasets with `sizes` samples each, via BlendedMegatronDatasetBuilder.
 
     Each sample is a dict of [seq_length] tensors: tokens, labels (tokens shifted by one),
-    loss_mask, position_ids.
+    loss_mask, position_ids; with data.document_mask also attention_mask [1, s, s].
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
@@ -51,10 +51,12 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
 
     config = GPTDatasetConfig(
         **shared_dataset_fields(cfg, sources, tokenizer),
-        reset_position_ids=False,
-        reset_attention_mask=False,
+        # data.document_mask: megatron-core builds the block-causal mask [1, s, s] (True = masked)
+        # and restarts position ids after each EOD; otherwise SDPAttention applies the causal mask.
+        reset_position_ids=cfg.data.document_mask,
+        reset_attention_mask=cfg.data.document_mask,
         eod_mask_loss=cfg.task.eod_mask_loss,
-        create_attention_mask=False,  # SDPAttention applies the causal mask itself
+        create_attention_mask=cfg.data.document_mask,
         data_parallel_size=dp_size,
     )
     return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
@@ -66,8 +68,10 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
     labels = batch["labels"].to(device, non_blocking=True)
     loss_mask = batch["loss_mask"].to(device, non_blocking=True).float()
     position_ids = batch["position_ids"].to(device, non_blocking=True)
+    mask = batch.get("attention_mask")  # [b, 1, s, s], True = masked (data.document_mask)
+    mask = None if mask is None else mask.to(device, non_blocking=True)
     # With labels, GPTModel returns the per-token cross entropy [b, s] (fp32).
-    per_token = model(tokens, position_ids, None, labels=labels)
+    per_token = model(tokens, position_ids, mask, labels=labels)
     loss = (per_token.float() * loss_mask).sum() / loss_mask.sum().clamp(min=1)
     return loss, {}
 

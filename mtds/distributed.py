@@ -45,6 +45,48 @@ def init_distributed(timeout_minutes: float = 30.0) -> tuple[int, int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank
 
 
+# rank -> (host, pid) of every rank, gathered once at start (record_peers), so that a rank which
+# loses contact can name the peer that died: gloo only says "Connection closed by peer <ip:port>".
+_PEERS: dict[int, tuple[str, int]] = {}
+
+
+def record_peers() -> None:
+    """Gather every rank's (host, pid); call once after init_distributed."""
+    world = torch.distributed.get_world_size()
+    if world > 1:
+        peers: list = [None] * world
+        torch.distributed.all_gather_object(peers, (socket.gethostname(), os.getpid()))
+        _PEERS.update(enumerate(peers))
+
+
+def dead_peers() -> list[str]:
+    """'rank R (pid P)' for each rank on this host whose process is gone (exited, killed, a zombie)."""
+    import psutil
+
+    host, dead = socket.gethostname(), []
+    for rank, (peer_host, pid) in sorted(_PEERS.items()):
+        if peer_host != host or pid == os.getpid():
+            continue
+        try:
+            gone = psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            gone = True
+        if gone:
+            dead.append(f"rank {rank} (pid {pid})")
+    return dead
+
+
+def failure_line(error: BaseException) -> str:
+    """The one line a rank prints for an unforeseen error: naming a dead peer when there is one."""
+    rank = os.environ.get("RANK", "0")
+    cause = f"{type(error).__name__}: {error}".splitlines()[0]
+    dead = dead_peers()
+    if dead:  # this rank's error is the symptom (a broken connection), the peer's death the cause
+        return (f"error: {', '.join(dead)} died (killed, out of memory or crashed: its log or the launcher's "
+                f"exit code says which); rank {rank} lost contact with it: {cause}")
+    return f"error: rank {rank} failed: {cause}"
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch; on GPU also megatron's model-parallel CUDA RNG tracker.
 
@@ -67,3 +109,13 @@ def barrier() -> None:
 
 def is_rank0() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def gather_to_rank0(obj) -> list | None:
+    """Every rank's `obj` (a small picklable value) as a list on rank 0, None on the others."""
+    if not torch.distributed.is_initialized():
+        return [obj]
+    rank0 = torch.distributed.get_rank() == 0
+    out = [None] * torch.distributed.get_world_size() if rank0 else None
+    torch.distributed.gather_object(obj, out, dst=0)
+    return out

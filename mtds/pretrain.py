@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # unforeseen: the traceback, then one line naming the rank (the launcher stops the rest)
         traceback.print_exc()
-        print(f"error: rank {os.environ.get('RANK', '0')} failed: {type(e).__name__}: {e}".splitlines()[0],
-              file=sys.stderr)
+        from mtds.distributed import failure_line  # imports torch: only this path needs it here
+        print(failure_line(e), file=sys.stderr)
         return 1
     finally:
         release_run_dir_locks()

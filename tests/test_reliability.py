@@ -386,3 +386,20 @@ def test_an_unforeseen_error_ends_with_one_line_naming_the_rank(tiny_data, tmp_p
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: rank 0 failed: ") and "NoSuchOptimizer" in proc.stderr, last
+
+
+def test_a_killed_rank_ends_the_job_within_a_minute_naming_it(tiny_data, tmp_path):
+    """SIGKILL (the OOM killer, a crash) leaves no message of its own; the surviving rank's broken
+    connection must not be the only clue: its one line names the rank that died."""
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    proc = start([launcher, "--num_gpus", "2", "--master_port", "29741", PRETRAIN,
+                  *args_for(tiny_data, tmp_path / "run", ds, "--training.train_iters=100000",
+                            "--training.eval_interval=100000")])
+    wait_for_line(proc, "iter      3/")
+    victim = rank_pids(proc.pid)[1]
+    killed = time.time()
+    os.kill(victim, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.time() - killed < 60, out[-3000:]
+    assert f"error: rank 1 (pid {victim}) died (killed, out of memory or crashed" in out, out[-3000:]

@@ -75,6 +75,15 @@ class ModelConfig:
     init_method_std: float = 0.02
     recompute_activations: bool = False
     """Activation checkpointing of every transformer layer: less memory, ~30% more compute."""
+    num_moe_experts: int | None = None
+    """GPT: a mixture of experts with this many experts per layer (megatron-core's MoE layer) in
+    place of the MLP; None = dense."""
+    moe_router_topk: int = 2
+    """Experts each token is routed to."""
+    moe_aux_loss_coeff: float = 1e-2
+    """Weight of the load-balancing loss (Switch Transformer's) in the training loss."""
+    moe_ffn_hidden_size: int | None = None
+    """Hidden size of each expert's MLP; None = ffn_hidden_size (as derived)."""
 
     def ffn_size(self) -> int:
         if self.ffn_hidden_size:

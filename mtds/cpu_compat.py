@@ -46,6 +46,16 @@ def enable_if_no_cuda() -> bool:
     return True
 
 
+def enable_moe_without_transformer_engine() -> None:
+    """megatron-core's MoE router asks `te_general_gemm is not None`, but moe_utils defines that
+    name only when Transformer Engine imports (NameError on every machine without it, CPU or
+    GPU). Without TE the answer is None, and the router then uses its torch matmul path."""
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
 def _ask_cpuinfo_once() -> None:
     try:
         import cpuinfo

@@ -46,3 +46,14 @@ def build_model(cfg, vocab_size: int, precision: str, on_gpu: bool):
     """The network of a run config: its kind's family, with the heads its task asks for."""
     kind = cfg.kind
     return kind.family.build(cfg.model, vocab_size, precision, on_gpu, **kind.task.model_heads(cfg.task))
+
+def forward_step(cfg):
+    """The run's forward step `(model, batch, device) -> (loss, metrics)`: its task's, plus the
+    family's per-micro-batch metrics where it has them (an MoE GPT's load balance)."""
+    task, family_metrics = cfg.kind.task, getattr(cfg.kind.family, "micro_batch_metrics", None)
+
+    def forward(model, batch, device):
+        loss, metrics = task.forward_step(model, batch, device, cfg.task)
+        return (loss, {**metrics, **family_metrics(model)}) if family_metrics else (loss, metrics)
+
+    return forward

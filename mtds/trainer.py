@@ -48,6 +48,8 @@ class Trainer:
         self.flops_per_token = flops_per_token
         self.peak = peak_tflops
         self.device = engine.device
+        # The family's hook before each backward (MoE: the aux loss's gradient scale), if it has one.
+        self._before_backward = getattr(cfg.kind.family, "before_backward", None)
         self.state = TrainState()
         self._signal = 0  # number of the first stop signal received (0: none)
         self._stop_request: str | None = None
@@ -102,6 +104,8 @@ class Trainer:
             batch = next(batches)  # blocks only if the loader workers fell behind
             self._data_wait += time.perf_counter() - waited
             loss, metrics = self.forward(self.engine, batch, self.device)
+            if self._before_backward is not None:
+                self._before_backward(self.engine)
             self.engine.backward(loss)
             total += loss.detach()
             for k, v in metrics.items():

@@ -6,7 +6,6 @@ model and DeepSpeed engine, the datasets and the trainer. Kind-specific work goe
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -14,7 +13,7 @@ import platform
 from dataclasses import dataclass
 
 from mtds.config import CONFIG_FORMAT, RunConfig, check_vocab, resolved_dict
-from mtds.ds_config import batch_sizes, load_ds_config, precision, resolve_ds_config
+from mtds.ds_config import batch_sizes, load_ds_config, precision, resolve_ds_config, zero_stage
 from mtds.errors import ConfigError
 from mtds.parallel import ParallelSizes
 
@@ -50,6 +49,9 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
 
     ds_cfg = resolve_ds_config(ds_raw, ds_config_path, parallel.data, train_iters, on_gpu, log=log,
                                cpu_native_bf16=on_gpu or has_native_bf16())
+    if cfg.model.num_moe_experts and zero_stage(ds_cfg) == 3:
+        raise ConfigError(f"{ds_config_path}: ZeRO stage 3 with a mixture of experts (model.num_moe_experts="
+                          f"{cfg.model.num_moe_experts}) is not supported by DeepSpeed; use stage 1 or 2")
     if cfg.model.recompute_activations and not on_gpu:
         raise ConfigError("model.recompute_activations=true needs CUDA (megatron-core's activation checkpointing "
                           "uses the CUDA RNG tracker); set it false on CPU")
@@ -206,7 +208,9 @@ def train(plan: Plan, log=print) -> int:
     task = cfg.kind.task
     datasets = task.build_datasets(cfg, sources, plan.tokenizer, sizes, parallel.data)
     metrics = Metrics(cfg.training.run_dir, rank == 0, plan.train_iters, cfg.training.progress_bar)
-    forward = functools.partial(task.forward_step, opts=cfg.task)
+    from mtds.kinds import forward_step
+
+    forward = forward_step(cfg)
     trainer = Trainer(cfg, engine, datasets, resolved, forward, metrics, parallel=parallel, rank=rank,
                       train_iters=plan.train_iters,
                       flops_per_token=cfg.kind.family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size),

@@ -19,6 +19,8 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": 
 
 def unsupported(m, heads: dict) -> str | None:
     """None if the model exports as GPT-2, else what does not fit."""
+    if m.num_moe_experts:
+        return f"num_moe_experts={m.num_moe_experts} (a mixture of experts; a dense model's table)"
     combo = (m.position_embedding_type, m.normalization, m.activation)
     if combo[:2] != ("learned_absolute", "LayerNorm") or combo[2] not in ACTIVATIONS:
         return f"position_embedding_type={combo[0]}, normalization={combo[1]}, activation={combo[2]}"

@@ -22,6 +22,8 @@ LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_
 
 def unsupported(m, heads: dict) -> str | None:
     """None if the model exports as Llama, else what does not fit."""
+    if m.num_moe_experts:
+        return f"num_moe_experts={m.num_moe_experts} (a mixture of experts; a dense model's table)"
     combo = (m.position_embedding_type, m.normalization, m.activation)
     if combo != ("rope", "RMSNorm", "swiglu"):
         return f"position_embedding_type={combo[0]}, normalization={combo[1]}, activation={combo[2]}"

@@ -13,6 +13,8 @@ rules = llama.rules
 
 
 def unsupported(m, heads: dict) -> str | None:
+    if m.num_moe_experts:
+        return f"num_moe_experts={m.num_moe_experts} (a mixture of experts; a dense model's table)"
     combo = (m.position_embedding_type, m.normalization, m.activation)
     if combo != ("rope", "RMSNorm", "swiglu"):
         return f"position_embedding_type={combo[0]}, normalization={combo[1]}, activation={combo[2]}"

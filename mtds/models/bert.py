@@ -22,6 +22,8 @@ DEFAULT_PRESET = "bert-tiny"
 def validate(m) -> list[str]:
     if m.position_embedding_type != "learned_absolute":
         return ["model.position_embedding_type: BERT uses learned_absolute positions"]
+    if m.num_moe_experts:
+        return ["model.num_moe_experts: mtds's BERT is dense (mixtures of experts are GPT-only); set it to none"]
     return []
 
 

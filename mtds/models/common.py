@@ -49,10 +49,24 @@ def transformer_config(m, precision: str, on_gpu: bool):
         bias_dropout_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=False,
+        **moe_fields(m),
         recompute_granularity="full" if m.recompute_activations else None,
         recompute_method="uniform" if m.recompute_activations else None,
         recompute_num_layers=1 if m.recompute_activations else None,
     )
+
+
+def moe_fields(m) -> dict:
+    """megatron-core's MoE settings ({} for a dense model): top-k routing with the auxiliary
+    load-balancing loss, each expert its own MLP (no grouped GEMM: that needs Transformer
+    Engine or CUTLASS), and the all-gather token dispatcher (the all-to-all one creates a CUDA
+    stream when built; with expert parallelism 1 both move the same tokens)."""
+    if not m.num_moe_experts:
+        return {}
+    return dict(num_moe_experts=m.num_moe_experts, moe_router_topk=m.moe_router_topk,
+                moe_aux_loss_coeff=m.moe_aux_loss_coeff, moe_router_load_balancing_type="aux_loss",
+                moe_ffn_hidden_size=m.moe_ffn_hidden_size or m.ffn_size(), moe_grouped_gemm=False,
+                moe_token_dispatcher_type="allgather")
 
 
 def gelu_tanh(x):

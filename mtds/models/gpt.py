@@ -16,12 +16,22 @@ PRESETS: dict[str, dict] = {
     "gpt-350m": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, max_position_embeddings=2048),
     "gpt-1.3b": dict(num_layers=24, hidden_size=2048, num_attention_heads=16, max_position_embeddings=2048),
 }
+# A mixture of experts the size of gpt-tiny's attention, 4 experts (2 active) per layer.
+PRESETS["gpt-moe-tiny"] = dict(PRESETS["gpt-tiny"], num_moe_experts=4, moe_router_topk=2)
 PRESETS["tiny"] = PRESETS["gpt-tiny"]
 DEFAULT_PRESET = "gpt-tiny"
 
 
 def validate(m) -> list[str]:
-    """GPTModel takes every [model] combination the shared checks allow."""
+    """GPTModel takes every dense [model] combination the shared checks allow; MoE needs 2+ experts
+    and a top-k within them."""
+    if m.num_moe_experts is None:
+        return []
+    if m.num_moe_experts < 2:
+        return [f"model.num_moe_experts={m.num_moe_experts}: a mixture needs at least 2 experts (none = dense)"]
+    if not 1 <= m.moe_router_topk <= m.num_moe_experts:
+        return [f"model.moe_router_topk={m.moe_router_topk} must be between 1 and model.num_moe_experts="
+                f"{m.num_moe_experts}"]
     return []
 
 
@@ -32,20 +42,78 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool):
 
     from mtds.models.common import language_model_args, transformer_config, with_sdpa
 
-    return GPTModel(
+    if m.num_moe_experts:
+        from mtds.cpu_compat import enable_moe_without_transformer_engine
+
+        enable_moe_without_transformer_engine()
+    spec = get_gpt_layer_local_spec(num_experts=m.num_moe_experts, moe_grouped_gemm=False, normalization=m.normalization)
+    model = GPTModel(
         config=transformer_config(m, precision, on_gpu),
-        transformer_layer_spec=with_sdpa(get_gpt_layer_local_spec(normalization=m.normalization)),
+        transformer_layer_spec=with_sdpa(spec),
         rotary_base=m.rotary_base,
         rope_scaling=m.rope_scaling,
         rope_scaling_factor=m.rope_scaling_factor,
         **language_model_args(m, vocab_size),
     )
+    for layer in model.decoder.layers if m.num_moe_experts else ():
+        layer.mlp.router.register_forward_hook(_count_routed_tokens)
+    return model
+
+
+def _count_routed_tokens(router, inputs, output) -> None:
+    """Forward hook on megatron-core's TopKRouter: tokens routed to each expert since the last read."""
+    _, routing_map = output  # [tokens, experts] bool
+    counts = routing_map.sum(dim=0).float().detach()
+    router.mtds_routed = counts if getattr(router, "mtds_routed", None) is None else router.mtds_routed + counts
 
 
 def flops_per_token(m, num_params: int, seq_length: int, vocab_size: int) -> float:
+    """The dense estimate over the parameters a token uses: a mixture of experts' token passes
+    through its top-k experts only, so the other experts' weights are left out (MFU stays honest)."""
     from mtds.models.common import dense_flops_per_token
 
+    if m.num_moe_experts:
+        ffn = m.moe_ffn_hidden_size or m.ffn_size()
+        per_expert = m.hidden_size * ffn * (3 if m.activation == "swiglu" else 2)  # fc1 (gate+up) and fc2
+        if m.add_bias_linear:
+            per_expert += ffn * (2 if m.activation == "swiglu" else 1) + m.hidden_size
+        num_params -= m.num_layers * (m.num_moe_experts - m.moe_router_topk) * per_expert
     return dense_flops_per_token(m, num_params, seq_length, vocab_size)
+
+
+def before_backward(engine) -> None:
+    """megatron-core adds the MoE load-balancing loss's gradient itself (MoEAuxLossAutoScaler), at
+    a scale it must be told: DeepSpeed scales the main loss by 1/gradient_accumulation_steps (and,
+    in fp16, by the loss scale) inside engine.backward, so the auxiliary loss must get the same, or
+    under accumulation N it would weigh N times too much. Harmless for dense models."""
+    import torch
+    from megatron.core.transformer.moe.router import MoEAuxLossAutoScaler
+
+    scale = float(getattr(engine.optimizer, "loss_scale", 1.0)) if engine.fp16_enabled() else 1.0
+    MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(scale / engine.gradient_accumulation_steps(),
+                                                     device=engine.device))
+
+
+def micro_batch_metrics(model) -> dict:
+    """MoE: per layer, the share of the routed tokens its busiest expert received (1/experts when
+    balanced, 1 when the router collapsed), and in training the load-balancing loss averaged over
+    layers (1.0 = tokens spread evenly; megatron-core computes it only with gradients on).
+    {} for a dense model."""
+    import torch
+    from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker
+
+    layers = getattr(model, "module", model).decoder.layers
+    if not hasattr(layers[0].mlp, "router"):
+        return {}
+    metrics = {}
+    tracked = get_moe_layer_wise_logging_tracker().get("load_balancing_loss")
+    if tracked is not None and torch.is_grad_enabled():
+        metrics["moe_load_balancing_loss"] = tracked["values"].float().mean()  # [num_layers] -> mean
+        clear_aux_losses_tracker()  # (zeroes the tracked values in place: read them first)
+    for i, layer in enumerate(layers):
+        routed, layer.mlp.router.mtds_routed = layer.mlp.router.mtds_routed, None
+        metrics[f"moe_max_expert_share/layer{i}"] = routed.max() / routed.sum()
+    return metrics
 
 
 def transformer_layers(model) -> list:

@@ -33,10 +33,10 @@ import sys
 
 from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, tag_for
 from mtds.errors import ConfigError, LoadError
-from mtds.hf import gpt2, llama, megatron_bert, mistral, qwen2
+from mtds.hf import gpt2, llama, megatron_bert, mistral, mixtral, qwen2
 from mtds.tool_cli import run_tool
 
-ARCHITECTURES = {arch.ARCHITECTURE: arch for arch in (llama, mistral, qwen2, gpt2, megatron_bert)}
+ARCHITECTURES = {arch.ARCHITECTURE: arch for arch in (llama, mistral, qwen2, mixtral, gpt2, megatron_bert)}
 MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's ZeRO-0 file name, read by mtds.ckpt.consolidate
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 # Buffers some HF checkpoints store that are no weights (recomputed from the config by both sides).

@@ -28,6 +28,8 @@ CASES = {
         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
     "mistral_window": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=32, tie_word_embeddings=False)),
     "qwen2_bias_tied": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6)),
+    "mixtral_moe": ("MixtralConfig", dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                                          tie_word_embeddings=False)),
     "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128, activation_function="gelu_new")),
     "megatron_bert": ("MegatronBertConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                                  intermediate_size=128, max_position_embeddings=128)),
@@ -35,7 +37,7 @@ CASES = {
 LLAMA_SHAPE = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                    max_position_embeddings=128)
 MODEL_CLASSES = {"LlamaConfig": "LlamaForCausalLM", "MistralConfig": "MistralForCausalLM",
-                 "Qwen2Config": "Qwen2ForCausalLM", "GPT2Config": "GPT2LMHeadModel",
+                 "Qwen2Config": "Qwen2ForCausalLM", "MixtralConfig": "MixtralForCausalLM", "GPT2Config": "GPT2LMHeadModel",
                  "MegatronBertConfig": "MegatronBertForMaskedLM"}
 SHARDED = "llama_gqa"  # saved in several shards with an index
 
@@ -224,7 +226,7 @@ def test_unknown_architecture_is_refused_naming_the_supported_ones(hf_dirs, tmp_
     _edit_config(hf, architectures=["BertForMaskedLM"])  # post-LayerNorm: not megatron's BERT
     assert _refused(hf, tmp_path, capsys) == (
         f"error: {hf}/config.json: architectures=['BertForMaskedLM']; mtds imports exactly one of LlamaForCausalLM, "
-        "MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel, MegatronBertForMaskedLM")
+        "MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, GPT2LMHeadModel, MegatronBertForMaskedLM")
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -123,6 +123,6 @@ def transformer_layers(model) -> list:
 
 def hf_architectures() -> tuple:
     """Hugging Face architectures this family maps to, tried in order (mtds/hf/)."""
-    from mtds.hf import gpt2, llama, qwen2
+    from mtds.hf import gpt2, llama, mixtral, qwen2
 
-    return (llama, qwen2, gpt2)
+    return (llama, qwen2, mixtral, gpt2)

@@ -48,7 +48,31 @@ def build_tiny_data(out_dir: str, vocab_size: int = 512, sentences: bool = False
     if sentences:
         preprocess([corpus], prefix, model, append_eod=True, workers=1, split_sentences=True, quiet=True)
         out["sentence_prefix"] = prefix + "_text_sentence"
+    out.update(build_tiny_sft(out_dir, model, [os.path.join(stdlib, "email"), os.path.join(stdlib, "json")]))
     return out
+
+
+def build_tiny_sft(out_dir: str, tokenizer_model: str, sources: list[str]) -> dict:
+    """SFT data for the tiny corpus: the docstring -> signature pairs of `sources` (docsig.jsonl),
+    and, short enough for 32-token sequences, chats "function name -> its signature"
+    (`sft_prefix`: data_tools.sft's token prefix, its loss-mask side file beside it)."""
+    import orjson
+
+    from data_tools.sft import sft_preprocess
+    from data_tools.sft_corpus import build_sft_corpus
+
+    docsig = os.path.join(out_dir, "docsig.jsonl")
+    build_sft_corpus(docsig, sources, quiet=True)
+    chats = os.path.join(out_dir, "chats.jsonl")
+    with open(docsig, "rb") as f, open(chats, "wb") as out:
+        for line in f:
+            sig = orjson.loads(line)["response"]
+            name = sig.split("(")[0].split()[-1]
+            out.write(orjson.dumps({"messages": [{"role": "user", "content": name},
+                                                 {"role": "assistant", "content": sig}]}) + b"\n")
+    prefix = os.path.join(out_dir, "chats")
+    sft_preprocess([chats], prefix, tokenizer_model, max_length=33, quiet=True)
+    return {"docsig": docsig, "chats": chats, "sft_prefix": prefix + "_sft_document"}
 
 
 def write_ds_config(path: str, stage: int = 2, micro: int = 4, accum: int = 1, precision: str = "bf16",

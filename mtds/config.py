@@ -84,6 +84,9 @@ class ModelConfig:
     """Weight of the load-balancing loss (Switch Transformer's) in the training loss."""
     moe_ffn_hidden_size: int | None = None
     """Hidden size of each expert's MLP; None = ffn_hidden_size (as derived)."""
+    expert_model_parallel_size: int = 1
+    """Ranks the experts are split over. Only 1 for now: experts are data-parallel (each rank holds
+    all of them); anything else is refused rather than silently trained otherwise."""
 
     def ffn_size(self) -> int:
         if self.ffn_hidden_size:

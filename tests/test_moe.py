@@ -85,19 +85,42 @@ def test_zero3_with_experts_is_refused_before_deepspeed_starts(tiny_data, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("model, message", [
+    (dict(num_moe_experts=1), "model.num_moe_experts=1: a mixture needs at least 2 experts (none = dense)"),
+    (dict(moe_router_topk=5), "model.moe_router_topk=5 must be between 1 and model.num_moe_experts=4"),
+    (dict(expert_model_parallel_size=2), "model.expert_model_parallel_size=2: mtds has no expert parallelism yet"),
+], ids=["one-expert", "topk", "expert-parallel"])
+def test_moe_settings_mtds_cannot_train_are_one_line(model, message):
+    from mtds.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _cfg(**model)
+
+
 @pytest.mark.slow
-def test_moe_tiny_trains_and_logs_its_load_balance(tiny_data, tmp_path):
+def test_moe_tiny_trains_logs_its_load_balance_and_resumes_bitwise(tiny_data, tmp_path):
+    """gpt-moe-tiny (narrowed), fp32, accumulation 2, torch Adam: 6 steps straight, and 3 + a
+    resume to 6; the losses, the load balance and the router's choices repeat exactly."""
     from helpers import ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
 
-    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, accum=2, precision="fp32", lr=3e-3)
-    proc = ok(run_pretrain([*tiny_gpt_args(tiny_data, tmp_path / "run", ds, "--training.train_iters=12",
-                                           "--training.eval_interval=12"), "--model.preset=gpt-moe-tiny",
-                            "--model.num_layers=2", "--model.hidden_size=64", "--model.num_attention_heads=2"]))
-    assert "model: gpt" in proc.stdout
-    s = scalars(str(tmp_path / "run"))
-    losses = [v for _, v in s["train/loss"]]
-    assert losses[-1] < losses[0]
-    balance = [v for _, v in s["train/moe_load_balancing_loss"]]
-    shares = [v for _, v in s["train/moe_max_expert_share/layer0"]] + [v for _, v in s["val/moe_max_expert_share/layer1"]]
-    assert len(balance) == 12 and all(0.9 < v < 4.0 for v in balance)  # 1.0 = perfectly even
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, accum=2, precision="fp32", lr=3e-3,
+                         torch_adam=True)
+
+    def run(run_dir, *extra):
+        return ok(run_pretrain([*tiny_gpt_args(tiny_data, run_dir, ds, "--training.train_iters=6",
+                                               "--training.eval_interval=6", *extra),
+                                "--model.preset=gpt-moe-tiny", "--model.num_layers=2", "--model.hidden_size=64",
+                                "--model.num_attention_heads=2"]))
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run(straight)
+    run(split, "--training.exit_interval=3")
+    assert "at iteration 3" in run(split, "--load", str(split)).stdout
+    a, b = scalars(str(straight)), scalars(str(split))
+    for tag in ("train/loss", "train/moe_load_balancing_loss", "train/moe_max_expert_share/layer1"):
+        assert [v for _, v in a[tag]] == [v for _, v in b[tag]], tag  # bitwise
+    balance = [v for _, v in a["train/moe_load_balancing_loss"]]
+    shares = [v for _, v in a["train/moe_max_expert_share/layer0"] + a["val/moe_max_expert_share/layer1"]]
+    assert len(balance) == 6 and all(0.9 < v < 4.0 for v in balance)  # 1.0 = perfectly even
     assert all(0.25 <= v <= 1.0 for v in shares)  # the busiest of 4 experts gets at least a quarter
+    assert "val/moe_load_balancing_loss" not in a  # computed only with gradients on

@@ -25,6 +25,10 @@ DEFAULT_PRESET = "gpt-tiny"
 def validate(m) -> list[str]:
     """GPTModel takes every dense [model] combination the shared checks allow; MoE needs 2+ experts
     and a top-k within them."""
+    if m.expert_model_parallel_size != 1:
+        return [f"model.expert_model_parallel_size={m.expert_model_parallel_size}: mtds has no expert parallelism "
+                "yet (experts are data-parallel: each rank holds all of them, ZeRO-1/2 partition their "
+                "optimizer state); set it to 1"]
     if m.num_moe_experts is None:
         return []
     if m.num_moe_experts < 2:

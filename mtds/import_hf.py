@@ -31,6 +31,7 @@ import os
 import shutil
 import sys
 
+from mtds.ckpt import manifest
 from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, tag_for
 from mtds.errors import ConfigError, LoadError
 from mtds.hf import gpt2, llama, megatron_bert, mistral, mixtral, qwen2
@@ -271,6 +272,7 @@ def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
     torch.save({"module": state}, os.path.join(tmp, MODEL_STATES))
     with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
         json.dump(saved, f, indent=2)
+    manifest.write(tmp, {})  # content hashes, checked by training.init_from and the tools
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     with open(os.path.join(root, LATEST_FILE), "w") as f:

@@ -65,7 +65,8 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
         from mtds.ckpt.resume import plan_resume
 
         fell_back = not on_gpu and precision(ds_cfg) == "fp32" and precision(ds_raw) != "fp32"
-        resume_from = plan_resume(t.load, parallel.data, ds_cfg, log=log, cpu_fell_back_to_fp32=fell_back)
+        resume_from = plan_resume(t.load, parallel.data, ds_cfg, log=log, cpu_fell_back_to_fp32=fell_back,
+                                  tag=t.load_tag)
         if resume_from is None:
             log(f"note: no complete checkpoint under {t.load}; starting from scratch")
     init_from = None
@@ -74,12 +75,17 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
 
         init_from = plan_init(t.init_from, resolved_dict(cfg))
     plan = Plan(cfg, ds_cfg, parallel, train_iters, on_gpu, resume_from, init_from)
-    from mtds.safe_loading import check_checkpoint, enable
+    from mtds.ckpt.manifest import check_before_load
+    from mtds.safe_loading import enable
 
     enable()  # every torch.load of this run is weights-only (DeepSpeed's too)
-    for ckpt in (resume_from, init_from and init_from[0]):
+    # Content hashes: rank 0 alone reads the checkpoint; the other ranks cannot load anything
+    # before it joins them in init_distributed, and its one-line refusal ends the job.
+    hashed = int(os.environ.get("RANK", "0")) == 0
+    for ckpt, go_back in ((resume_from, "resume from it with --training.load_tag={tag}"),
+                          (init_from and init_from[0], None)):
         if ckpt:
-            check_checkpoint(ckpt)
+            check_before_load(ckpt, go_back, log, hashes=hashed)
     if cfg.data.paths:  # the user's data is checked now; the default corpus is built after init (rank 0)
         plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
     return plan

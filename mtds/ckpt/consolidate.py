@@ -30,9 +30,10 @@ def consolidated_state_dict(ckpt_dir: str, saved: dict) -> dict:
     megatron-core modules save an `_extra_state` entry per linear layer (Transformer Engine's FP8
     metadata slot; None here): they are not weights and are left out.
     """
-    from mtds.safe_loading import check_checkpoint
+    from mtds.ckpt.manifest import check_before_load
 
-    check_checkpoint(ckpt_dir)  # nothing below unpickles code (DeepSpeed's zero_to_fp32 included)
+    # The files match their manifest, and nothing below unpickles code (DeepSpeed's zero_to_fp32 included).
+    check_before_load(ckpt_dir, "load it with --tag {tag}", log=lambda line: print(line, file=sys.stderr))
     root, tag = os.path.split(ckpt_dir)
     optim_files = glob.glob(os.path.join(ckpt_dir, "*_optim_states.pt"))
     if zero_stage(saved) >= 1 and optim_files:

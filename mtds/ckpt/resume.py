@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from mtds.ckpt.layout import find, read_config
+from mtds.ckpt.layout import checkpoint_root, complete_tags, find, read_config
 from mtds.ckpt.universal import UNIVERSAL_DIR, is_universal
 from mtds.config import migrate
 from mtds.ds_config import precision, set_precision
@@ -69,8 +69,10 @@ def _check_data(saved: dict, current: dict, log) -> None:
                       "data.allow_other_data=true to resume on this data anyway")
 
 
-def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_back_to_fp32: bool = False) -> str | None:
-    """The checkpoint to resume from (None: none yet), checked before DeepSpeed starts.
+def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_back_to_fp32: bool = False,
+                tag: str | None = None) -> str | None:
+    """The checkpoint to resume from (None: none yet), checked before DeepSpeed starts: the newest
+    complete one, or `tag` (training.load_tag, e.g. the one before a damaged checkpoint).
 
     ZeRO partitions optimizer state per data-parallel rank, and DeepSpeed refuses to load a
     ZeRO checkpoint at another data-parallel size except in its universal form: turn that on in
@@ -82,7 +84,12 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_b
     """
     if os.path.exists(load_dir) and not os.path.isdir(load_dir):
         raise ConfigError(f"training.load={load_dir!r} is a file; give the run directory to resume from")
-    ckpt = find(load_dir, log=log)
+    ckpt = find(load_dir, tag, log=log)
+    if ckpt is None and tag is not None:
+        root = checkpoint_root(load_dir)
+        shown = ", ".join(complete_tags(root)[-5:]) or "none"
+        raise ConfigError(f"training.load_tag={tag!r}: no complete checkpoint {os.path.join(root, tag)}; "
+                          f"complete ones: {shown}")
     if ckpt is None:
         return None
     saved = read_config(ckpt)

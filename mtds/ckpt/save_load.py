@@ -2,8 +2,9 @@
 
 Why not DeepSpeed's `latest`: rank 0 writes it without waiting for the other ranks' shards, so
 a kill mid-save can leave it naming a partial checkpoint. We save under `<tag>.tmp` with
-save_latest=False, wait for every rank, then rank 0 writes mtds_config.json (what makes a tag
-complete, see layout.py), renames the directory and replaces `latest` atomically.
+save_latest=False; rank 0 writes mtds_config.json (what makes a tag complete, see layout.py),
+each rank hashes the files it wrote, rank 0 gathers the hashes into manifest.json (manifest.py),
+renames the directory and replaces `latest` atomically.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import shutil
 import numpy as np
 import torch
 
+from mtds.ckpt import manifest
 from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, read_config, tag_for
 from mtds.ckpt.resume import check_compatible
-from mtds.distributed import barrier, is_rank0
+from mtds.distributed import barrier, gather_to_rank0, is_rank0
 from mtds.errors import ConfigError, TrainingStopped
 
 
@@ -58,20 +60,26 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
     barrier()
     tmp_dir, final_dir = os.path.join(root, tmp_tag), os.path.join(root, tag)
     try:
-        engine.save_checkpoint(root, tag=tmp_tag, client_state={"mtds": trainer_state}, save_latest=False)
+        with manifest.recording(engine) as written:
+            engine.save_checkpoint(root, tag=tmp_tag, client_state={"mtds": trainer_state}, save_latest=False)
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        torch.save(rng_state(), os.path.join(tmp_dir, f"rng_rank{rank}.pt"))
+        written.append(os.path.join(tmp_dir, f"rng_rank{rank}.pt"))
+        torch.save(rng_state(), written[-1])
         if is_rank0():
-            _atomic_write(os.path.join(tmp_dir, CONFIG_FILE), json.dumps(resolved, indent=2))
+            written.append(os.path.join(tmp_dir, CONFIG_FILE))
+            _atomic_write(written[-1], json.dumps(resolved, indent=2))
+        hashes = gather_to_rank0(manifest.hash_files(tmp_dir, written))  # also: every rank's files are on disk
+        if is_rank0():
+            manifest.write(tmp_dir, {rel: entry for part in hashes for rel, entry in part.items()})
     except (OSError, RuntimeError) as e:
         _stop_if_storage_failed(e, root, tmp_dir)
         raise
-    barrier()  # every rank's shards are on disk
     if is_rank0():
         shutil.rmtree(final_dir, ignore_errors=True)
         os.replace(tmp_dir, final_dir)
+        manifest.remember_verified(final_dir)
         _atomic_write(os.path.join(root, LATEST_FILE), tag)
-        _prune(root, keep_last)
+        _prune(root, keep_last, log)
         log(f"saved checkpoint {final_dir}")
     barrier()
     return tag
@@ -108,9 +116,28 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
-def _prune(root: str, keep_last: int) -> None:
-    for old in complete_tags(root)[:-keep_last]:
-        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+_warned_damaged: set[str] = set()
+
+
+def _prune(root: str, keep_last: int, log=print) -> None:
+    """Keep the newest `keep_last` checkpoints that are not damaged and delete every older one.
+
+    A damaged checkpoint (files that differ from its manifest) neither counts as kept nor makes a
+    good one go: with iter_4 damaged and keep_last=2, [2, 4, 5] keeps 5 and 2 (and leaves 4, for a
+    look; it goes once two newer good ones exist). Hashing stops at the oldest kept one, and what
+    this process wrote or checked is not read again (manifest.state).
+    """
+    kept = 0
+    for tag in reversed(complete_tags(root)):
+        path = os.path.join(root, tag)
+        if kept >= keep_last:
+            shutil.rmtree(path, ignore_errors=True)
+        elif manifest.state(path) == manifest.DAMAGED:
+            if path not in _warned_damaged:
+                _warned_damaged.add(path)
+                log(f"warning: {manifest.damage(path)}; training.keep_last does not count {tag}, and keeps it for now")
+        else:
+            kept += 1
 
 
 def load(engine, ckpt_dir: str, current_resolved: dict, log=print) -> dict:

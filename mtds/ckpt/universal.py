@@ -43,9 +43,9 @@ def convert(ckpt_dir: str, log=print) -> str:
     if is_universal(ckpt_dir):
         log(f"{target} exists already: the checkpoint is universal")
         return target
-    from mtds.safe_loading import check_checkpoint
+    from mtds.ckpt import manifest
 
-    check_checkpoint(ckpt_dir)
+    manifest.check_before_load(ckpt_dir, "convert it with --tag {tag} and resume with --training.load_tag={tag}", log)
     model_files = sorted(glob.glob(os.path.join(ckpt_dir, "*model_states.pt")))
     optim_files = sorted(glob.glob(os.path.join(ckpt_dir, "*_optim_states.pt")))
     if not model_files or not optim_files:
@@ -73,5 +73,6 @@ def convert(ckpt_dir: str, log=print) -> str:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise LoadError(f"{ckpt_dir}: DeepSpeed's ds_to_universal failed: {last}")
         os.replace(os.path.join(out, UNIVERSAL_DIR), target)  # same filesystem: atomic
+    manifest.add(ckpt_dir, UNIVERSAL_DIR)  # a resume verifies the universal files too
     log(f"wrote {target}: the checkpoint now resumes at any data-parallel world size")
     return target

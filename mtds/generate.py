@@ -2,11 +2,16 @@
 
     python -m mtds.generate --load RUN_DIR [--tag iter_0000040] --prompt "def main(" \\
         [--max-new-tokens 64] [--temperature 0.8 --top-k 50 --top-p 0.95 | --greedy] [--seed 1234]
+    python -m mtds.generate --load SFT_RUN_DIR --chat --prompt "What does json.dumps do?" [--template auto]
 
 Runs in one plain process (CPU by default; no DeepSpeed engine or launcher). Each new token
 re-runs the model on the whole context (no KV cache): simple and exactly the training forward,
 and fast enough for the model sizes mtds trains on one machine. The context is cropped to the
 model's max_position_embeddings. Sampling is deterministic for a given --seed.
+
+--chat renders the prompt as one user turn plus the start of the assistant's turn with the chat
+template data_tools.sft uses (data_tools.chat_format: the default plain-text one, or a Hugging Face
+tokenizer's chat_template), prints only the answer and stops at the end-of-turn token.
 """
 
 from __future__ import annotations
@@ -91,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--num-samples", type=int, default=1, help="independent samples (seeds seed, seed+1, ...)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-document token")
+    p.add_argument("--chat", action="store_true",
+                   help="the prompt is a user turn of the chat template (a gpt_sft run); print the answer")
+    p.add_argument("--template", choices=("auto", "default", "hf"), default="auto",
+                   help="with --chat: the template data_tools.sft --template used")
     p.add_argument("--device", default=default_device())
     return p
 
@@ -123,17 +132,27 @@ def main(argv: list[str] | None = None) -> int:
     # No prompt: what follows a document's end in the data, EOD then whatever the tokenizer starts a
     # text with (a Hugging Face tokenizer's BOS; nothing for sentencepiece).
     prompt_ids = tok.tokenize(a.prompt) if a.prompt else [tok.eod, *tok.tokenize("")]
+    stop_ids, shown = (tok.eod,), a.prompt
+    if a.chat:
+        from data_tools.chat_format import ChatEncoder, ChatError
+
+        try:
+            chat = ChatEncoder(tok.model_path, tok.tokenizer_type, a.template)
+        except ChatError as e:
+            raise LoadError(str(e)) from None
+        prompt_ids = chat.prompt_ids([{"role": "user", "content": a.prompt}])
+        stop_ids, shown = (chat.eos, tok.eod), ""  # the end-of-turn token ends the answer
     max_context = run.cfg.model.max_position_embeddings
     if len(prompt_ids) > max_context:
         print(f"note: prompt has {len(prompt_ids)} tokens; the model sees the last {max_context}", file=sys.stderr)
     for i in range(a.num_samples):
         new = generate(run.model, prompt_ids, max_new_tokens=a.max_new_tokens, max_context=max_context,
                        vocab_limit=tok.vocab_size, greedy=a.greedy, temperature=a.temperature, top_k=a.top_k,
-                       top_p=a.top_p, seed=a.seed + i, stop_ids=() if a.no_stop else (tok.eod,),
+                       top_p=a.top_p, seed=a.seed + i, stop_ids=() if a.no_stop else stop_ids,
                        logits_fn=logits_fn)
         if i:
             print("-" * 40)
-        print(a.prompt + tok.detokenize([t for t in new if t != tok.eod]), flush=True)
+        print(shown + tok.detokenize([t for t in new if t not in stop_ids]), flush=True)
     return 0
 
 

@@ -155,6 +155,9 @@ def test_import_writes_a_run_directory_the_tools_and_training_read(imported, hf_
     saved = read_config(ckpt)
     assert os.path.basename(ckpt) == "iter_0000000" and saved["train_iters"] == 0
     assert saved["imported_from"]["architecture"] == "LlamaForCausalLM"
+    from mtds.ckpt import manifest
+
+    assert manifest.verify(ckpt) is True  # a manifest of every file, like a training save (False: none)
     assert (saved["imported_from"]["bos_token_id"], saved["imported_from"]["eos_token_id"]) == (1, 2)
     m = run.cfg.model
     assert (m.num_query_groups, m.vocab_size, m.layernorm_epsilon, m.rotary_base, m.tie_embeddings) == \

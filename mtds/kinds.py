@@ -48,6 +48,7 @@ def build_model(cfg, vocab_size: int, precision: str, on_gpu: bool):
     kind = cfg.kind
     return kind.family.build(cfg.model, vocab_size, precision, on_gpu, **kind.task.model_heads(cfg.task))
 
+
 def forward_step(cfg):
     """The run's forward step `(model, batch, device) -> (loss, metrics)`: its task's, plus the
     family's per-micro-batch metrics where it has them (an MoE GPT's load balance)."""

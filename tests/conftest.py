@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from helpers import build_tiny_data
+from helpers import DIST_ENV, build_tiny_data
+
+_SESSION_DIST_ENV = {k: os.environ.get(k) for k in DIST_ENV}
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +41,16 @@ def world_of_one():
         parallel_state.destroy_model_parallel()
     if made_group:
         torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_rendezvous():
+    """A test that loads a model in-process (mtds.load_trained) sets RANK/MASTER_PORT/... in this
+    process and its gloo store holds that port; a training subprocess a later test starts must not
+    inherit them (it would try to bind the same port: EADDRINUSE)."""
+    yield
+    for k, v in _SESSION_DIST_ENV.items():  # as the session started: module fixtures set them too
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -166,8 +166,8 @@ def test_sigkill_during_save_never_publishes_a_partial_checkpoint(tiny_data, tmp
             killed_mid_save = True
             break
         time.sleep(0.002)
-    proc.communicate(timeout=60)
-    assert killed_mid_save, "never caught a save in flight"
+    out, _ = proc.communicate(timeout=60)
+    assert killed_mid_save, "never caught a save in flight:\n" + out[-2000:]
     partial = [n for n in os.listdir(ckpts) if n.endswith(".tmp")]
     latest = (ckpts / "latest").read_text()
     assert partial, "the kill should have left the in-flight save's .tmp directory behind"

@@ -20,13 +20,20 @@ CAUSAL_LM = True
 LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
+def layer_mismatch(m) -> str | None:
+    """None if the layers are Llama's (RoPE, RMSNorm, SwiGLU), as Mistral, Qwen2 and Mixtral share."""
+    combo = (m.position_embedding_type, m.normalization, m.activation)
+    if combo != ("rope", "RMSNorm", "swiglu"):
+        return f"position_embedding_type={combo[0]}, normalization={combo[1]}, activation={combo[2]}"
+    return None
+
+
 def unsupported(m, heads: dict) -> str | None:
     """None if the model exports as Llama, else what does not fit."""
     if m.num_moe_experts:
         return f"num_moe_experts={m.num_moe_experts} (a mixture of experts; a dense model's table)"
-    combo = (m.position_embedding_type, m.normalization, m.activation)
-    if combo != ("rope", "RMSNorm", "swiglu"):
-        return f"position_embedding_type={combo[0]}, normalization={combo[1]}, activation={combo[2]}"
+    if layer_mismatch(m):
+        return layer_mismatch(m)
     if m.add_qkv_bias and not m.add_bias_linear:
         return "add_qkv_bias=true (biases on q/k/v only: Qwen2)"
     return None

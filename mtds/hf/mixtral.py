@@ -23,9 +23,8 @@ CAUSAL_LM = True
 def unsupported(m, heads: dict) -> str | None:
     if not m.num_moe_experts:
         return "num_moe_experts=none (Mixtral is a mixture of experts)"
-    combo = (m.position_embedding_type, m.normalization, m.activation)
-    if combo != ("rope", "RMSNorm", "swiglu"):
-        return f"position_embedding_type={combo[0]}, normalization={combo[1]}, activation={combo[2]}"
+    if llama.layer_mismatch(m):
+        return llama.layer_mismatch(m)
     if m.add_bias_linear or m.add_qkv_bias:
         return "linear biases (Mixtral has none)"
     return None

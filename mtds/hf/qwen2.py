@@ -15,9 +15,8 @@ rules = llama.rules
 def unsupported(m, heads: dict) -> str | None:
     if m.num_moe_experts:
         return f"num_moe_experts={m.num_moe_experts} (a mixture of experts; a dense model's table)"
-    combo = (m.position_embedding_type, m.normalization, m.activation)
-    if combo != ("rope", "RMSNorm", "swiglu"):
-        return f"position_embedding_type={combo[0]}, normalization={combo[1]}, activation={combo[2]}"
+    if llama.layer_mismatch(m):
+        return llama.layer_mismatch(m)
     if not m.add_qkv_bias or m.add_bias_linear:
         return f"add_qkv_bias={m.add_qkv_bias}, add_bias_linear={m.add_bias_linear} (Qwen2 has q/k/v biases only)"
     return None

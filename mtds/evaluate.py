@@ -9,6 +9,10 @@ build_datasets, with the run's split, seed and sequence length), the same fixed 
 defaults (the run's data, --split valid, the run's eval_iters x world size micro-batches of the
 run's micro-batch size) it reproduces the `val/loss` the training run logged for the same weights
 (exactly for fp32 runs; bf16 runs evaluated their bf16 weights, this tool uses the fp32 master copy).
+
+A task with a `report` function (classification) computes its metrics over all the evaluated
+samples at once instead (exact macro-F1, where training logs the mean of per-micro-batch values)
+and prints a per-class table below the summary line.
 """
 
 from __future__ import annotations
@@ -130,17 +134,26 @@ def main(argv: list[str] | None = None) -> int:
         raise LoadError(f"split {a.split!r} of {' '.join(shown)} is empty (split string "
                         f"{cfg.data.split!r}); try --split all")
     loader = fixed_eval_batches(dataset, iters, micro, 0, 1)
-    forward = functools.partial(task.forward_step, opts=cfg.task)
-    result = evaluate(run.model, loader, forward, torch.device(a.device), progress=not a.no_progress)
+    report, table = getattr(task, "report", None), []
+    if report is not None:  # the task's own metrics over all samples at once, and its table
+        result, table = report(run.model, loader, torch.device(a.device), cfg.task)
+        if not result:
+            raise LoadError("the evaluation split has no full micro-batch; lower --micro-batch or use --split all")
+    else:
+        forward = functools.partial(task.forward_step, opts=cfg.task)
+        result = evaluate(run.model, loader, forward, torch.device(a.device), progress=not a.no_progress)
     result.update(split=a.split, samples=result["batches"] * micro, tokens=result["batches"] * micro * cfg.seq_length,
                   checkpoint=run.ckpt_dir, data=shown)
     if a.json:
         print(json.dumps(result))
     else:
-        extra = "".join(f" | {k} {v:.4f}" for k, v in result.items()
-                        if k not in ("loss", "ppl", "batches", "split", "samples", "tokens", "checkpoint", "data"))
+        extra = "".join(f" | {k} {v:.4f}" for k, v in result.items() if k not in (
+            "loss", "ppl", "batches", "split", "samples", "tokens", "checkpoint", "data", "per_class"))
+        ppl = f" | ppl {result['ppl']:.2f}" if "ppl" in result else ""
         print(f"{run.ckpt_dir} on {' '.join(shown)} ({a.split}, {result['batches']} batches x {micro} "
-              f"samples x {cfg.seq_length} tokens): loss {result['loss']:.4f} | ppl {result['ppl']:.2f}{extra}")
+              f"samples x {cfg.seq_length} tokens): loss {result['loss']:.4f}{ppl}{extra}")
+        for line in table:
+            print(line)
     return 0
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from mtds.models import bert, gpt
-from mtds.tasks import causal_lm, masked_lm, sft
+from mtds.tasks import causal_lm, classification, masked_lm, sft
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ KINDS: dict[str, Kind] = {
     "gpt": Kind(family=gpt, task=causal_lm),  # decoder-only, next-token loss
     "bert": Kind(family=bert, task=masked_lm),  # encoder-only, masked LM + sentence order
     "gpt_sft": Kind(family=gpt, task=sft),  # decoder-only, fine-tuned on chats: loss on assistant tokens
+    "bert_cls": Kind(family=bert, task=classification),  # encoder-only, fine-tuned to label texts (pooler + head)
 }
 
 

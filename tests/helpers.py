@@ -49,7 +49,21 @@ def build_tiny_data(out_dir: str, vocab_size: int = 512, sentences: bool = False
         preprocess([corpus], prefix, model, append_eod=True, workers=1, split_sentences=True, quiet=True)
         out["sentence_prefix"] = prefix + "_text_sentence"
     out.update(build_tiny_sft(out_dir, model, [os.path.join(stdlib, "email"), os.path.join(stdlib, "json")]))
+    out.update(build_tiny_cls(out_dir, model, [os.path.join(stdlib, "email"), os.path.join(stdlib, "json")]))
     return out
+
+
+def build_tiny_cls(out_dir: str, tokenizer_model: str, sources: list[str]) -> dict:
+    """Classification data for the tiny corpus: its paragraphs labelled code or prose
+    (`code_prose`: data_tools.cls_corpus's jsonl; `cls_prefix`: data_tools.classify's token prefix,
+    its label side files beside it)."""
+    from data_tools.classify import classify_preprocess
+    from data_tools.cls_corpus import build_cls_corpus
+
+    code_prose = os.path.join(out_dir, "code_prose.jsonl")
+    build_cls_corpus(code_prose, sources, quiet=True)
+    s = classify_preprocess([code_prose], os.path.join(out_dir, "code_prose"), tokenizer_model, quiet=True)
+    return {"code_prose": code_prose, "cls_prefix": s.output}
 
 
 def build_tiny_sft(out_dir: str, tokenizer_model: str, sources: list[str]) -> dict:

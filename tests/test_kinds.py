@@ -141,7 +141,7 @@ def test_data_tools_imports_nothing_from_mtds():
 
 
 # -- the contract every kind keeps -------------------------------------------------------------
-LAYOUT_PREFIX = {"document": "prefix", "sentence": "sentence_prefix", "sft": "sft_prefix"}  # tiny_data's pair of each layout
+LAYOUT_PREFIX = {"document": "prefix", "sentence": "sentence_prefix", "sft": "sft_prefix", "cls": "cls_prefix"}  # tiny_data's pair of each layout
 TINY = {"preset": "none", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "max_position_embeddings": 32}
 
 

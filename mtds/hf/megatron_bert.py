@@ -22,6 +22,13 @@ CAUSAL_LM = False
 def unsupported(m, heads: dict) -> str | None:
     """None if the model exports as MegatronBert, else what does not fit (BERT's positions are
     always learned)."""
+    if heads.get("class_labels"):
+        return "a sequence-classification head (MegatronBertForSequenceClassification takes it)"
+    return body_unsupported(m)
+
+
+def body_unsupported(m) -> str | None:
+    """What of the encoder MegatronBert cannot express, or None."""
     if (m.normalization, m.activation) != ("LayerNorm", "gelu"):
         return f"normalization={m.normalization}, activation={m.activation}"
     if m.num_query_groups not in (None, m.num_attention_heads):
@@ -66,26 +73,35 @@ def model_config(hf: dict) -> tuple[dict, dict]:
 
 def rules(m, heads: dict) -> list[Rule]:
     """megatron BertModel keys <-> MegatronBertForMaskedLM keys."""
-    h, binary_head = m.hidden_size, heads.get("add_binary_head", False)
-    table = [rule("embedding.word_embeddings.weight", "bert.embeddings.word_embeddings.weight"),
-             rule("embedding.position_embeddings.weight", "bert.embeddings.position_embeddings.weight"),
-             rule("encoder.final_layernorm.weight", "bert.encoder.ln.weight"),
-             rule("encoder.final_layernorm.bias", "bert.encoder.ln.bias"),
-             rule("lm_head.dense.weight", "cls.predictions.transform.dense.weight"),
-             rule("lm_head.dense.bias", "cls.predictions.transform.dense.bias"),
-             rule("lm_head.layer_norm.weight", "cls.predictions.transform.LayerNorm.weight"),
-             rule("lm_head.layer_norm.bias", "cls.predictions.transform.LayerNorm.bias")]
-    token_types = "bert.embeddings.token_type_embeddings.weight"
+    binary_head = heads.get("add_binary_head", False)
+    table = body_rules(m, token_types=binary_head)
+    table += [rule("lm_head.dense.weight", "cls.predictions.transform.dense.weight"),
+              rule("lm_head.dense.bias", "cls.predictions.transform.dense.bias"),
+              rule("lm_head.layer_norm.weight", "cls.predictions.transform.LayerNorm.weight"),
+              rule("lm_head.layer_norm.bias", "cls.predictions.transform.LayerNorm.bias")]
     if binary_head:
-        table += [rule("embedding.tokentype_embeddings.weight", token_types),
-                  dropped("pooler.dense.weight", "pooler.dense.bias", "binary_head.weight", "binary_head.bias")]
-    else:  # no token types in megatron; HF adds type 0's embedding, so it is zero
-        table.append(Rule((), (token_types,), Zeros((1, h))))
+        table.append(dropped("pooler.dense.weight", "pooler.dense.bias", "binary_head.weight", "binary_head.bias"))
     if m.tie_embeddings:
         table.append(rule("output_layer.bias", "cls.predictions.bias"))
     else:  # untied, HF also stops tying the decoder's bias to cls.predictions.bias
         table += [rule("output_layer.weight", "cls.predictions.decoder.weight"),
                   rule("output_layer.bias", ("cls.predictions.bias", "cls.predictions.decoder.bias"), Duplicate())]
+    return table
+
+
+def body_rules(m, token_types: bool) -> list[Rule]:
+    """The encoder both MegatronBert heads share (`bert.` in HF): embeddings, layers, final LayerNorm.
+    `token_types`: megatron has the two-row token-type embedding (else HF's one row is zero)."""
+    h = m.hidden_size
+    table = [rule("embedding.word_embeddings.weight", "bert.embeddings.word_embeddings.weight"),
+             rule("embedding.position_embeddings.weight", "bert.embeddings.position_embeddings.weight"),
+             rule("encoder.final_layernorm.weight", "bert.encoder.ln.weight"),
+             rule("encoder.final_layernorm.bias", "bert.encoder.ln.bias")]
+    token_type = "bert.embeddings.token_type_embeddings.weight"
+    if token_types:
+        table.append(rule("embedding.tokentype_embeddings.weight", token_type))
+    else:  # no token types in megatron; HF adds type 0's embedding, so it is zero
+        table.append(Rule((), (token_type,), Zeros((1, h))))
     qkv = SplitQKV(m.num_attention_heads, m.num_attention_heads, h // m.num_attention_heads)
     for i in range(m.num_layers):
         ours, theirs = f"encoder.layers.{i}.", f"bert.encoder.layer.{i}."

@@ -1,8 +1,10 @@
 """BERT family: megatron-core BertModel (encoder-only, pre-LayerNorm) on its local layer spec with
 SDPA attention (mtds.attention.SDPABertModel explains the one adaptation this needs).
 
-The heads are the objective's choice: the masked-LM head always, the binary (sentence-pair) head
-when the task asks for it (`heads={"add_binary_head": True}`, see mtds/tasks/masked_lm.py).
+The heads are the objective's choice: the masked-LM head, plus the binary (sentence-pair) head
+when the task asks for it (`heads={"add_binary_head": True}`, see mtds/tasks/masked_lm.py); or,
+for sequence classification (`heads={"class_labels": (...)}`, mtds/tasks/classification.py), the
+pooler and a classification head in place of both (mtds.bert_classifier).
 """
 
 from __future__ import annotations
@@ -27,13 +29,21 @@ def validate(m) -> list[str]:
     return []
 
 
-def build(m, vocab_size: int, precision: str, on_gpu: bool, *, add_binary_head: bool = False):
-    """BertModel with the masked-LM head, plus the binary head if asked."""
+def build(m, vocab_size: int, precision: str, on_gpu: bool, *, add_binary_head: bool = False,
+          class_labels: tuple = ()):
+    """BertModel with the masked-LM head, plus the binary head if asked; with `class_labels`, a
+    classifier with one logit per label instead (no LM head)."""
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
 
     from mtds.attention import SDPABertModel
     from mtds.models.common import language_model_args, transformer_config, with_sdpa
 
+    if class_labels:
+        from mtds.bert_classifier import BertClassifier
+
+        return BertClassifier(num_classes=len(class_labels), config=transformer_config(m, precision, on_gpu),
+                              transformer_layer_spec=with_sdpa(bert_layer_local_spec), num_tokentypes=2,
+                              **language_model_args(m, vocab_size))
     return SDPABertModel(
         config=transformer_config(m, precision, on_gpu),
         transformer_layer_spec=with_sdpa(bert_layer_local_spec),
@@ -57,6 +67,6 @@ def transformer_layers(model) -> list:
 
 def hf_architectures() -> tuple:
     """Hugging Face architectures this family maps to (mtds/hf/)."""
-    from mtds.hf import megatron_bert
+    from mtds.hf import megatron_bert, megatron_bert_cls
 
-    return (megatron_bert,)
+    return (megatron_bert, megatron_bert_cls)

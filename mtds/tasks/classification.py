@@ -1,0 +1,217 @@
+"""Sequence classification with a BERT encoder (kind bert_cls): one label per text or text pair.
+
+Data: what `python -m data_tools.classify` writes, a token prefix `..._cls_document` (data.paths)
+with its side files `..._cls_document_labels.npy` (class id per sample) and `_labels.json` (the
+label set). Samples are framed `[CLS] a [SEP] (b [SEP])` and padded to data.seq_length
+(mtds.cls_dataset). Model: megatron-core BertModel's encoder and Pooler plus a classification head
+(mtds.bert_classifier). Loss = mean cross entropy over the micro-batch; metrics acc and macro_f1.
+Start from a pretrained BERT with `training.init_from=RUN_DIR` (same family, weights only; the
+classification head starts fresh and is named in a `note:` line).
+
+Training logs `val/macro_f1` as the mean over the evaluation micro-batches of each micro-batch's
+macro-F1 (the trainer averages per-batch metrics; F1 does not decompose that way), so it reads a
+little low on small batches; `python -m mtds.evaluate` gives the exact macro-F1 over all samples
+and a per-class table (`report`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from mtds.errors import ConfigError
+
+DATA_LAYOUT = "cls"
+"""preprocess output this task reads: data_tools.classify's `_cls_document` token prefix + its label side files."""
+
+
+@dataclass
+class Options:
+    """[task] options of classification."""
+
+    labels: list[str] = field(default_factory=list)
+    """The class names, in class-id order. Empty (the default): taken from the data's label set
+    (`..._cls_document_labels.json`) and saved with every checkpoint, so the tools know the classes.
+    Given: must equal the data's."""
+
+
+CHANGEABLE_ON_RESUME: tuple[str, ...] = ()
+"""`labels` sizes the classification head, so a resume must keep it."""
+
+
+def validate(opts: Options, cfg) -> list[str]:
+    errs = []
+    if not cfg.data.paths:
+        errs.append(f"model_type={cfg.model.model_type!r} needs data.paths (there is no default labelled corpus): "
+                    "build one with `python -m data_tools.classify` and give its _cls_document prefix")
+    if cfg.data.weights is not None:
+        errs.append("data.weights: classification reads all of data.paths, concatenated; drop data.weights")
+    if opts.labels and len(set(opts.labels)) != len(opts.labels):
+        errs.append(f"task.labels={opts.labels}: the names must be distinct")
+    return errs
+
+
+def model_heads(opts: Options) -> dict:
+    """Build switches for the family: the classifier, one logit per label (no masked-LM head)."""
+    return {"class_labels": tuple(opts.labels)}
+
+
+def check_data(cfg, sources, tokenizer) -> None:
+    """Every prefix needs its label side files, one class id per sample, and one label set shared by
+    all prefixes; `cfg.task.labels` is filled from it (one-line ConfigError for every problem)."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from data_tools.classify import labels_path, label_set_path, read_label_set
+    from data_tools.errors import DataToolsError
+
+    tokenizer.cls, tokenizer.sep, tokenizer.pad  # noqa: B018 -- each raises if the tokenizer lacks it
+    rebuild = "rebuild with `python -m data_tools.classify` (give the _cls_document prefix as data.paths)"
+    found = None
+    for prefix in sources.all_prefixes:
+        ids_file, set_file = labels_path(prefix), label_set_path(prefix)
+        for side in (ids_file, set_file):
+            if not os.path.isfile(side):
+                raise ConfigError(f"data.paths: {prefix} has no label side file {side}; {rebuild}")
+        try:
+            names = [str(x) for x in read_label_set(set_file)]
+        except DataToolsError as e:
+            raise ConfigError(f"data.paths: {e}; {rebuild}") from None
+        n_docs = len(IndexedDataset(prefix).document_indices) - 1
+        ids = np.load(ids_file, mmap_mode="r")
+        if ids.shape != (n_docs,) or (n_docs and not 0 <= int(ids.min()) <= int(ids.max()) < len(names)):
+            raise ConfigError(f"data.paths: {ids_file} does not match {prefix} ({ids.shape[0]} class ids for "
+                              f"{n_docs} samples, or ids outside the {len(names)} labels); {rebuild}")
+        if found is None:
+            found = (prefix, names)
+        elif names != found[1]:
+            raise ConfigError(f"data.paths: {prefix} has labels {names} but {found[0]} has {found[1]}; build the "
+                              f"others with `python -m data_tools.classify --label-set {label_set_path(found[0])}`")
+    if cfg.task.labels and cfg.task.labels != found[1]:
+        raise ConfigError(f"task.labels={cfg.task.labels} differs from the data's {found[1]} "
+                          f"({label_set_path(found[0])}); drop task.labels to take the data's")
+    cfg.task.labels = list(found[1])
+    if not len(_split_samples(cfg, sources)[0]):
+        raise ConfigError(f"data.split={cfg.data.split!r} leaves no training sample; give train more weight")
+
+
+def _split_samples(cfg, sources) -> list:
+    """[n, 2] (prefix index, sample index) arrays for train, valid, test (None where unused):
+    data.split takes contiguous ranges of each prefix's samples, as megatron-core's builder does."""
+    import numpy as np
+    from megatron.core.datasets.blended_megatron_dataset_config import convert_split_vector_to_split_matrix
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from megatron.core.datasets.utils import normalize
+
+    from mtds.data import split_string
+
+    counts = [len(IndexedDataset(p).document_indices) - 1 for p in sources.all_prefixes]
+
+    def rows(prefix_ids, bounds):
+        parts = [np.stack([np.full(e - b, p), np.arange(b, e)], 1) for p in prefix_ids
+                 for b, e in [(int(round(bounds[0] * counts[p])), int(round(bounds[1] * counts[p])))]]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, 2), np.int64)
+
+    n_train = len(sources.prefixes)
+    if sources.valid_prefixes:  # separate validation set, read whole; no test split
+        return [rows(range(n_train), (0.0, 1.0)), rows(range(n_train, len(counts)), (0.0, 1.0)), None]
+    matrix = convert_split_vector_to_split_matrix(normalize([float(w) for w in split_string(cfg.data.split).split(",")]))
+    return [None if b is None else rows(range(n_train), b) for b in matrix]
+
+
+def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
+    """(train, valid, test) ClassificationDatasets: train repeats epochs up to sizes[0] samples;
+    valid and test hold each of their samples once (None for a split that is unused, empty or asked for 0)."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from data_tools.classify import labels_path
+    from mtds.cls_dataset import ClassificationDataset
+
+    pairs = [(IndexedDataset(p), np.load(labels_path(p), mmap_mode="r")) for p in sources.all_prefixes]
+    out = []
+    for k, (samples, size) in enumerate(zip(_split_samples(cfg, sources), sizes)):
+        if samples is None or not size or len(samples) == 0:
+            out.append(None)
+            continue
+        out.append(ClassificationDataset(pairs, samples, cfg.seq_length, size if k == 0 else None,
+                                         cfg.data.seed + k, tokenizer))
+    return tuple(out)
+
+
+def logits_and_labels(model, batch: dict, device):
+    """([b, classes] fp32 logits, [b] class ids) of a micro-batch."""
+    tokens = batch["text"].to(device, non_blocking=True)  # [b, s]
+    padding_mask = batch["padding_mask"].to(device, non_blocking=True)  # [b, s], 1 = token
+    types = batch["types"].to(device, non_blocking=True)  # [b, s], 0 = text, 1 = text_pair
+    labels = batch["label"].to(device, non_blocking=True).long()  # [b]
+    return model(tokens, padding_mask, tokentype_ids=types).float(), labels
+
+
+def forward_step(model, batch: dict, device, opts: Options | None = None):
+    """Cross entropy of the classification head; metrics acc and macro_f1 (of this micro-batch)."""
+    import torch.nn.functional as F
+
+    logits, labels = logits_and_labels(model, batch, device)
+    loss = F.cross_entropy(logits, labels)
+    pred = logits.detach().argmax(-1)
+    return loss, {"acc": (pred == labels).float().mean(), "macro_f1": macro_f1(confusion(pred, labels, logits.shape[1]))}
+
+
+def confusion(pred, labels, n: int):
+    """[n, n] counts: row = true class, column = predicted."""
+    import torch
+
+    return torch.bincount(labels * n + pred, minlength=n * n).reshape(n, n)
+
+
+def per_class(conf):
+    """(precision, recall, f1, support) per class, each [n] fp64; 0 where undefined."""
+    conf = conf.double()
+    tp, true, predicted = conf.diagonal(), conf.sum(1), conf.sum(0)
+    precision = tp / predicted.clamp(min=1)
+    recall = tp / true.clamp(min=1)
+    f1 = 2 * tp / (true + predicted).clamp(min=1)
+    return precision, recall, f1, true
+
+
+def macro_f1(conf):
+    """Mean F1 over the classes that occur as a label or a prediction (scikit-learn's macro average
+    over the labels present)."""
+    _, _, f1, _ = per_class(conf)
+    present = (conf.sum(0) + conf.sum(1)) > 0
+    return f1[present].mean().float()
+
+
+def report(model, loader, device, opts: Options) -> tuple[dict, list[str]]:
+    """Exact metrics over every sample of `loader` and a per-class table (for mtds.evaluate):
+    loss (mean over micro-batches, as the training loop), acc, macro_f1, the majority-class
+    accuracy of these samples for reference, and per_class precision/recall/f1/support.
+    Returns ({}, []) for a loader without a micro-batch."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(opts.labels)
+    conf = torch.zeros(n, n, dtype=torch.long)
+    total, batches = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            logits, labels = logits_and_labels(model, batch, device)
+            total += F.cross_entropy(logits, labels).item()
+            batches += 1
+            conf += confusion(logits.argmax(-1), labels, n).cpu()
+    if batches == 0:
+        return {}, []
+    precision, recall, f1, support = per_class(conf)
+    samples = int(conf.sum())
+    result = {"loss": total / batches, "batches": batches, "acc": conf.diagonal().sum().item() / samples,
+              "macro_f1": macro_f1(conf).item(), "majority_acc": support.max().item() / samples,
+              "per_class": {name: {"precision": p, "recall": r, "f1": f, "support": int(s)} for name, p, r, f, s
+                            in zip(opts.labels, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())}}
+    width = max(len("class"), *(len(x) for x in opts.labels))
+    lines = [f"{'class':<{width}}  precision  recall      f1  support"]
+    lines += [f"{name:<{width}}  {p:9.4f}  {r:6.4f}  {f:6.4f}  {int(s):7d}"
+              for name, p, r, f, s in zip(opts.labels, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())]
+    lines.append(f"{'macro':<{width}}  {precision.mean().item():9.4f}  {recall.mean().item():6.4f}  "
+                 f"{result['macro_f1']:6.4f}  {samples:7d}")
+    return result, lines

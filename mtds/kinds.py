@@ -25,7 +25,8 @@ class Kind:
     hf_architectures."""
     task: ModuleType
     """mtds/tasks/<task>.py: Options ([task]), DATA_LAYOUT, CHANGEABLE_ON_RESUME, validate,
-    model_heads, check_data, build_datasets, forward_step (next_token_logits if it generates)."""
+    model_heads, check_data, build_datasets, forward_step (next_token_logits if it generates, report if
+    its evaluation metrics need all samples at once)."""
 
 
 KINDS: dict[str, Kind] = {

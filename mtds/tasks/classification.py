@@ -52,7 +52,11 @@ def validate(opts: Options, cfg) -> list[str]:
 
 
 def model_heads(opts: Options) -> dict:
-    """Build switches for the family: the classifier, one logit per label (no masked-LM head)."""
+    """Build switches for the family: the classifier, one logit per label (no masked-LM head).
+    The labels come from the data (check_data) or a saved config; without them there is no head to size."""
+    if not opts.labels:
+        raise ConfigError("task.labels is empty: the classifier's size comes from the data's label set "
+                          "(check_data fills it; give data.paths built by `python -m data_tools.classify`)")
     return {"class_labels": tuple(opts.labels)}
 
 

@@ -4,12 +4,15 @@ It replaces megatron-core's `DotProductAttention` in our layer specs because:
 - on GPU without Transformer Engine, SDPA dispatches to the flash / memory-efficient kernels,
   while DotProductAttention materialises the [b, np, s, s] score matrix;
 - on CPU, DotProductAttention forks megatron's CUDA RNG tracker for dropout and fails.
-Tensor and context parallelism are not supported here (mtds is data-parallel only).
+Under tensor parallelism each rank attends with its own heads and key/value groups (global / TP),
+and attention dropout draws from the tracker's model-parallel stream, as megatron's own does, so
+the ranks' heads get independent masks. Context parallelism is not supported.
 `SDPABertModel` is the one change megatron-core's BertModel needs to accept this core attention.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -21,7 +24,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 
 class SDPAttention(MegatronModule):
-    """Drop-in for DotProductAttention: [sq, b, np, hn] x3 -> [sq, b, np * hn]."""
+    """Drop-in for DotProductAttention: [sq, b, np, hn] x3 -> [sq, b, np * hn], np = heads / TP."""
 
     def __init__(
         self,
@@ -35,13 +38,15 @@ class SDPAttention(MegatronModule):
         pg_collection=None,
     ):
         super().__init__(config=config)
-        if config.tensor_model_parallel_size != 1 or config.context_parallel_size != 1:
-            raise ValueError("SDPAttention supports tensor/context parallel size 1 only")
+        if config.context_parallel_size != 1:
+            raise ValueError("SDPAttention supports context parallel size 1 only")
         if config.apply_query_key_layer_scaling:
             raise ValueError("SDPAttention does not implement apply_query_key_layer_scaling")
         self.attn_mask_type = attn_mask_type
-        self.num_heads = config.num_attention_heads
-        self.num_query_groups = config.num_query_groups or config.num_attention_heads
+        tp = config.tensor_model_parallel_size
+        self.num_heads = config.num_attention_heads // tp  # this rank's heads
+        self.num_query_groups = (config.num_query_groups or config.num_attention_heads) // tp
+        self.tensor_parallel = tp > 1
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale or 1.0 / math.sqrt(self.head_dim)
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
@@ -67,17 +72,24 @@ class SDPAttention(MegatronModule):
             # document mask [b, 1, s, s] (data.document_mask), which holds the causal part itself.
             # megatron masks are True where attention is NOT allowed; SDPA's bool mask is the opposite.
             is_causal, sdpa_mask = False, ~attention_mask.bool()
-        context = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=sdpa_mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
-            is_causal=is_causal,
-            scale=self.softmax_scale,
-            enable_gqa=self.num_query_groups != self.num_heads,
-        )
-        # [b, np, sq, hn] -> [sq, b, np * hn]
+        dropout_p = self.dropout_p if self.training else 0.0
+        rng = contextlib.nullcontext()
+        if dropout_p and self.tensor_parallel:
+            from megatron.core import tensor_parallel
+
+            rng = tensor_parallel.get_cuda_rng_tracker().fork()
+        with rng:
+            context = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=sdpa_mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=self.softmax_scale,
+                enable_gqa=self.num_query_groups != self.num_heads,
+            )
+        # [b, np, sq, hn] -> [sq, b, np * hn] (np: this rank's heads)
         sq, b = context.shape[2], context.shape[0]
         return context.permute(2, 0, 1, 3).reshape(sq, b, self.num_heads * self.head_dim)
 

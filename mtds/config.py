@@ -87,6 +87,12 @@ class ModelConfig:
     expert_model_parallel_size: int = 1
     """Ranks the experts are split over. Only 1 for now: experts are data-parallel (each rank holds
     all of them); anything else is refused rather than silently trained otherwise."""
+    tensor_model_parallel_size: int = 1
+    """Ranks that split every layer's matmuls (megatron-core tensor parallelism: attention heads,
+    MLP columns and the vocabulary); the data-parallel size is world / this. Keep it within a node."""
+    sequence_parallel: bool = False
+    """With tensor parallelism: norms, dropouts and residuals work on 1/TP of the sequence per rank
+    (activation memory / TP; Korthikanti et al. 2022). Needs tensor_model_parallel_size > 1."""
 
     def ffn_size(self) -> int:
         if self.ffn_hidden_size:
@@ -451,8 +457,40 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append("training.load_tag needs training.load (the run dir whose checkpoint it names)")
     if t.dist_timeout_mins <= 0:
         errs.append("training.dist_timeout_mins must be > 0")
+    errs += tensor_parallel_problems(m, cfg.seq_length)
     if not 0 <= m.hidden_dropout < 1 or not 0 <= m.attention_dropout < 1:
         errs.append("model dropouts must be in [0, 1)")
+    return errs
+
+
+def tensor_parallel_problems(m: ModelConfig, seq_length: int | None) -> list[str]:
+    """What megatron-core cannot split over model.tensor_model_parallel_size ranks: each rank holds
+    heads / TP attention heads, query groups / TP key-value heads and ffn / TP MLP columns."""
+    tp = m.tensor_model_parallel_size
+    if tp < 1:
+        return [f"model.tensor_model_parallel_size={tp} must be >= 1"]
+    errs = []
+    if m.sequence_parallel and tp == 1:
+        errs.append("model.sequence_parallel=true needs model.tensor_model_parallel_size > 1 (it splits the "
+                    "sequence over the tensor-parallel ranks); set it false")
+    if tp == 1:
+        return errs
+    for key, value in (("num_attention_heads", m.num_attention_heads),
+                       ("num_query_groups", m.num_query_groups or m.num_attention_heads),
+                       ("ffn_hidden_size", m.ffn_size()),
+                       ("moe_ffn_hidden_size", m.moe_ffn_hidden_size if m.num_moe_experts else None)):
+        if value is not None and value % tp:
+            errs.append(f"model.{key}={value} is not divisible by model.tensor_model_parallel_size={tp}; "
+                        f"choose a size that is (each rank holds 1/{tp} of it)")
+    if m.vocab_size is not None and m.vocab_size % tp:
+        errs.append(f"model.vocab_size={m.vocab_size} is not divisible by model.tensor_model_parallel_size={tp}; "
+                    "leave it none (padded to model.make_vocab_size_divisible_by) or pad it yourself")
+    elif m.make_vocab_size_divisible_by % tp:
+        errs.append(f"model.make_vocab_size_divisible_by={m.make_vocab_size_divisible_by} is not divisible by "
+                    f"model.tensor_model_parallel_size={tp}; use a multiple of it (e.g. {128 * tp})")
+    if m.sequence_parallel and seq_length is not None and seq_length % tp:
+        errs.append(f"data.seq_length={seq_length} is not divisible by model.tensor_model_parallel_size={tp}, "
+                    "which model.sequence_parallel=true needs")
     return errs
 
 

@@ -5,11 +5,11 @@ megatron-core is written for CUDA: even a tensor-parallel-size-1 run calls
 some parameters. On a CPU-only machine those calls raise. `enable_if_no_cuda()` points them
 at the CPU instead; on a machine with CUDA it does nothing, so the GPU path is unchanged.
 
-Two more CPU differences are handled where they arise, not here:
-- seeding uses `torch.manual_seed` instead of `tensor_parallel.model_parallel_cuda_manual_seed`
-  (mtds.distributed.seed_everything);
-- attention dropout does not fork megatron's CUDA RNG tracker because our core attention
-  (mtds.attention.SDPAttention) calls PyTorch SDPA, which draws from the default generator.
+megatron-core's model-parallel RNG tracker (`tensor_parallel.get_cuda_rng_tracker()`: separate
+random streams for dropout inside tensor-parallel regions, forked by the embedding under sequence
+parallelism and by the attention under tensor parallelism) keeps CUDA generator states. On CPU
+the same tracker is pointed at the CPU generator, which is where dropout on CPU tensors draws
+from, so seeding (`model_parallel_cuda_manual_seed`) and forking are the GPU code unchanged.
 
 Precision on CPUs without native bf16: `has_native_bf16()` reads the CPU's instruction set
 (AVX512-BF16 or AMX on x86, the BF16 extension on Arm), and mtds.ds_config trains bf16 configs
@@ -41,9 +41,27 @@ def enable_if_no_cuda() -> bool:
         # torch.cuda.current_device() would raise "Torch not compiled with CUDA enabled";
         # megatron-core passes its result as `device=`, so "cpu" is a drop-in answer.
         torch.cuda.current_device = lambda: "cpu"
+        _rng_tracker_on_cpu_generator()
         _ask_cpuinfo_once()
         _enabled = True
     return True
+
+
+def _rng_tracker_on_cpu_generator() -> None:
+    """The CUDA RNG calls of megatron's tracker (get, set, manual_seed) act on the CPU generator."""
+    import logging
+
+    from megatron.core.tensor_parallel import random as mp_random
+
+    def get_state(device="cuda"):
+        return torch.get_rng_state()
+
+    torch.cuda.get_rng_state = torch.cuda.random.get_rng_state = get_state
+    torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(seed)
+    mp_random._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: torch.set_rng_state(new_state)
+    # fork() warns when the CPU generator changed inside it, which on CPU is the point (the forked
+    # stream is the CPU generator): silence that one logger.
+    logging.getLogger(mp_random.__name__).setLevel(logging.ERROR)
 
 
 def enable_moe_without_transformer_engine() -> None:

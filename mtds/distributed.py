@@ -1,5 +1,6 @@
 """Process-group set-up and seeding: DeepSpeed's communication backend + megatron-core's
-parallel state (tensor/pipeline size 1: mtds is data-parallel under ZeRO)."""
+parallel state (tensor-parallel groups of model.tensor_model_parallel_size consecutive ranks,
+data parallelism across them; pipeline size 1)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(timeout_minutes: float = 30.0) -> tuple[int, int, int]:
-    """Initialise torch.distributed through DeepSpeed and megatron-core's parallel state.
+def init_distributed(timeout_minutes: float = 30.0, tensor_parallel: int = 1) -> tuple[int, int, int]:
+    """Initialise torch.distributed through DeepSpeed and megatron-core's parallel state with
+    `tensor_parallel` ranks per tensor-parallel group.
 
     A collective that waits longer than `timeout_minutes` for a peer (a rank that hung or died)
     raises instead of blocking the job forever.
@@ -41,7 +43,8 @@ def init_distributed(timeout_minutes: float = 30.0) -> tuple[int, int, int]:
     deepspeed.init_distributed(dist_init_required=True, auto_mpi_discovery=False,
                                timeout=datetime.timedelta(minutes=timeout_minutes))
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel,
+                                                 pipeline_model_parallel_size=1)
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank
 
 
@@ -88,17 +91,17 @@ def failure_line(error: BaseException) -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch; on GPU also megatron's model-parallel CUDA RNG tracker.
+    """Seed Python, NumPy and torch, and megatron's model-parallel RNG tracker: the default stream
+    is the same on every rank (dropout outside tensor-parallel regions must agree across a
+    tensor-parallel group), the tracker's 'model-parallel-rng' stream differs per tensor-parallel
+    rank (attention dropout on each rank's own heads). On CPU the tracker runs on the CPU
+    generator (mtds.cpu_compat)."""
+    from megatron.core import parallel_state, tensor_parallel
 
-    On CPU `model_parallel_cuda_manual_seed` fails (it needs CUDA); torch.manual_seed is the
-    whole story there because SDPAttention draws dropout from the default generator.
-    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        from megatron.core import tensor_parallel
-
+    if parallel_state.model_parallel_is_initialized():
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 

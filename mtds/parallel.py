@@ -3,7 +3,7 @@
 The trainer, the sampler, the batch sizes and the throughput figures take this object instead
 of the world size: batch sizes and samples are per data-parallel rank, FLOP/s per device.
 Ranks are laid out tensor-parallel-major as in megatron-core: ranks r*tensor .. r*tensor+tensor-1
-form data-parallel replica r. mtds builds tensor-parallel size 1 for now.
+form data-parallel replica r (every rank of a replica reads the same micro-batches).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ class ParallelSizes:
 
     def __post_init__(self):
         if self.world < 1 or self.tensor < 1 or self.world % self.tensor:
-            raise ConfigError(f"world size {self.world} is not divisible by tensor-parallel size {self.tensor}; "
-                              "launch a multiple of it")
+            raise ConfigError(f"world size {self.world} is not divisible by model.tensor_model_parallel_size="
+                              f"{self.tensor}; launch a multiple of it")
 
     @property
     def data(self) -> int:

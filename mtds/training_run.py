@@ -37,7 +37,8 @@ class Plan:
 def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
     """Batch sizes, run length, DeepSpeed JSON, run dir, resume checks and the user's data, all
     before DeepSpeed starts (config errors come before even the torch import)."""
-    parallel = ParallelSizes(world=int(os.environ.get("WORLD_SIZE", "1")))  # as the launcher announced it
+    parallel = ParallelSizes(world=int(os.environ.get("WORLD_SIZE", "1")),  # as the launcher announced it
+                             tensor=cfg.model.tensor_model_parallel_size)
     ds_raw = load_ds_config(ds_config_path)
     global_batch = batch_sizes(ds_raw, ds_config_path, parallel.data)["train_batch_size"]
     t = cfg.training
@@ -66,7 +67,7 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
 
         fell_back = not on_gpu and precision(ds_cfg) == "fp32" and precision(ds_raw) != "fp32"
         resume_from = plan_resume(t.load, parallel.data, ds_cfg, log=log, cpu_fell_back_to_fp32=fell_back,
-                                  tag=t.load_tag)
+                                  tag=t.load_tag, tensor=parallel.tensor)
         if resume_from is None:
             log(f"note: no complete checkpoint under {t.load}; starting from scratch")
     init_from = None
@@ -145,7 +146,7 @@ def build_engine(cfg: RunConfig, ds_cfg: dict, vocab_size: int, on_gpu: bool, lo
     from mtds.compile import compile_engine, compile_layers
     from mtds.distributed import seed_everything
     from mtds.kinds import build_model
-    from mtds.models.common import count_parameters
+    from mtds.tensor_parallel import DeepSpeedMPU, allreduce_sequence_parallel_grads, parameter_count
 
     seed_everything(cfg.training.seed)
     model = build_model(cfg, vocab_size, precision(ds_cfg), on_gpu)
@@ -153,11 +154,14 @@ def build_engine(cfg: RunConfig, ds_cfg: dict, vocab_size: int, on_gpu: bool, lo
         from mtds.ckpt.init_from import load_initial_weights
 
         load_initial_weights(model, *init_from, log=log)
-    n_params = count_parameters(model)
+    if model.config.sequence_parallel:
+        allreduce_sequence_parallel_grads(model)
+    n_params = parameter_count(model)
     if cfg.training.compile == "layers":
         n = compile_layers(cfg.kind.family.transformer_layers(model))  # compiles lazily, on the first forward
         log(f"torch.compile: each of the {n} transformer layers (training.compile=layers)")
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg,
+                                           mpu=DeepSpeedMPU())
     if cfg.training.compile == "model":
         compile_engine(engine)
         log("torch.compile: the whole model, DeepSpeed's engine.compile() (training.compile=model)")
@@ -171,7 +175,7 @@ def train(plan: Plan, log=print) -> int:
     from mtds.trainer import Trainer
 
     cfg, ds_cfg, parallel = plan.cfg, plan.ds_cfg, plan.parallel
-    rank, world, _ = init_distributed(cfg.training.dist_timeout_mins)
+    rank, world, _ = init_distributed(cfg.training.dist_timeout_mins, tensor_parallel=parallel.tensor)
     record_peers()  # so a rank that loses contact can name the one that died
     if world != parallel.world:
         raise ConfigError(f"WORLD_SIZE said {parallel.world} ranks but {world} joined; check the launcher")
@@ -194,12 +198,16 @@ def train(plan: Plan, log=print) -> int:
                                  "tokenizer_type": sources.tokenizer_type,
                                  "identity": sources.identity()},
                 "vocab_size": vocab_size, "num_parameters": n_params, "train_iters": plan.train_iters}
+    if parallel.tensor > 1:  # how the shards merge, for the tools (mtds.ckpt.consolidate)
+        from mtds.tensor_parallel import tensor_layout
+
+        resolved["parallel"]["tensor_layout"] = tensor_layout(engine.module)
     if rank == 0:
         with open(os.path.join(cfg.training.run_dir, "config.json"), "w") as f:
             json.dump(resolved, f, indent=2)
     log(f"model: {cfg.model.model_type} {n_params / 1e6:.1f}M parameters, {cfg.model.num_layers} layers x "
         f"{cfg.model.hidden_size}, seq {cfg.seq_length}, vocab {vocab_size} | {precision(ds_cfg)} | ZeRO "
-        f"{ds_cfg.get('zero_optimization', {}).get('stage', 0)} | world {world} | global batch {global_batch} "
+        f"{ds_cfg.get('zero_optimization', {}).get('stage', 0)} | world {world} (TP {parallel.tensor} x DP {parallel.data}) | global batch {global_batch} "
         f"| {plan.train_iters} iterations")
 
     # Enough training samples for the whole run, fixed validation/test sets.

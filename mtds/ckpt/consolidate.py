@@ -5,6 +5,11 @@ the fp32 master partitions of ZeRO stage 1, 2 and 3 checkpoints of any world siz
 is loaded at its full fp32 precision. ZeRO stage 0 has no partitioned master copy there (its
 module weights are the trained weights; DeepSpeed's BF16_Optimizer keeps its fp32 copy in a
 format zero_to_fp32 does not read), so for stage 0 the module state is read and cast to fp32.
+
+A tensor-parallel checkpoint holds one set of files per tensor-parallel rank (`mp_rank_XX`);
+zero_to_fp32 reads only one set, so each rank's files are consolidated on their own (through a
+directory of links that names them as rank 00's) and the shards merged (mtds.ckpt.tensor_shards)
+by the layout saved in the checkpoint's config.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import glob
 import os
 import pickle
 import sys
+import tempfile
 
 import torch
 
@@ -34,6 +40,29 @@ def consolidated_state_dict(ckpt_dir: str, saved: dict) -> dict:
 
     # The files match their manifest, and nothing below unpickles code (DeepSpeed's zero_to_fp32 included).
     check_before_load(ckpt_dir, "load it with --tag {tag}", log=lambda line: print(line, file=sys.stderr))
+    parallel = saved.get("parallel", {})
+    tensor = int(parallel.get("tensor", 1))
+    if tensor == 1:
+        return _one_tensor_rank(ckpt_dir, saved)
+    from mtds.ckpt.tensor_shards import merge
+
+    if "tensor_layout" not in parallel:
+        raise LoadError(f"{ckpt_dir}: a tensor-parallel checkpoint (TP={tensor}) without its tensor layout in "
+                        "mtds_config.json; was it written by this version of mtds?")
+    shards = []
+    for tp_rank in range(tensor):
+        with tempfile.TemporaryDirectory(prefix="mtds-tp-") as staging:
+            tag_dir = os.path.join(staging, os.path.basename(ckpt_dir))
+            os.makedirs(tag_dir)
+            own = f"mp_rank_{tp_rank:02d}"
+            for path in glob.glob(os.path.join(ckpt_dir, f"*{own}*.pt")):
+                os.symlink(os.path.abspath(path), os.path.join(tag_dir, os.path.basename(path).replace(own, "mp_rank_00")))
+            shards.append(_one_tensor_rank(tag_dir, saved))
+    return merge(shards, parallel["tensor_layout"])
+
+
+def _one_tensor_rank(ckpt_dir: str, saved: dict) -> dict:
+    """fp32 state dict of the files named mp_rank_00 (the only model-parallel rank, or a link to one)."""
     root, tag = os.path.split(ckpt_dir)
     optim_files = glob.glob(os.path.join(ckpt_dir, "*_optim_states.pt"))
     if zero_stage(saved) >= 1 and optim_files:

@@ -75,7 +75,15 @@ def load_initial_weights(model, ckpt: str, saved: dict, log=print) -> None:
     """Copy the source's fp32 weights into `model` (before DeepSpeed wraps it)."""
     from mtds.ckpt.consolidate import consolidated_state_dict
 
-    state = consolidated_state_dict(ckpt, saved)
+    state = consolidated_state_dict(ckpt, saved)  # whole tensors, whatever the source's tensor parallelism
+    from megatron.core import parallel_state
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    if tp > 1:  # this rank's slices
+        from mtds.ckpt.tensor_shards import split
+        from mtds.tensor_parallel import tensor_layout
+
+        state = split(state, tensor_layout(model), parallel_state.get_tensor_model_parallel_rank(), tp)
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     shapes = [f"{k}: {tuple(state[k].shape)} -> {tuple(v.shape)}" for k, v in own.items()
               if k in state and state[k].shape != v.shape]

@@ -15,7 +15,10 @@ from mtds.kinds import KINDS
 # [model] keys a resumed run may change: they change no parameter. Every other model key (and the
 # padded vocabulary) must match; [task] keys must match unless the task lists them in its
 # CHANGEABLE_ON_RESUME. [data] and [training] differences are allowed and logged.
-CHANGEABLE_MODEL_KEYS = ("preset", "hidden_dropout", "attention_dropout", "init_method_std", "recompute_activations")
+# The tensor-parallel size and sequence parallelism change how parameters are split, not the
+# parameters: plan_resume decides whether a checkpoint of another tensor-parallel size can load.
+CHANGEABLE_MODEL_KEYS = ("preset", "hidden_dropout", "attention_dropout", "init_method_std", "recompute_activations",
+                         "tensor_model_parallel_size", "sequence_parallel")
 
 
 def check_compatible(saved: dict, current: dict, log=print) -> None:
@@ -70,7 +73,7 @@ def _check_data(saved: dict, current: dict, log) -> None:
 
 
 def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_back_to_fp32: bool = False,
-                tag: str | None = None) -> str | None:
+                tag: str | None = None, tensor: int = 1) -> str | None:
     """The checkpoint to resume from (None: none yet), checked before DeepSpeed starts: the newest
     complete one, or `tag` (training.load_tag, e.g. the one before a damaged checkpoint).
 
@@ -94,6 +97,14 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_b
         return None
     saved = read_config(ckpt)
     saved_dp = saved.get("parallel", {}).get("data", saved.get("world_size", dp_size))
+    saved_tp = saved.get("parallel", {}).get("tensor", 1)
+    if saved_tp != tensor:
+        # DeepSpeed's universal checkpoint re-slices tensor-parallel shards only with Megatron-DeepSpeed's
+        # per-parameter patterns, which megatron-core models lack: the weights are merged by mtds instead.
+        raise ConfigError(
+            f"training.load: {ckpt} was saved at model.tensor_model_parallel_size={saved_tp} and this run uses "
+            f"{tensor}; resume it at {saved_tp}, or start from its weights (merged and re-split; the optimizer "
+            f"state starts fresh) with --training.init_from={load_dir} and a new training.run_dir")
     stage = saved.get("deepspeed", {}).get("zero_optimization", {}).get("stage", 0)
     new_stage = ds_cfg.get("zero_optimization", {}).get("stage", 0)
     if _stage_family(stage) != _stage_family(new_stage):
@@ -107,6 +118,11 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_b
     _keep_precision(ckpt, saved.get("deepspeed", {}), ds_cfg, cpu_fell_back_to_fp32, log)
     if saved_dp == dp_size or stage == 0:
         return ckpt
+    if saved_tp > 1:
+        raise ConfigError(
+            f"training.load: {ckpt} was saved by {saved_dp} data-parallel ranks (x {saved_tp} tensor-parallel) and this "
+            f"run has {dp_size}; a tensor-parallel checkpoint resumes only at its own data-parallel size: launch "
+            f"{saved_dp * saved_tp} ranks, or start from its weights with --training.init_from={load_dir}")
     if not is_universal(ckpt):
         raise ConfigError(
             f"training.load: {ckpt} was saved by {saved_dp} data-parallel ranks and this run has {dp_size}, "

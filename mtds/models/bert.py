@@ -26,6 +26,9 @@ def validate(m) -> list[str]:
         return ["model.position_embedding_type: BERT uses learned_absolute positions"]
     if m.num_moe_experts:
         return ["model.num_moe_experts: mtds's BERT is dense (mixtures of experts are GPT-only); set it to none"]
+    if m.sequence_parallel:
+        return ["model.sequence_parallel: not built for BERT yet (its LM head and pooler need their own "
+                "sequence-parallel handling); use tensor parallelism without it, or a GPT"]
     return []
 
 

@@ -1,5 +1,6 @@
 """What the model families share: the megatron-core TransformerConfig built from the run config,
-the SDPA core attention put into a layer spec, and the FLOPs estimate.
+the SDPA core attention (and, under sequence parallelism, a norm that allows it) put into a layer
+spec, and the FLOPs estimate.
 
 Family files import this (and torch, megatron-core) inside their functions, so that
 `mtds.kinds` and `mtds.config` stay importable without torch.
@@ -11,10 +12,17 @@ import dataclasses
 
 
 def transformer_config(m, precision: str, on_gpu: bool):
-    """megatron-core TransformerConfig with the same field names as the run config's [model]."""
+    """megatron-core TransformerConfig with the same field names as the run config's [model].
+
+    The tensor-parallel size is the one megatron-core's parallel state was initialised with (the
+    run's model.tensor_model_parallel_size in training; 1 in the tools, which load merged weights
+    in one process), so a model is always built for the process layout it runs in."""
     import torch
     import torch.nn.functional as F
+    from megatron.core import parallel_state
     from megatron.core.transformer.transformer_config import TransformerConfig
+
+    tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
 
     swiglu = m.activation == "swiglu"
     activation = {"swiglu": F.silu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}[m.activation]
@@ -38,6 +46,10 @@ def transformer_config(m, precision: str, on_gpu: bool):
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         params_dtype=torch.float32,
+        tensor_model_parallel_size=tp,
+        sequence_parallel=m.sequence_parallel and tp > 1,
+        # CPU initialisation draws every weight whole from the seed and keeps this rank's slice, so
+        # the tensor-parallel shards are exactly those of the TP=1 model (tests/test_tensor_parallel.py).
         use_cpu_initialization=not on_gpu,
         # Fusions that need apex / Transformer Engine / CUDA kernels we do not require.
         gradient_accumulation_fusion=False,
@@ -76,15 +88,42 @@ def gelu_tanh(x):
     return F.gelu(x, approximate="tanh")
 
 
-def with_sdpa(spec):
-    """Copy of a megatron-core layer spec whose self-attention core is mtds.attention.SDPAttention."""
+def with_sdpa(spec, sequence_parallel: bool = False):
+    """Copy of a megatron-core layer spec whose self-attention core is mtds.attention.SDPAttention;
+    with `sequence_parallel`, its norms are SequenceParallelNorm."""
+    from megatron.core.transformer.identity_op import IdentityOp
+
     from mtds.attention import SDPAttention
 
     attention = spec.submodules.self_attention
     attn_sub = dataclasses.replace(attention.submodules, core_attention=SDPAttention)
     new_attention = dataclasses.replace(attention, submodules=attn_sub)
-    layer_sub = dataclasses.replace(spec.submodules, self_attention=new_attention)
+    norms = {}
+    if sequence_parallel:
+        norms = {name: SequenceParallelNorm for name in ("input_layernorm", "pre_mlp_layernorm")
+                 if getattr(spec.submodules, name) is not IdentityOp}
+    layer_sub = dataclasses.replace(spec.submodules, self_attention=new_attention, **norms)
     return dataclasses.replace(spec, submodules=layer_sub)
+
+
+class SequenceParallelNorm:
+    """torch LayerNorm / RMSNorm for megatron-core layer specs under sequence parallelism.
+
+    megatron-core's WrappedTorchNorm (its norm without apex or Transformer Engine) asserts that
+    sequence parallelism is off; the norm itself is the same either way (each rank normalises its
+    own tokens). What sequence parallelism changes is the norm's gradient: each rank's is the sum
+    over its 1/TP of the sequence only, so the weights are marked `sequence_parallel` and
+    mtds.tensor_parallel.allreduce_sequence_parallel_grads sums them over the group.
+    """
+
+    def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **_unused):
+        import torch
+
+        norm_class = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}[config.normalization]
+        norm = norm_class(hidden_size, eps=eps)
+        for p in norm.parameters():
+            p.sequence_parallel = config.sequence_parallel
+        return norm
 
 
 def language_model_args(m, vocab_size: int) -> dict:

@@ -50,10 +50,18 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool):
         from mtds.cpu_compat import enable_moe_without_transformer_engine
 
         enable_moe_without_transformer_engine()
-    spec = get_gpt_layer_local_spec(num_experts=m.num_moe_experts, moe_grouped_gemm=False, normalization=m.normalization)
+    from mtds.models.common import SequenceParallelNorm
+
+    config = transformer_config(m, precision, on_gpu)
+    spec = with_sdpa(get_gpt_layer_local_spec(num_experts=m.num_moe_experts, moe_grouped_gemm=False,
+                                              normalization=m.normalization), config.sequence_parallel)
+    if config.sequence_parallel:  # the final norm too (a block spec names it; a layer spec gets megatron's)
+        from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+        spec = TransformerBlockSubmodules(layer_specs=[spec] * m.num_layers, layer_norm=SequenceParallelNorm)
     model = GPTModel(
-        config=transformer_config(m, precision, on_gpu),
-        transformer_layer_spec=with_sdpa(spec),
+        config=config,
+        transformer_layer_spec=spec,
         rotary_base=m.rotary_base,
         rope_scaling=m.rope_scaling,
         rope_scaling_factor=m.rope_scaling_factor,

@@ -184,8 +184,12 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
     # Without lm_labels BertModel returns the logits ([b, s, V]) and the binary logits ([b, 2]).
     # Taking the loss from the logits here (rather than BertModel's per-token loss over all
     # positions) scores only the ~15% masked rows and gives the accuracy from the same rows.
-    logits, binary_logits = model(tokens, padding_mask, tokentype_ids=types)
-    masked_logits = logits[loss_mask].float()  # [n_masked, V]
+    logits, binary_logits = model(tokens, padding_mask, tokentype_ids=types)  # logits [b, s, V / TP]
+    # Under tensor parallelism each rank holds 1/TP of the vocabulary's logits: gather the masked
+    # rows only (~15%) to whole rows (the identity at TP 1), so loss and accuracy are the same code.
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    masked_logits = gather_from_tensor_model_parallel_region(logits[loss_mask]).float()  # [n_masked, V]
     targets = labels[loss_mask]
     mlm_loss = F.cross_entropy(masked_logits, targets)
     metrics = {"mlm_loss": mlm_loss.detach(),

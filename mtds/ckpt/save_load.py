@@ -35,9 +35,16 @@ def _atomic_write(path: str, text: str) -> None:
 
 
 def rng_state() -> dict:
+    """This rank's generators, and megatron's tracker streams (attention dropout under tensor
+    parallelism draws from its model-parallel stream, which differs per tensor-parallel rank)."""
+    from megatron.core import tensor_parallel
+
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
+    tracker = tensor_parallel.get_cuda_rng_tracker()
+    if tracker.is_initialized():
+        state["megatron_tracker"] = {name: s.clone() for name, s in tracker.get_states().items()}
     return state
 
 
@@ -47,6 +54,10 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+    if "megatron_tracker" in state:
+        from megatron.core import tensor_parallel
+
+        tensor_parallel.get_cuda_rng_tracker().set_states(dict(state["megatron_tracker"]))
 
 
 def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: int, log=print) -> str:

@@ -180,6 +180,7 @@ def test_bert_tp2_trains_like_tp1(tiny_data, tmp_path):
     ({"model": {"model_type": "bert", "tensor_model_parallel_size": 2, "sequence_parallel": True}},
      "model.sequence_parallel: not built for BERT yet"),
     ({"model": {"tensor_model_parallel_size": 0}}, "model.tensor_model_parallel_size=0 must be >= 1"),
+    ({"model": {"tensor_model_parallel_size": 2, "num_moe_experts": 4}}, "tensor-parallel experts are not built"),
 ])
 def test_impossible_tensor_parallel_configs_are_one_line(overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -227,3 +228,17 @@ def test_forgetting_the_sequence_parallel_allreduce_leaves_partial_norm_gradient
     assert result["norm_weights"] == result["hooked"] == 5  # 2 layers x 2 norms + the final norm
     assert result["raw_vs_summed"] > 0.3
     assert result["hooked_vs_summed"] < 1e-6
+
+
+@pytest.mark.slow
+def test_four_ranks_tp2_by_dp2_train_like_one_rank(tiny_data, tmp_path):
+    """TP=2 x DP=2 (ranks 0-1 and 2-3 each a tensor-parallel pair reading its own micro-batches of
+    4) equals one rank with micro-batch 8 on the same global batch, within 1e-5 relative."""
+    m8 = write_ds_config(str(tmp_path / "m8.json"), stage=2, micro=8, precision="fp32", torch_adam=True)
+    m4 = write_ds_config(str(tmp_path / "m4.json"), stage=2, micro=4, precision="fp32", torch_adam=True)
+    ok(run_pretrain(tiny_gpt_args(tiny_data, tmp_path / "one", m8, f"--training.train_iters={STEPS}")))
+    proc = ok(run_pretrain(tiny_gpt_args(tiny_data, tmp_path / "four", m4, f"--training.train_iters={STEPS}", *TP2),
+                           ranks=4))
+    assert "world 4 (TP 2 x DP 2) | global batch 8" in proc.stdout
+    for tag in ("train/loss", "train/grad_norm"):
+        assert_close(series(tmp_path / "four", tag), series(tmp_path / "one", tag))

@@ -31,6 +31,10 @@ def validate(m) -> list[str]:
                 "optimizer state); set it to 1"]
     if m.num_moe_experts is None:
         return []
+    if m.tensor_model_parallel_size > 1:
+        return [f"model.tensor_model_parallel_size={m.tensor_model_parallel_size} with model.num_moe_experts: "
+                "tensor-parallel experts are not built or tested in mtds yet; use tensor parallelism with a "
+                "dense GPT, or experts with tensor_model_parallel_size=1"]
     if m.num_moe_experts < 2:
         return [f"model.num_moe_experts={m.num_moe_experts}: a mixture needs at least 2 experts (none = dense)"]
     if not 1 <= m.moe_router_topk <= m.num_moe_experts:

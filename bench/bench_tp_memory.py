@@ -145,7 +145,7 @@ def measure(stage: int, cfg, vocab: int, seq: int) -> dict:
     aliases = stage == 3 and precision(ds_cfg) == "fp32"
     out = dict(rank=torch.distributed.get_rank(), tp=parallel_state.get_tensor_model_parallel_world_size(),
                dp=dp, stage=stage, precision=precision(ds_cfg), n_params=n_params, numel_local=numel_local,
-               master_aliases=aliases, loss=float(loss), **ledger.bytes)
+               master_aliases=aliases, loss=float(loss.detach()), **ledger.bytes)
     if hasattr(engine, "destroy"):
         engine.destroy()
     return out
@@ -180,6 +180,10 @@ def worker(a) -> int:
             for rank_rows in gathered:
                 for r in rank_rows:
                     f.write(json.dumps(r) + "\n")
+    # Leave together and close the groups ourselves: a rank that exits while its peer's gloo
+    # threads still run once ended in "terminate called without an active exception" (exit 250).
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
     return 0
 
 

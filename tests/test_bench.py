@@ -67,3 +67,14 @@ def test_largest_fit_runs_each_try_in_its_own_process():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "z2 layers=1: fits" in out.stdout and "z2 layers=2: fits" in out.stdout
     assert "| z2 | 2 |" in out.stdout and "| > 2 |" in out.stdout, out.stdout[-1000:]
+
+
+@pytest.mark.slow
+def test_tp_memory_runs_two_ranks_on_cpu_and_matches_the_formula():
+    """TP=1 (DP=2) and TP=2 (DP=1) under ZeRO-2: one row each, measured bytes equal to the formula."""
+    out = subprocess.run([sys.executable, "bench/bench_tp_memory.py", "--smoke"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [ln.split(" | ") for ln in out.stdout.splitlines() if ln.startswith(("| 1 | 2 | 2 |", "| 2 | 1 | 2 |"))]
+    assert len(rows) == 2, out.stdout[-2000:]
+    assert all(r[-1].strip(" |") == "1.000" for r in rows), out.stdout[-2000:]

@@ -9,6 +9,7 @@
 #
 #   RUN_CONFIG=my_run.toml DS_CONFIG=ds_configs/zero3.json sbatch slurm/pretrain_64gpu.sh
 #   sbatch --nodes=2 --time=4:00:00 slurm/pretrain_64gpu.sh --training.train_iters=5000
+#   TENSOR_PARALLEL=8 sbatch slurm/pretrain_64gpu.sh        # TP=8 inside each node, DP=8 across nodes
 #
 # sbatch options given on the command line override the #SBATCH lines; the body reads the
 # allocation from SLURM's environment, so no edit below the variables is ever needed.
@@ -58,6 +59,16 @@ set -euo pipefail
 # MASTER_ADDR/MASTER_PORT: rendezvous of torch.distributed; default the first node of the job
 #   and a port derived from the job id (two jobs sharing a node do not collide).
 # REQUEUE_AT_TIME_LIMIT: 1 = requeue the job after the time-limit checkpoint (0: just stop).
+# TENSOR_PARALLEL: model.tensor_model_parallel_size, passed to mtds/pretrain.py; empty = the run
+#   config's (1 by default). Data parallelism is then ranks / TP, and the DeepSpeed batch sizes are
+#   per data-parallel rank. Keep TP a divisor of the GPUs per node: srun places consecutive ranks
+#   on a node and TP groups are consecutive ranks, so TP <= 8 keeps every group on one node's
+#   NVLink. TP all-reduces each layer's activations twice in the forward (and twice in the
+#   backward), on the critical path of every layer; that needs intra-node bandwidth, while ZeRO's
+#   data-parallel gradient reduction is once per step and overlaps the backward, so it is the one
+#   to put across nodes. For 8x8 GPUs: TENSOR_PARALLEL=8 (DP=8), or 2/4 for smaller models that
+#   fit (less communication per layer, more data parallelism). A checkpoint resumes only at its
+#   own TP: to change it, start a new RUN_DIR with --training.init_from=<old run dir>.
 # Arguments to this script are passed to mtds/pretrain.py (e.g. --training.train_iters=5000).
 PYTHON="${PYTHON:-python}"
 DS_CONFIG="${DS_CONFIG:-ds_configs/zero2.json}"
@@ -65,6 +76,7 @@ RUN_CONFIG="${RUN_CONFIG:-}"
 RUN_DIR="${RUN_DIR:-runs/${SLURM_JOB_NAME:-mtds-pretrain}}"
 LOG_DIR="${LOG_DIR:-logs/slurm/${SLURM_JOB_NAME:-mtds-pretrain}-${SLURM_JOB_ID:-local}}"
 REQUEUE_AT_TIME_LIMIT="${REQUEUE_AT_TIME_LIMIT:-1}"
+TENSOR_PARALLEL="${TENSOR_PARALLEL:-}"
 
 # ---- Communication and threading ---------------------------------------------------------
 # Empty means "leave the library default"; set the ones your cluster needs.
@@ -76,9 +88,10 @@ REQUEUE_AT_TIME_LIMIT="${REQUEUE_AT_TIME_LIMIT:-1}"
 # NCCL_IB_DISABLE: 1 on clusters without InfiniBand/RoCE, so NCCL uses TCP sockets.
 # NCCL_IB_TIMEOUT: InfiniBand retry timeout exponent; 22 helps on large or busy fabrics.
 # NCCL_DEBUG: WARN by default; INFO prints the chosen interfaces and transports (debug hangs).
-# CUDA_DEVICE_MAX_CONNECTIONS: megatron-core wants 1 when tensor-parallel communication must
-#   overlap compute in order; mtds is data-parallel (TP=1), and 1 would serialise the streams
-#   ZeRO's overlap_comm uses, so it stays unset unless you set it.
+# CUDA_DEVICE_MAX_CONNECTIONS: megatron-core's recommendation with tensor parallelism on GPUs
+#   is 1 (one hardware queue: the tensor-parallel all-reduce is scheduled ahead of the matmul
+#   that overlaps it). Set to 1 below when TENSOR_PARALLEL > 1; at TP=1 it stays unset, since 1
+#   would serialise the streams ZeRO's overlap_comm uses. Setting it yourself wins.
 # TORCH_EXTENSIONS_DIR: where DeepSpeed JIT-compiles its ops on first use; with a shared home
 #   directory 64 ranks wait on one lock file, so a node-local path (e.g. /tmp/$USER/ext) helps.
 NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-}"
@@ -101,6 +114,9 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
 export PYTHONUNBUFFERED=1
 
 # ---- Nothing to edit below ---------------------------------------------------------------
+if [[ -n "$TENSOR_PARALLEL" && "$TENSOR_PARALLEL" -gt 1 && -z "$CUDA_DEVICE_MAX_CONNECTIONS" ]]; then
+    export CUDA_DEVICE_MAX_CONNECTIONS=1
+fi
 for var in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME NCCL_IB_HCA NCCL_IB_GID_INDEX NCCL_IB_DISABLE \
            NCCL_IB_TIMEOUT NCCL_DEBUG CUDA_DEVICE_MAX_CONNECTIONS TORCH_EXTENSIONS_DIR; do
     if [[ -n "${!var}" ]]; then export "${var?}"; else unset "$var"; fi
@@ -145,6 +161,8 @@ mkdir -p "$LOG_DIR" "$RUN_DIR"
 
 config_args=()
 if [[ -n "$RUN_CONFIG" ]]; then config_args=(--config "$RUN_CONFIG"); fi
+# Before "$@", so an argument to this script still overrides it.
+if [[ -n "$TENSOR_PARALLEL" ]]; then config_args+=(--model.tensor_model_parallel_size="$TENSOR_PARALLEL"); fi
 cmd=("$PYTHON" "$MTDS_ROOT/mtds/pretrain.py" --deepspeed_config "$DS_CONFIG" "${config_args[@]}"
      --run-dir "$RUN_DIR" --load "$RUN_DIR" "$@")
 

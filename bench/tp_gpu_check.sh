@@ -20,7 +20,7 @@
 # parallelism: the tensor-parallel all-reduce is queued ahead of the next matmul), TP=1 runs leave it
 # unset, as slurm/pretrain_64gpu.sh does. Each run saves its final checkpoint (the trainer always
 # does; ~17 GB at 1.3b), deleted right after.
-# Environment: NGPU (default: nvidia-smi's count), PRESET (gpt-1.3b), MICRO (8), ITERS (40; the
+# Environment: NGPU (default: nvidia-smi's count), PRESET (gpt-1.3b), MICRO (8), SEQ (2048), ITERS (40; the
 # LR warm-up of ds_configs/zero2.json is 30 steps), REF_COMMIT (011bb53). Logs and the tables go
 # to $OUT (bench_out/ when unset). setup: bench/gpu_suite.sh's (the carried wheels into .site).
 set -uo pipefail
@@ -34,6 +34,7 @@ py=${PY:-python3}  # PY: another interpreter (e.g. .venv/bin/python for a CPU dr
 PRESET=${PRESET:-gpt-1.3b}
 MICRO=${MICRO:-8}
 ITERS=${ITERS:-40}
+SEQ=${SEQ:-2048}  # the check stage's sequence length (scale: the preset's max_position_embeddings)
 REF_COMMIT=${REF_COMMIT:-011bb53}
 REF_H100_TOKENS=43871  # bench/RESULTS.md: gpt-1.3b ZeRO-2 bf16, micro 8, fused SwiGLU, H100 80GB
 if [[ -z "${NGPU:-}" ]]; then
@@ -41,15 +42,15 @@ if [[ -z "${NGPU:-}" ]]; then
 fi
 
 # tokens/s of the one result line train_throughput.py writes to the JSON file $1
-json_tokens() { $py -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).readline())["tokens_per_s"]))' "$1"; }
+json_tokens() { "$py" -c 'import json,sys; print(round(json.loads(open(sys.argv[1]).readline())["tokens_per_s"]))' "$1"; }
 
 # bench/train_throughput.py on one GPU from the checkout $1, its JSON result in $2
 one_gpu_throughput() {
   rm -f "$2"
   local site=$PWD/.site  # the wheels installed by setup, in this checkout
   # From inside $1: its bench script names ds_configs/ relative to the working directory.
-  (cd "$1" && PYTHONPATH=$site:$1 CUDA_VISIBLE_DEVICES=0 $py bench/train_throughput.py --presets "$PRESET" \
-    --variants z2 --micro "$MICRO" --warmup 5 --steps 10 --json "$2" 2>>"$OUT/stderr.log" | tail -3)
+  (cd "$1" && PYTHONPATH=$site:$1 CUDA_VISIBLE_DEVICES=0 "$py" bench/train_throughput.py --presets "$PRESET" \
+    --variants z2 --micro "$MICRO" --seq "$SEQ" --warmup 5 --steps 10 --json "$2" 2>>"$OUT/stderr.log" | tail -3)
 }
 
 # One mtds/pretrain.py run on all NGPU GPUs at tensor-parallel size $1; $2 = sequence parallel
@@ -59,11 +60,11 @@ pretrain_tp() {
   if (( NGPU % tp )); then echo "skip TP=$tp: $NGPU GPUs"; return 0; fi
   rm -rf "$run_dir"
   # ds_configs/zero2.json with the micro-batch set to MICRO (pretrain.py takes it from the JSON only)
-  $py -c 'import json, sys; c = json.load(open("ds_configs/zero2.json")); c["train_micro_batch_size_per_gpu"] = int(sys.argv[1])
+  "$py" -c 'import json, sys; c = json.load(open("ds_configs/zero2.json")); c["train_micro_batch_size_per_gpu"] = int(sys.argv[1])
 json.dump(c, open(sys.argv[2], "w"), indent=2)' "$MICRO" "$OUT/ds_tp.json" || return 1
   local -a env_tp=()
   if (( tp > 1 )); then env_tp=(env CUDA_DEVICE_MAX_CONNECTIONS=1); fi
-  "${env_tp[@]}" $py -m torch.distributed.run --standalone --nproc_per_node="$NGPU" mtds/pretrain.py \
+  "${env_tp[@]}" "$py" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" mtds/pretrain.py \
     --deepspeed_config "$OUT/ds_tp.json" --run-dir "$run_dir" --model.preset="$PRESET" \
     --model.tensor_model_parallel_size="$tp" --model.sequence_parallel="$sp" \
     --training.train_iters="$ITERS" --training.log_interval=10 --training.eval_interval=100000 \
@@ -116,7 +117,7 @@ for stage in "$@"; do
         ref=$REF_H100_TOKENS ref_name="bench/RESULTS.md, H100 80GB (valid only on an H100)"
         nvidia-smi --query-gpu=name --format=csv,noheader | head -1
       fi
-      $py -c 'import sys; new, ref = int(sys.argv[1]), int(sys.argv[2]); d = new / ref - 1
+      "$py" -c 'import sys; new, ref = int(sys.argv[1]), int(sys.argv[2]); d = new / ref - 1
 print(f"TP=1 new path {new:,} tokens/s vs {ref:,} ({sys.argv[3]}): {d:+.1%} -> "
       + ("PASS (within 2%)" if abs(d) <= 0.02 else "FAIL (more than 2% apart)"))' "$new" "$ref" "$ref_name" \
         | tee -a "$OUT/tp_check.log" ;;

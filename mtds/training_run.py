@@ -205,9 +205,10 @@ def train(plan: Plan, log=print) -> int:
     if rank == 0:
         with open(os.path.join(cfg.training.run_dir, "config.json"), "w") as f:
             json.dump(resolved, f, indent=2)
+    layout = f" (TP {parallel.tensor} x DP {parallel.data})" if parallel.tensor > 1 else ""
     log(f"model: {cfg.model.model_type} {n_params / 1e6:.1f}M parameters, {cfg.model.num_layers} layers x "
         f"{cfg.model.hidden_size}, seq {cfg.seq_length}, vocab {vocab_size} | {precision(ds_cfg)} | ZeRO "
-        f"{ds_cfg.get('zero_optimization', {}).get('stage', 0)} | world {world} (TP {parallel.tensor} x DP {parallel.data}) | global batch {global_batch} "
+        f"{ds_cfg.get('zero_optimization', {}).get('stage', 0)} | world {world}{layout} | global batch {global_batch} "
         f"| {plan.train_iters} iterations")
 
     # Enough training samples for the whole run, fixed validation/test sets.

@@ -9,6 +9,8 @@ pooler and a classification head in place of both (mtds.bert_classifier).
 
 from __future__ import annotations
 
+import contextlib
+
 _BERT_ARCH = dict(position_embedding_type="learned_absolute", normalization="LayerNorm", activation="gelu",
                   tie_embeddings=True)
 PRESETS: dict[str, dict] = {  # BERT paper sizes (Devlin et al. 2019) and a tiny debug one
@@ -26,9 +28,6 @@ def validate(m) -> list[str]:
         return ["model.position_embedding_type: BERT uses learned_absolute positions"]
     if m.num_moe_experts:
         return ["model.num_moe_experts: mtds's BERT is dense (mixtures of experts are GPT-only); set it to none"]
-    if m.sequence_parallel:
-        return ["model.sequence_parallel: not built for BERT yet (its LM head and pooler need their own "
-                "sequence-parallel handling); use tensor parallelism without it, or a GPT"]
     return []
 
 
@@ -38,18 +37,49 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool, *, add_binary_head: 
     classifier with one logit per label instead (no LM head)."""
     from megatron.core.models.bert.bert_layer_specs import bert_layer_local_spec
 
+    from mtds.models.common import transformer_config, with_sdpa
+
+    config = transformer_config(m, precision, on_gpu)
+    spec = with_sdpa(bert_layer_local_spec, config.sequence_parallel)
+    with _sequence_parallel_norms(config.sequence_parallel):
+        return _build(m, vocab_size, config, spec, add_binary_head, class_labels)
+
+
+@contextlib.contextmanager
+def _sequence_parallel_norms(sequence_parallel: bool):
+    """BertModel builds two norms outside the layer spec, the encoder's final norm and the LM head's,
+    from module-level classes (megatron's WrappedTorchNorm without apex or Transformer Engine, which
+    refuses sequence parallelism). Under sequence parallelism both are mtds's SequenceParallelNorm
+    while the model is built; the layer spec's norms are swapped by with_sdpa."""
+    if not sequence_parallel:
+        yield
+        return
+    from megatron.core.models.bert import bert_lm_head
+    from megatron.core.transformer import transformer_block
+
+    from mtds.models.common import SequenceParallelNorm
+
+    saved = transformer_block.LayerNormImpl, bert_lm_head.LNImpl
+    transformer_block.LayerNormImpl = bert_lm_head.LNImpl = SequenceParallelNorm
+    try:
+        yield
+    finally:
+        transformer_block.LayerNormImpl, bert_lm_head.LNImpl = saved
+
+
+def _build(m, vocab_size: int, config, spec, add_binary_head: bool, class_labels: tuple):
     from mtds.attention import SDPABertModel
-    from mtds.models.common import language_model_args, transformer_config, with_sdpa
+    from mtds.models.common import language_model_args
 
     if class_labels:
         from mtds.bert_classifier import BertClassifier
 
-        return BertClassifier(num_classes=len(class_labels), config=transformer_config(m, precision, on_gpu),
-                              transformer_layer_spec=with_sdpa(bert_layer_local_spec), num_tokentypes=2,
+        return BertClassifier(num_classes=len(class_labels), config=config,
+                              transformer_layer_spec=spec, num_tokentypes=2,
                               **language_model_args(m, vocab_size))
     return SDPABertModel(
-        config=transformer_config(m, precision, on_gpu),
-        transformer_layer_spec=with_sdpa(bert_layer_local_spec),
+        config=config,
+        transformer_layer_spec=spec,
         # Segment (token-type) embeddings only mean something with two segments, i.e. with the binary head.
         num_tokentypes=2 if add_binary_head else 0,
         add_binary_head=add_binary_head,

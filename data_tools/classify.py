@@ -37,7 +37,7 @@ import orjson
 from data_tools.errors import DataToolsError, run_cli
 from data_tools.hf_tokenizer import TOKENIZER_TYPES
 from data_tools.io_utils import atomic_outputs, check_input_files, check_output_prefix
-from data_tools.jsonl_reader import iter_chunks
+from data_tools.jsonl_reader import UnparsableLine, iter_chunks, load_json_line
 from data_tools.spm import TokenizerError
 
 
@@ -111,13 +111,9 @@ def _record(raw: bytes, where: str) -> tuple[str, str | None, object]:
     """(text, text_pair or None, label) of one line, or a one-line DataToolsError naming `where`."""
     fix = "fix the line (nothing was written)"
     try:
-        rec = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataToolsError(f"{where}: not valid UTF-8; {fix}") from None
-        raise DataToolsError(f"{where}: malformed JSON; {fix}") from None
+        rec = load_json_line(raw)
+    except UnparsableLine as e:
+        raise DataToolsError(f"{where}: {e}; {fix}") from None
     if not isinstance(rec, dict):
         raise DataToolsError(f"{where}: a line must be a JSON object with 'text' and 'label'; {fix}")
     for key in ("text", "label"):

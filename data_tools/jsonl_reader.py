@@ -77,6 +77,27 @@ def total_input_bytes(paths: Sequence[str]) -> int:
     return sum(os.path.getsize(p) for p in paths)
 
 
+class UnparsableLine(ValueError):
+    """A line that is not JSON; `reason` is its SKIP_REASONS key, the message its description."""
+
+    def __init__(self, reason: str):
+        super().__init__(SKIP_REASONS[reason])
+        self.reason = reason
+
+
+def load_json_line(raw: bytes):
+    """The JSON value of one line, or UnparsableLine: "non_utf8" or "malformed_json" (orjson rejects
+    invalid UTF-8 as malformed JSON too; the reports tell the two causes apart)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnparsableLine("non_utf8") from None
+        raise UnparsableLine("malformed_json") from None
+
+
 def parse_lines(chunk: Chunk, json_keys: Sequence[str]) -> Parsed:
     """Classify each line of `chunk`; documents keep every key's text, in `json_keys` order."""
     out = Parsed(texts=[[] for _ in json_keys])
@@ -86,15 +107,9 @@ def parse_lines(chunk: Chunk, json_keys: Sequence[str]) -> Parsed:
             out.skips.append(Skip(chunk.path, line_no, "blank_line"))
             continue
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            # orjson rejects invalid UTF-8 too: tell the two causes apart for the report.
-            try:
-                raw.decode("utf-8")
-                reason = "malformed_json"
-            except UnicodeDecodeError:
-                reason = "non_utf8"
-            out.skips.append(Skip(chunk.path, line_no, reason))
+            doc = load_json_line(raw)
+        except UnparsableLine as e:
+            out.skips.append(Skip(chunk.path, line_no, e.reason))
             continue
         if not isinstance(doc, dict):
             out.skips.append(Skip(chunk.path, line_no, "not_an_object"))

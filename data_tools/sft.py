@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import orjson
 
 from data_tools.chat_format import TEMPLATES, ChatEncoder, ChatError, messages_of
 from data_tools.errors import DataToolsError, run_cli
 from data_tools.hf_tokenizer import TOKENIZER_TYPES
 from data_tools.io_utils import check_input_files, check_output_prefix
-from data_tools.jsonl_reader import iter_chunks
+from data_tools.jsonl_reader import UnparsableLine, iter_chunks, load_json_line
 from data_tools.spm import TokenizerError
 
 
@@ -134,13 +133,9 @@ def sft_preprocess(input_paths: Sequence[str], output_prefix: str, tokenizer_mod
 
 def _parse(raw: bytes):
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ChatError("not valid UTF-8") from None
-        raise ChatError("malformed JSON") from None
+        return load_json_line(raw)
+    except UnparsableLine as e:
+        raise ChatError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,9 @@ killed run resumes at the step it was in, since every step writes temp-then-rena
     tokenizer.model / tokenizer.vocab   data_tools.train_tokenizer (BPE, sampled lines)
     stdlib_text_document.bin/.idx       data_tools.preprocess --append-eod
     stdlib_text_sentence.bin/.idx       the same with --split-sentences (for BERT), on request
+    tokenizer_t5.model, stdlib_t5_text_sentence.bin/.idx
+                                        with --sentinel-tokens (for T5): a tokenizer with T5's
+                                        sentinels and the _sentence data it tokenizes, on request
 The training entry point calls `build_default_dataset` on rank 0 when no data flags are given.
 """
 
@@ -23,11 +26,13 @@ from data_tools.errors import DataToolsError, run_cli
 
 
 def build_default_dataset(out_dir: str | os.PathLike, vocab_size: int = 8192, split_sentences: bool = False,
-                          workers: int = 2, quiet: bool = False) -> dict:
+                          workers: int = 2, quiet: bool = False, sentinel_tokens: int = 0) -> dict:
     """Build (or reuse) the stdlib dataset in `out_dir`.
 
     Returns dict(prefix=<.bin/.idx prefix, _document or _sentence>, tokenizer_model=<path>,
-    corpus=<jsonl path>, document_prefix=..., sentence_prefix=... or None).
+    corpus=<jsonl path>, document_prefix=..., sentence_prefix=... or None). With `sentinel_tokens`
+    (T5) the tokenizer is another one, trained with that many sentinels (the one without them
+    stays as it is, so the GPT and BERT data keep their ids), and `prefix` its `_sentence` data.
     """
     from data_tools.corpus import build_corpus
     from data_tools.preprocess import preprocess
@@ -55,6 +60,17 @@ def build_default_dataset(out_dir: str | os.PathLike, vocab_size: int = 8192, sp
 
     if not os.path.isfile(corpus):
         build_corpus(corpus, stdlib=True, quiet=quiet)
+    if sentinel_tokens:
+        t5_tokenizer = os.path.join(out_dir, "tokenizer_t5")
+        t5_prefix = os.path.join(out_dir, "stdlib_t5")
+        if not os.path.isfile(t5_tokenizer + ".model"):
+            train_tokenizer([corpus], t5_tokenizer, vocab_size=vocab_size, quiet=quiet, sentinel_tokens=sentinel_tokens)
+        if not have(t5_prefix + "_text_sentence"):
+            preprocess([corpus], t5_prefix, t5_tokenizer + ".model", append_eod=True, workers=workers,
+                       split_sentences=True, quiet=quiet)
+        say(f"ready in {out_dir} ({time.perf_counter() - t0:.1f}s)")
+        return dict(prefix=t5_prefix + "_text_sentence", tokenizer_model=t5_tokenizer + ".model", corpus=corpus,
+                    document_prefix=None, sentence_prefix=t5_prefix + "_text_sentence")
     if not os.path.isfile(tokenizer_model):
         train_tokenizer([corpus], tok_prefix, vocab_size=vocab_size, quiet=quiet)
     if not have(doc_prefix):
@@ -77,10 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out-dir", default="data/stdlib")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--split-sentences", action="store_true", help="also build the _sentence variant (BERT)")
+    p.add_argument("--sentinel-tokens", type=int, default=0, metavar="N",
+                   help="instead: a tokenizer with N T5 sentinels and its _sentence data (T5; mtds uses 100)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    out = build_default_dataset(a.out_dir, a.vocab_size, a.split_sentences, a.workers, a.quiet)
+    out = build_default_dataset(a.out_dir, a.vocab_size, a.split_sentences, a.workers, a.quiet, a.sentinel_tokens)
     print(out["prefix"])
     return 0
 

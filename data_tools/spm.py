@@ -2,6 +2,7 @@
 
 `data_tools.train_tokenizer` writes models with this special-token layout:
     0 <pad>   1 <unk>   2 <s>   3 </s> (= end of document)   4 [CLS]   5 [SEP]   6 [MASK]
+and, with `--sentinel-tokens N` (T5's span corruption), 7 <extra_id_0> ... 6+N <extra_id_{N-1}>.
 Kept free of megatron/torch imports so data_tools' worker processes start in well under a second;
 sentencepiece itself is imported only to load a model, so Hugging Face tokenizer users
 (data_tools.hf_tokenizer, which shares TokenizerError) need not install it.
@@ -14,6 +15,17 @@ import os
 PAD, UNK, BOS, EOD = "<pad>", "<unk>", "<s>", "</s>"
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
 USER_DEFINED_SYMBOLS = (CLS, SEP, MASK)
+DEFAULT_SENTINEL_TOKENS = 100
+"""T5's count (Raffel et al. 2020): a span-corruption sample of 512 tokens at 15% masking has ~25 spans."""
+
+
+def sentinel_piece(i: int) -> str:
+    """The i-th sentinel, the name T5 and Hugging Face's T5 tokenizers use: <extra_id_0>, <extra_id_1>, ..."""
+    return f"<extra_id_{i}>"
+
+
+def sentinel_pieces(n: int) -> list[str]:
+    return [sentinel_piece(i) for i in range(n)]
 
 
 class TokenizerError(ValueError):

@@ -8,6 +8,10 @@ directory `tok_hf/` (tokenizer.json + tokenizer_config.json, for AutoTokenizer a
 `--tokenizer-type HuggingFaceTokenizer`). The special-token layout is the one `data_tools.spm`
 documents and the training code relies on, in both:
     0 <pad>   1 <unk>   2 <s>   3 </s> (= EOD)   4 [CLS]   5 [SEP]   6 [MASK]
+`--sentinel-tokens [N]` (N = 100 when the flag is given alone) adds T5's span-corruption
+sentinels `<extra_id_0>` ... `<extra_id_{N-1}>` right after them (ids 7 ... 6+N), which a T5 run
+(`--model-type t5`) needs; written in a text, `<extra_id_3>` then encodes to that one id, as with
+Hugging Face's T5 tokenizers (it is how a span-filling prompt names its gaps).
 
 Text is streamed line by line, never loaded whole: a uniform random sample of
 `--input-sentence-size` lines (reservoir sampling, seeded) bounds memory and training time on big
@@ -43,7 +47,8 @@ import orjson
 
 from data_tools.errors import DataToolsError, run_cli
 from data_tools.io_utils import atomic_outputs, check_input_files, check_output_prefix, open_binary_lines, tmp_name
-from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS
+from data_tools.spm import (BOS, CLS, DEFAULT_SENTINEL_TOKENS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS,
+                            sentinel_pieces)
 
 # sentencepiece drops training sentences longer than max_sentence_length bytes; code lines are
 # short, but long prose lines are cut into pieces of at most this many characters instead.
@@ -98,15 +103,18 @@ def train_tokenizer(
     num_threads: int | None = None,
     seed: int = 1234,
     quiet: bool = False,
+    sentinel_tokens: int = 0,
 ) -> str:
-    """Train and write `{output_prefix}.model` / `.vocab`; return the .model path."""
+    """Train and write `{output_prefix}.model` / `.vocab`; return the .model path. `sentinel_tokens`:
+    T5's <extra_id_N> pieces after the special tokens (see the module docstring)."""
     import sentencepiece as spm
 
     paths = check_input_files(input_paths)
     prefix = check_output_prefix(output_prefix)
     if model_type not in ("bpe", "unigram"):
         raise DataToolsError(f"--model-type {model_type!r}: choose bpe or unigram")
-    if vocab_size < 16 + len(USER_DEFINED_SYMBOLS):
+    check_sentinel_count(sentinel_tokens)
+    if vocab_size < 16 + len(USER_DEFINED_SYMBOLS) + sentinel_tokens:
         raise DataToolsError(f"--vocab-size {vocab_size} is too small")
     model_path, vocab_path = f"{prefix}.model", f"{prefix}.vocab"
     t0 = time.perf_counter()
@@ -127,7 +135,7 @@ def train_tokenizer(
             byte_fallback=True,
             pad_id=0, unk_id=1, bos_id=2, eos_id=3,
             pad_piece=PAD, unk_piece=UNK, bos_piece=BOS, eos_piece=EOD,
-            user_defined_symbols=list(USER_DEFINED_SYMBOLS),
+            user_defined_symbols=list(USER_DEFINED_SYMBOLS) + sentinel_pieces(sentinel_tokens),
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             add_dummy_prefix=False,
@@ -149,7 +157,8 @@ def train_tokenizer(
         with open(tmp_model, "wb") as f:
             f.write(proto)
     if not quiet:
-        print(f"train_tokenizer: {model_path} ({model_type}, vocab {sp.get_piece_size()}, trained on "
+        with_sentinels = f", {sentinel_tokens} sentinels" if sentinel_tokens else ""
+        print(f"train_tokenizer: {model_path} ({model_type}, vocab {sp.get_piece_size()}{with_sentinels}, trained on "
               f"{len(sample)} of {n_lines} lines) in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return model_path
@@ -163,16 +172,20 @@ def train_hf_bpe(
     input_sentence_size: int = 500_000,
     seed: int = 1234,
     quiet: bool = False,
+    sentinel_tokens: int = 0,
 ) -> str:
-    """Train a byte-level BPE tokenizer; write `output_dir/` (tokenizer.json, tokenizer_config.json)
-    under a temporary name, renamed when complete; return the directory."""
+    """Train a byte-level BPE tokenizer (with `sentinel_tokens` T5 sentinels after the specials);
+    write `output_dir/` (tokenizer.json, tokenizer_config.json) under a temporary name, renamed
+    when complete; return the directory."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     paths = check_input_files(input_paths)
     out = check_output_prefix(output_dir).rstrip("/")
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataToolsError(f"{out}: is a file; --type hf-bpe writes a directory there, give another --output-prefix")
-    specials = [PAD, UNK, BOS, EOD, CLS, SEP, MASK]  # ids 0..6, data_tools.spm's layout
+    check_sentinel_count(sentinel_tokens)
+    sentinels = sentinel_pieces(sentinel_tokens)
+    specials = [PAD, UNK, BOS, EOD, CLS, SEP, MASK, *sentinels]  # ids 0..6(+N), data_tools.spm's layout
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     if vocab_size < len(alphabet) + len(specials) + 1:
         raise DataToolsError(f"--vocab-size {vocab_size} is too small for --type hf-bpe (256 bytes + "
@@ -194,6 +207,7 @@ def train_hf_bpe(
     # into tokenizer.json); no BOS/EOS added to a text: add_bos_token / add_eos_token stay off.
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOD,
                                  cls_token=CLS, sep_token=SEP, mask_token=MASK, split_special_tokens=True,
+                                 additional_special_tokens=sentinels,
                                  clean_up_tokenization_spaces=False)
     tmp = tmp_name(out)
     try:
@@ -213,6 +227,11 @@ def train_hf_bpe(
     return out
 
 
+def check_sentinel_count(n: int) -> None:
+    if not 0 <= n <= 1000:
+        raise DataToolsError(f"--sentinel-tokens {n}: give 0..1000 (T5 uses {DEFAULT_SENTINEL_TOKENS})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_tools.train_tokenizer", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help=".jsonl / .jsonl.gz / .jsonl.zst files")
@@ -228,13 +247,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--character-coverage", type=float, default=0.9995)
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--sentinel-tokens", type=int, nargs="?", const=DEFAULT_SENTINEL_TOKENS, default=0, metavar="N",
+                   help=f"add T5's span-corruption sentinels <extra_id_0>..<extra_id_N-1> (alone: {DEFAULT_SENTINEL_TOKENS}); "
+                        "a T5 run needs them")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.type == "hf-bpe":
-        train_hf_bpe(a.input, a.output_prefix, a.vocab_size, a.json_keys, a.input_sentence_size, a.seed, a.quiet)
+        train_hf_bpe(a.input, a.output_prefix, a.vocab_size, a.json_keys, a.input_sentence_size, a.seed, a.quiet,
+                     a.sentinel_tokens)
         return 0
     train_tokenizer(a.input, a.output_prefix, a.vocab_size, a.model_type, a.json_keys,
-                    a.input_sentence_size, a.character_coverage, a.num_threads, a.seed, a.quiet)
+                    a.input_sentence_size, a.character_coverage, a.num_threads, a.seed, a.quiet, a.sentinel_tokens)
     return 0
 
 

@@ -6,7 +6,8 @@ It replaces megatron-core's `DotProductAttention` in our layer specs because:
 - on CPU, DotProductAttention forks megatron's CUDA RNG tracker for dropout and fails.
 Under tensor parallelism each rank attends with its own heads and key/value groups (global / TP),
 and attention dropout draws from the tracker's model-parallel stream, as megatron's own does, so
-the ranks' heads get independent masks. Context parallelism is not supported.
+the ranks' heads get independent masks. T5's relative position bias (megatron's attention_bias) is
+added to the scores through SDPA's float mask. Context parallelism is not supported.
 `SDPABertModel` is the one change megatron-core's BertModel needs to accept this core attention.
 """
 
@@ -61,17 +62,20 @@ class SDPAttention(MegatronModule):
         attention_bias=None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        if packed_seq_params is not None or attention_bias is not None:
-            raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
+        if packed_seq_params is not None:
+            raise ValueError("SDPAttention does not support packed sequences")
         mask_type = attn_mask_type or self.attn_mask_type
         # megatron layout [s, b, heads, hn] -> SDPA layout [b, heads, s, hn]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         is_causal, sdpa_mask = mask_type == AttnMaskType.causal, None
         if attention_mask is not None:
-            # A given mask is the whole mask: BERT's padding mask [b, 1, 1, s], or GPT's block-causal
-            # document mask [b, 1, s, s] (data.document_mask), which holds the causal part itself.
+            # A given mask is the whole mask: BERT's and T5's padding mask [b, 1, 1, s], or GPT's
+            # block-causal document mask [b, 1, s, s] (data.document_mask), which holds the causal part.
             # megatron masks are True where attention is NOT allowed; SDPA's bool mask is the opposite.
             is_causal, sdpa_mask = False, ~attention_mask.bool()
+        if attention_bias is not None:
+            sdpa_mask = self._bias_mask(attention_bias, sdpa_mask, is_causal, q)
+            is_causal = False
         dropout_p = self.dropout_p if self.training else 0.0
         rng = contextlib.nullcontext()
         if dropout_p and self.tensor_parallel:
@@ -92,6 +96,19 @@ class SDPAttention(MegatronModule):
         # [b, np, sq, hn] -> [sq, b, np * hn] (np: this rank's heads)
         sq, b = context.shape[2], context.shape[0]
         return context.permute(2, 0, 1, 3).reshape(sq, b, self.num_heads * self.head_dim)
+
+
+    @staticmethod
+    def _bias_mask(bias: torch.Tensor, allowed: torch.Tensor | None, causal: bool, q: torch.Tensor) -> torch.Tensor:
+        """T5's relative position bias [1, np, sq, sk] as SDPA's float mask (added to the scores),
+        -inf where `allowed` (bool, True = may attend) or causality forbids: SDPA takes one mask."""
+        mask = bias.to(q.dtype)
+        if causal:
+            sq, sk = mask.shape[-2:]
+            allowed = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril()
+        if allowed is not None:
+            mask = mask.masked_fill(~allowed, float("-inf"))
+        return mask
 
 
 class SDPABertModel(BertModel):

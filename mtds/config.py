@@ -54,7 +54,7 @@ class ModelConfig:
     """None: the tokenizer's vocabulary padded up to make_vocab_size_divisible_by."""
     make_vocab_size_divisible_by: int = 128
     position_embedding_type: str = "rope"
-    """"rope" or "learned_absolute"."""
+    """"rope", "learned_absolute" or "relative" (T5's bucketed position bias; T5 only)."""
     rotary_base: int = 10000
     rope_scaling: bool = False
     """Llama-3.1/3.2 RoPE frequency scaling (megatron-core's: low/high frequency factors 1 and 4,
@@ -224,7 +224,7 @@ _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "training": Traini
 # Every preset of every family: name -> (family module, shape dict).
 PRESETS: dict[str, tuple] = {name: (k.family, shape) for k in KINDS.values() for name, shape in k.family.PRESETS.items()}
 CHOICES = {
-    ("model", "position_embedding_type"): ("rope", "learned_absolute"),
+    ("model", "position_embedding_type"): ("rope", "learned_absolute", "relative"),
     ("model", "normalization"): ("RMSNorm", "LayerNorm"),
     ("model", "activation"): ("swiglu", "gelu", "gelu_tanh"),
     ("training", "compile"): ("none", "layers", "model"),

@@ -94,11 +94,15 @@ def resolve_sources(cfg) -> DataSources:
         return DataSources(list(d.paths), d.weights, d.tokenizer_model, list(d.valid_paths) or None, d.tokenizer_type)
     from data_tools.default_dataset import build_default_dataset
 
-    split_sentences = cfg.kind.task.DATA_LAYOUT == "sentence"  # the default corpus in the layout the task reads
+    from data_tools.spm import DEFAULT_SENTINEL_TOKENS
+
+    layout = cfg.kind.task.DATA_LAYOUT  # the default corpus in the layout the task reads
+    layout_args = dict(split_sentences=layout in ("sentence", "span"),
+                       sentinel_tokens=DEFAULT_SENTINEL_TOKENS if layout == "span" else 0)
     if is_rank0():
-        build_default_dataset(d.default_dir, split_sentences=split_sentences)
+        build_default_dataset(d.default_dir, **layout_args)
     barrier()  # the other ranks wait for rank 0's files, then only look them up
-    paths = build_default_dataset(d.default_dir, split_sentences=split_sentences, quiet=True)
+    paths = build_default_dataset(d.default_dir, quiet=True, **layout_args)
     check_prefix(paths["prefix"], "data.default_dir")
     check_splits([paths["prefix"]], d.split)
     return DataSources([paths["prefix"]], None, paths["tokenizer_model"])

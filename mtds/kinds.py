@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from mtds.models import bert, gpt
-from mtds.tasks import causal_lm, classification, masked_lm, sft
+from mtds.models import bert, gpt, t5
+from mtds.tasks import causal_lm, classification, masked_lm, sft, span_corruption
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ KINDS: dict[str, Kind] = {
     "bert": Kind(family=bert, task=masked_lm),  # encoder-only, masked LM + sentence order
     "gpt_sft": Kind(family=gpt, task=sft),  # decoder-only, fine-tuned on chats: loss on assistant tokens
     "bert_cls": Kind(family=bert, task=classification),  # encoder-only, fine-tuned to label texts (pooler + head)
+    "t5": Kind(family=t5, task=span_corruption),  # encoder-decoder, writes back the spans cut from its input
 }
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from megatron.core.datasets.megatron_tokenizer import MegatronLegacyTokenizer
 
 from data_tools.hf_tokenizer import HUGGINGFACE, SENTENCEPIECE, load_hf_tokenizer, special_id, tokenizer_type
-from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, TokenizerError, load_sentencepiece
+from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, TokenizerError, load_sentencepiece, sentinel_piece
 
 
 def load_tokenizer(path: str | os.PathLike, type: str = "auto", key: str = "data.tokenizer_type"):
@@ -120,6 +120,12 @@ class SentencePieceTokenizer(MegatronLegacyTokenizer):
     def mask(self) -> int:
         return self._id(MASK)
 
+    @cached_property
+    def additional_special_tokens_ids(self) -> list[int]:
+        """T5's sentinels <extra_id_0>, <extra_id_1>, ... in that order (megatron-core's
+        T5MaskedWordPieceDataset reads this name); [] for a tokenizer trained without them."""
+        return sentinel_ids(self.vocab)
+
 
 class HuggingFaceTokenizer(MegatronLegacyTokenizer):
     """A Hugging Face tokenizer directory (transformers' AutoTokenizer) with the ids megatron-core's
@@ -195,3 +201,17 @@ class HuggingFaceTokenizer(MegatronLegacyTokenizer):
     @property
     def mask(self) -> int:
         return self._required("mask")
+
+    @cached_property
+    def additional_special_tokens_ids(self) -> list[int]:
+        """T5's sentinels <extra_id_0>, ... by name (Hugging Face T5 tokenizers number them down
+        from the end of the vocabulary), in sentinel order; [] when it has none."""
+        return sentinel_ids(self.vocab)
+
+
+def sentinel_ids(vocab: dict[str, int]) -> list[int]:
+    """Ids of <extra_id_0>, <extra_id_1>, ... up to the first one missing."""
+    ids = []
+    while (idx := vocab.get(sentinel_piece(len(ids)))) is not None:
+        ids.append(idx)
+    return ids

@@ -89,20 +89,25 @@ def gelu_tanh(x):
 
 
 def with_sdpa(spec, sequence_parallel: bool = False):
-    """Copy of a megatron-core layer spec whose self-attention core is mtds.attention.SDPAttention;
-    with `sequence_parallel`, its norms are SequenceParallelNorm."""
+    """Copy of a megatron-core layer spec whose self-attention core (and cross-attention core, in a
+    T5 decoder layer) is mtds.attention.SDPAttention; with `sequence_parallel`, its norms are
+    SequenceParallelNorm."""
     from megatron.core.transformer.identity_op import IdentityOp
 
     from mtds.attention import SDPAttention
 
-    attention = spec.submodules.self_attention
-    attn_sub = dataclasses.replace(attention.submodules, core_attention=SDPAttention)
-    new_attention = dataclasses.replace(attention, submodules=attn_sub)
+    attentions = {}
+    for name in ("self_attention", "cross_attention"):
+        attention = getattr(spec.submodules, name)
+        if attention is IdentityOp:  # no cross-attention in GPT or BERT layers
+            continue
+        attn_sub = dataclasses.replace(attention.submodules, core_attention=SDPAttention)
+        attentions[name] = dataclasses.replace(attention, submodules=attn_sub)
     norms = {}
     if sequence_parallel:
         norms = {name: SequenceParallelNorm for name in ("input_layernorm", "pre_mlp_layernorm")
                  if getattr(spec.submodules, name) is not IdentityOp}
-    layer_sub = dataclasses.replace(spec.submodules, self_attention=new_attention, **norms)
+    layer_sub = dataclasses.replace(spec.submodules, **attentions, **norms)
     return dataclasses.replace(spec, submodules=layer_sub)
 
 

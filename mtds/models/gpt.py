@@ -25,6 +25,8 @@ DEFAULT_PRESET = "gpt-tiny"
 def validate(m) -> list[str]:
     """GPTModel takes every dense [model] combination the shared checks allow; MoE needs 2+ experts
     and a top-k within them."""
+    if m.position_embedding_type == "relative":
+        return ["model.position_embedding_type='relative' is T5's; GPT uses rope or learned_absolute"]
     if m.expert_model_parallel_size != 1:
         return [f"model.expert_model_parallel_size={m.expert_model_parallel_size}: mtds has no expert parallelism "
                 "yet (experts are data-parallel: each rank holds all of them, ZeRO-1/2 partition their "

@@ -56,7 +56,8 @@ def check_data(cfg, sources, tokenizer) -> None:
     """One-line ConfigError, before DeepSpeed starts, for a split BERT cannot sample from, and the
     tokenizer's one-line error for a missing [CLS]/[SEP]/[MASK] (a Hugging Face tokenizer may lack them)."""
     tokenizer.cls, tokenizer.sep, tokenizer.mask  # noqa: B018 -- each raises if the tokenizer lacks it
-    _check_splits(dataset_config(cfg, sources, tokenizer), cfg, sources)
+    config = dataset_config(cfg, sources, tokenizer)
+    check_sentence_splits(config, cfg, sources, min_sentences=2 if config.classification_head else 1)
 
 
 def dataset_config(cfg, sources, tokenizer):
@@ -121,9 +122,10 @@ def _split_ranges(config, sources) -> list[tuple[str, str, tuple[float, float]]]
             for i, name in enumerate(("train", "valid", "test")) if config.split_matrix[i] is not None]
 
 
-def _check_splits(config, cfg, sources) -> None:
-    """One-line ConfigError instead of a hang when a split has no document BERT can sample."""
-    need = 2 if config.classification_head else 1
+def check_sentence_splits(config, cfg, sources, min_sentences: int) -> None:
+    """One-line ConfigError instead of a hang when a split has no document megatron-core's BERT
+    (or T5) dataset can sample: one of >= min_sentences sentences (2 for a sentence pair)."""
+    need = min_sentences
     per_prefix = {}
     for name, prefix, bounds in _split_ranges(config, sources):
         if prefix not in per_prefix:
@@ -162,7 +164,8 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     from mtds.nsp_dataset import NSPMaskedWordPieceDataset
 
     config = dataset_config(cfg, sources, tokenizer)
-    _check_splits(config, cfg, sources)  # for every caller, not only pretrain.py (cached per prefix)
+    # for every caller, not only pretrain.py (cached per prefix)
+    check_sentence_splits(config, cfg, sources, min_sentences=2 if config.classification_head else 1)
     dataset = NSPMaskedWordPieceDataset if cfg.task.pair == "nsp" else BERTMaskedWordPieceDataset
     return BlendedMegatronDatasetBuilder(dataset, sizes, lambda: True, config).build()
 

@@ -9,6 +9,9 @@ re-runs the model on the whole context (no KV cache): simple and exactly the tra
 and fast enough for the model sizes mtds trains on one machine. The context is cropped to the
 model's max_position_embeddings. Sampling is deterministic for a given --seed.
 
+For an encoder-decoder (T5) the prompt marks gaps with sentinels and the output is the prompt
+with the gaps filled: `--prompt "import <extra_id_0> as np"`.
+
 --chat renders the prompt as one user turn plus the start of the assistant's turn with the chat
 template data_tools.sft uses (data_tools.chat_format: the default plain-text one, or a Hugging Face
 tokenizer's chat_template), prints only the answer and stops at the end-of-turn token.
@@ -124,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     check_args(a)
     run = load_trained(a.load, a.tag, a.device)
-    logits_fn = getattr(run.cfg.kind.task, "next_token_logits", None)
+    task = run.cfg.kind.task
+    if hasattr(task, "seq2seq_logits"):
+        return fill_spans(run, a)
+    logits_fn = getattr(task, "next_token_logits", None)
     if logits_fn is None:
         raise LoadError(f"{run.ckpt_dir}: generation needs a causal model; model_type={run.cfg.model.model_type!r} "
                         "trains a task that does not generate")
@@ -153,6 +159,37 @@ def main(argv: list[str] | None = None) -> int:
         if i:
             print("-" * 40)
         print(shown + tok.detokenize([t for t in new if t not in stop_ids]), flush=True)
+    return 0
+
+
+def fill_spans(run, a: argparse.Namespace) -> int:
+    """An encoder-decoder (T5): the prompt, with its gaps marked <extra_id_0>, <extra_id_1>, ..., is
+    the encoder's input; the decoder starts from <s> and writes each sentinel and its span, up to
+    </s>; printed is the prompt with every gap filled."""
+    from data_tools.spm import sentinel_piece
+
+    task, tok = run.cfg.kind.task, run.tokenizer()
+    if sentinel_piece(0) not in a.prompt:
+        raise LoadError(f"--prompt: a {run.cfg.model.model_type} model fills gaps; mark them {sentinel_piece(0)}, "
+                        f"{sentinel_piece(1)}, ... (e.g. --prompt 'import {sentinel_piece(0)} as np')")
+    encoder_ids = tok.tokenize(a.prompt)
+    max_context = run.cfg.model.max_position_embeddings
+    if len(encoder_ids) > max_context:
+        print(f"note: prompt has {len(encoder_ids)} tokens; the model sees the first {max_context}", file=sys.stderr)
+        encoder_ids = encoder_ids[:max_context]
+    device = next(run.model.parameters()).device
+    encoder = torch.tensor([encoder_ids], dtype=torch.long, device=device)  # [1, s_enc]
+
+    def logits_fn(model, decoder_ids):  # decoder ids [1, s_dec] -> [1, s_dec, V]
+        return task.seq2seq_logits(model, encoder, decoder_ids)
+
+    for i in range(a.num_samples):
+        new = generate(run.model, [tok.bos], max_new_tokens=a.max_new_tokens, max_context=max_context,
+                       vocab_limit=tok.vocab_size, greedy=a.greedy, temperature=a.temperature, top_k=a.top_k,
+                       top_p=a.top_p, seed=a.seed + i, stop_ids=() if a.no_stop else (tok.eos,), logits_fn=logits_fn)
+        if i:
+            print("-" * 40)
+        print(task.render_generation(a.prompt, new, tok), flush=True)
     return 0
 
 

@@ -220,9 +220,12 @@ def train(plan: Plan, log=print) -> int:
     from mtds.kinds import forward_step
 
     forward = forward_step(cfg)
+    # A task whose model sees more than seq_length tokens per sample says so (T5: the decoder's length).
+    flops_args = task.flops_args(cfg.task, cfg.seq_length) if hasattr(task, "flops_args") else {}
     trainer = Trainer(cfg, engine, datasets, resolved, forward, metrics, parallel=parallel, rank=rank,
                       train_iters=plan.train_iters,
-                      flops_per_token=cfg.kind.family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size),
+                      flops_per_token=cfg.kind.family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size,
+                                                                      **flops_args),
                       peak_tflops=cfg.training.tflops_peak or device_peak_tflops(precision(ds_cfg)), log=log)
     if plan.resume_from:
         trainer.resume(plan.resume_from)

@@ -48,6 +48,12 @@ def build_tiny_data(out_dir: str, vocab_size: int = 512, sentences: bool = False
     if sentences:
         preprocess([corpus], prefix, model, append_eod=True, workers=1, split_sentences=True, quiet=True)
         out["sentence_prefix"] = prefix + "_text_sentence"
+        # T5: a tokenizer with 16 sentinels (a 32-token sample has at most 4 spans) and its _sentence data
+        train_tokenizer([corpus], os.path.join(out_dir, "tok_t5"), vocab_size=vocab_size, quiet=True, sentinel_tokens=16)
+        out["t5_tokenizer_model"] = os.path.join(out_dir, "tok_t5.model")
+        preprocess([corpus], prefix + "_t5", out["t5_tokenizer_model"], append_eod=True, workers=1,
+                   split_sentences=True, quiet=True)
+        out["t5_prefix"] = prefix + "_t5_text_sentence"
     out.update(build_tiny_sft(out_dir, model, [os.path.join(stdlib, "email"), os.path.join(stdlib, "json")]))
     out.update(build_tiny_cls(out_dir, model, [os.path.join(stdlib, "email"), os.path.join(stdlib, "json")]))
     return out

@@ -141,7 +141,10 @@ def test_data_tools_imports_nothing_from_mtds():
 
 
 # -- the contract every kind keeps -------------------------------------------------------------
-LAYOUT_PREFIX = {"document": "prefix", "sentence": "sentence_prefix", "sft": "sft_prefix", "cls": "cls_prefix"}  # tiny_data's pair of each layout
+# tiny_data's pair of each layout, and its tokenizer (T5's has sentinel tokens)
+LAYOUT_PREFIX = {"document": "prefix", "sentence": "sentence_prefix", "sft": "sft_prefix", "cls": "cls_prefix",
+                 "span": "t5_prefix"}
+LAYOUT_TOKENIZER = {"span": "t5_tokenizer_model"}
 TINY = {"preset": "none", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "max_position_embeddings": 32}
 
 
@@ -151,9 +154,10 @@ def tiny_cfg(kind: str, tiny_data, run_dir, **model):
 
     family = KINDS[kind].family
     shape = {**family.PRESETS[family.DEFAULT_PRESET], **TINY, **model}  # the family's architecture, tiny
-    prefix = tiny_data[LAYOUT_PREFIX[KINDS[kind].task.DATA_LAYOUT]]
+    layout = KINDS[kind].task.DATA_LAYOUT
+    prefix, tokenizer = tiny_data[LAYOUT_PREFIX[layout]], tiny_data[LAYOUT_TOKENIZER.get(layout, "tokenizer_model")]
     return build_config({"model": {"model_type": kind, **shape},
-                         "data": {"paths": [prefix], "tokenizer_model": tiny_data["tokenizer_model"],
+                         "data": {"paths": [prefix], "tokenizer_model": tokenizer,
                                   "split": "90,10,0", "num_workers": 0},
                          "training": {"run_dir": str(run_dir)}})
 
@@ -183,7 +187,8 @@ def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, wo
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert family.flops_per_token(cfg.model, count_parameters(model), cfg.seq_length, vocab) > 0
     layers = family.transformer_layers(model)
-    assert len(layers) == cfg.model.num_layers and all(any(l is m for m in model.modules()) for l in layers)
+    stacks = 2 if hasattr(model, "encoder") and hasattr(model, "decoder") else 1  # T5: encoder and decoder layers
+    assert len(layers) == stacks * cfg.model.num_layers and all(any(l is m for m in model.modules()) for l in layers)
 
     heads = task.model_heads(cfg.task)
     archs = [a for a in family.hf_architectures() if a.unsupported(cfg.model, heads) is None]

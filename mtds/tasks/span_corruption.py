@@ -6,8 +6,8 @@ in order; the decoder writes them back, each after its sentinel:
     encoder  The <extra_id_0> sat on <extra_id_1> mat.
     decoder  <s> <extra_id_0> cat <extra_id_1> the
     target   <extra_id_0> cat <extra_id_1> the </s>
-Loss = cross entropy over the target tokens (mean over the micro-batch's); metrics loss and
-target token accuracy. The tokenizer must have the sentinels (`data_tools.train_tokenizer
+Loss = cross entropy over the target tokens (mean over the micro-batch's); metric token_acc,
+the share of target tokens the decoder's argmax gets right. The tokenizer must have the sentinels (`data_tools.train_tokenizer
 --sentinel-tokens`); the default corpus builds such a tokenizer for this task.
 """
 
@@ -149,7 +149,8 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
 
 
 def forward_step(model, batch: dict, device, opts: Options | None = None):
-    """Cross entropy over the target tokens. Returns (loss, {loss, token_acc}) with detached metrics."""
+    """Cross entropy over the target tokens. Returns (loss, {token_acc}) with detached metrics (the
+    trainer logs the loss itself)."""
     import torch.nn.functional as F
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
@@ -161,7 +162,7 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
     target_logits = gather_from_tensor_model_parallel_region(logits[loss_mask]).float()  # [n_targets, V]
     targets = labels[loss_mask]
     loss = F.cross_entropy(target_logits, targets)
-    return loss, {"loss": loss.detach(), "token_acc": (target_logits.detach().argmax(-1) == targets).float().mean()}
+    return loss, {"token_acc": (target_logits.detach().argmax(-1) == targets).float().mean()}
 
 
 def seq2seq_logits(model, encoder_ids, decoder_ids, encoder_padding=None):

@@ -6,6 +6,7 @@
 #   bash bench/gpu_suite.sh setup compile-350m                 (~5 min est.; not run yet)
 #   bash bench/gpu_suite.sh setup fit                          (~8 min est.; not run yet)
 #   bash bench/gpu_suite.sh setup fit-offload sweep            (~9 min est.; not run yet)
+#   bash bench/gpu_suite.sh setup docmask                      (~2 min est.; not run yet)
 # The wheels must include orjson (data_tools needs it for the default corpus).
 # Logs go to $OUT (or bench_out/ when unset); each stage prints its own table last.
 # setup installs the carried wheels (.whl, see shared/device/README.md) into .site once.
@@ -65,6 +66,10 @@ for stage in "$@"; do
       tp --presets gpt-1.3b --variants z2,z2+layers,z2+compile --micro 8 --warmup 5 --steps 10 | tee "$OUT/compile.log" ;;
     compile-350m)
       tp --presets gpt-350m --variants z2,z2+layers,z2+compile --micro 16 --warmup 5 --steps 10 | tee "$OUT/compile_350m.log" ;;
+    docmask)  # data.document_mask / gpt_sft packing: dense [s, s] SDPA mask vs FlexAttention BlockMask
+      for seq in 2048 8192; do
+        $py bench/bench_document_mask.py --seq $seq --batch 4 --heads 16 --docs 8 2>>"$OUT/stderr.log" | tee -a "$OUT/docmask.log"
+      done ;;
     entry)  # the real entry point, default tiny model and default corpus (built here on first use)
       for cfg in zero2_fp16 zero2; do
         /usr/bin/time -f "wall %e s" $py mtds/pretrain.py --deepspeed_config ds_configs/$cfg.json \

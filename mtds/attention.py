@@ -7,7 +7,9 @@ It replaces megatron-core's `DotProductAttention` in our layer specs because:
 Under tensor parallelism each rank attends with its own heads and key/value groups (global / TP),
 and attention dropout draws from the tracker's model-parallel stream, as megatron's own does, so
 the ranks' heads get independent masks. T5's relative position bias (megatron's attention_bias) is
-added to the scores through SDPA's float mask. Context parallelism is not supported.
+added to the scores through SDPA's float mask. In place of a mask it also takes document ids
+[b, s] (mtds.document_mask: packed documents attend only to themselves; FlexAttention on GPU).
+Context parallelism is not supported.
 `SDPABertModel` is the one change megatron-core's BertModel needs to accept this core attention.
 """
 
@@ -22,6 +24,8 @@ from megatron.core.models.bert.bert_model import BertModel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+from mtds import document_mask
 
 
 class SDPAttention(MegatronModule):
@@ -68,6 +72,14 @@ class SDPAttention(MegatronModule):
         # megatron layout [s, b, heads, hn] -> SDPA layout [b, heads, s, hn]
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
         is_causal, sdpa_mask = mask_type == AttnMaskType.causal, None
+        dropout_p = self.dropout_p if self.training else 0.0
+        if attention_mask is not None and not attention_mask.is_floating_point() and attention_mask.dtype != torch.bool:
+            # Document ids [b, s] (mtds.document_mask): attention within each packed document.
+            if q.device.type in document_mask.FLEX_DEVICES and dropout_p == 0.0:
+                context = document_mask.flex_attention(q, k, v, attention_mask, self.softmax_scale,
+                                                       self.num_query_groups != self.num_heads)
+                return self._megatron_layout(context)
+            attention_mask = ~document_mask.dense_allowed(attention_mask)  # [b, 1, s, s], True = masked
         if attention_mask is not None:
             # A given mask is the whole mask: BERT's and T5's padding mask [b, 1, 1, s], or GPT's
             # block-causal document mask [b, 1, s, s] (data.document_mask), which holds the causal part.
@@ -76,7 +88,6 @@ class SDPAttention(MegatronModule):
         if attention_bias is not None:
             sdpa_mask = self._bias_mask(attention_bias, sdpa_mask, is_causal, q)
             is_causal = False
-        dropout_p = self.dropout_p if self.training else 0.0
         rng = contextlib.nullcontext()
         if dropout_p and self.tensor_parallel:
             from megatron.core import tensor_parallel
@@ -93,7 +104,10 @@ class SDPAttention(MegatronModule):
                 scale=self.softmax_scale,
                 enable_gqa=self.num_query_groups != self.num_heads,
             )
-        # [b, np, sq, hn] -> [sq, b, np * hn] (np: this rank's heads)
+        return self._megatron_layout(context)
+
+    def _megatron_layout(self, context: torch.Tensor) -> torch.Tensor:
+        """[b, np, sq, hn] -> [sq, b, np * hn] (np: this rank's heads)."""
         sq, b = context.shape[2], context.shape[0]
         return context.permute(2, 0, 1, 3).reshape(sq, b, self.num_heads * self.head_dim)
 

@@ -147,7 +147,8 @@ class DataConfig:
     """GPT: a token attends only to tokens of its own document (block-causal attention, split at
     each end-of-document token) and position ids restart at every document, so several
     documents per sequence change speed, not the math (Megatron-LM's --reset-attention-mask
-    with --reset-position-ids). CPU and GPU take a dense [s, s] mask per sample through SDPA."""
+    with --reset-position-ids). The samples carry document ids, not an [s, s] mask: FlexAttention
+    with a block mask on GPU, SDPA with a dense mask on CPU (mtds/document_mask.py)."""
 
 
 @dataclass

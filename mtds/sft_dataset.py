@@ -16,8 +16,9 @@ A sample longer than seq_length + 1 is cut to it; one whose targets are then all
 dropped (counted in `dropped`), never trained with an all-zero mask.
 
 Each item: tokens, labels, position_ids [s] int64 (positions restart at 0 per sample), loss_mask
-[s] float32, attention_mask [1, s, s] bool (True = masked; block-causal per sample, padding is
-its own block so no row is fully masked). SDPAttention (mtds/attention.py) takes it as is.
+[s] float32, document_ids [s] int64 (which sample each position belongs to; padding is its own
+"sample" -1, so no query is left without a key). SDPAttention (mtds/attention.py) attends within
+each (mtds/document_mask.py: block-causal, FlexAttention on GPU).
 """
 
 from __future__ import annotations
@@ -72,12 +73,9 @@ class PackedSFTDataset(torch.utils.data.Dataset):
             segment[start:start + n] = k
             start += n
         position_ids[start:] = np.arange(s - start)
-        seg = torch.from_numpy(segment)
-        causal = torch.ones(s, s, dtype=torch.bool).tril()
-        attention_mask = ~((seg[:, None] == seg[None, :]) & causal)  # [s, s], True = masked
         return {"tokens": torch.from_numpy(tokens), "labels": torch.from_numpy(labels),
                 "loss_mask": torch.from_numpy(loss_mask), "position_ids": torch.from_numpy(position_ids),
-                "attention_mask": attention_mask[None]}
+                "document_ids": torch.from_numpy(segment)}
 
 
 def _greedy_bins(order: np.ndarray, positions: np.ndarray, capacity: int) -> list[np.ndarray]:

@@ -78,3 +78,11 @@ def test_tp_memory_runs_two_ranks_on_cpu_and_matches_the_formula():
     rows = [ln.split(" | ") for ln in out.stdout.splitlines() if ln.startswith(("| 1 | 2 | 2 |", "| 2 | 1 | 2 |"))]
     assert len(rows) == 2, out.stdout[-2000:]
     assert all(r[-1].strip(" |") == "1.000" for r in rows), out.stdout[-2000:]
+
+
+def test_document_mask_bench_runs_on_cpu_and_both_paths_agree():
+    out = subprocess.run([sys.executable, "bench/bench_document_mask.py", "--seq", "128", "--batch", "1", "--heads", "2",
+                          "--steps", "1", "--docs", "3"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    diff = float(out.stdout.split("max |flex - dense| ")[1].split()[0])
+    assert diff < 1e-5 and out.stdout.count("\n| ") == 4, out.stdout  # header and three rows

@@ -54,9 +54,34 @@ def test_each_packed_document_gets_the_logits_it_gets_alone(model):
     assert (unmasked[:, 10:] - packed[:, 10:]).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("path", ["dense", "flex"])
+def test_document_ids_give_megatrons_mask_on_both_attention_paths(model, monkeypatch, path):
+    """The ids the data carries (mtds.document_mask) give the logits megatron-core's own
+    block-causal mask gives: as SDPA's dense mask (CPU) and as FlexAttention's BlockMask (GPU;
+    here flex_attention's CPU reference implementation runs the same BlockMask)."""
+    from mtds import document_mask
+
+    monkeypatch.setattr(document_mask, "_cached", None)
+    if path == "flex":
+        monkeypatch.setattr(document_mask, "FLEX_DEVICES", ("cuda", "cpu"))
+    g = torch.Generator().manual_seed(2)
+    docs = [torch.cat([torch.randint(7, 512, (n,), generator=g), torch.tensor([EOD])]) for n in (30, 5, 20)]
+    docs[-1] = docs[-1][:-1]  # the last document runs past the sequence's end, as in GPTDataset samples
+    tokens, mask, positions = _packed(docs)
+    ids = document_mask.document_ids(tokens, EOD)  # [1, s]
+    assert ids[0].tolist() == [0] * 31 + [1] * 6 + [2] * 20
+    assert torch.equal(~document_mask.dense_allowed(ids), mask)
+    with torch.no_grad():
+        expected = model(tokens, positions, mask)
+        got = model(tokens, positions, ids)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    built = document_mask._cached is not None and document_mask._cached[0] is ids  # a BlockMask was made
+    assert built == (path == "flex")
+
+
 def test_the_dataset_and_forward_step_use_the_mask(model, tiny_data, tmp_path):
-    """GPTDataset with data.document_mask yields the mask and positions, and the task's forward step
-    (training and evaluation) gives the loss of the documents computed one by one."""
+    """GPTDataset with data.document_mask yields document ids (no [s, s] mask) and restarting
+    positions, and the task's forward step gives the loss of the documents computed one by one."""
     from mtds.config import build_config
     from mtds.data import resolve_sources
     from mtds.tasks.causal_lm import build_datasets, forward_step
@@ -70,7 +95,7 @@ def test_the_dataset_and_forward_step_use_the_mask(model, tiny_data, tmp_path):
     train, _, _ = build_datasets(cfg, sources, tok, [4000, 8, 0], 1)
     with_eod = next(s for s in (train[i] for i in range(len(train))) if (s["tokens"][8:-8] == tok.eod).any())
     batch = {k: torch.as_tensor(v)[None] for k, v in with_eod.items()}
-    assert batch["attention_mask"].shape == (1, 1, 64, 64)
+    assert "attention_mask" not in batch and batch["document_ids"].shape == (1, 64)
     cut = int((batch["tokens"][0, :-8] == tok.eod).nonzero()[-1]) + 1  # first position of the next document
     assert (batch["tokens"][0, :cut - 1] != tok.eod).all()
     assert batch["position_ids"][0, cut] == 0

@@ -85,7 +85,7 @@ def test_prompt_targets_do_not_change_the_loss(model, packed):
     assert forward_step(model, changed, "cpu")[0].item() != loss.item()
     # The loss is the mean over the targets, computed here from the logits.
     with torch.no_grad():
-        logits = model(batch["tokens"], batch["position_ids"], batch["attention_mask"])[0].float()
+        logits = model(batch["tokens"], batch["position_ids"], batch["document_ids"])[0].float()
     ce = torch.nn.functional.cross_entropy(logits, batch["labels"][0], reduction="none")
     assert loss.item() == pytest.approx(ce[mask[0]].mean().item(), rel=1e-5)
 
@@ -96,7 +96,7 @@ def test_each_packed_sample_gets_the_logits_it_gets_alone(model, packed):
     item = train[i]
     segments = _segments(item["position_ids"])
     with torch.no_grad():
-        together = model(*(_batch(item)[k] for k in ("tokens", "position_ids", "attention_mask")))  # [1, s, V]
+        together = model(*(_batch(item)[k] for k in ("tokens", "position_ids", "document_ids")))  # [1, s, V]
         for (lo, hi), row in zip(segments, train.bins[i]):
             ids, mask = train._sample(int(row))
             assert hi - lo == len(ids) - 1 and item["tokens"][lo:hi].tolist() == ids[:-1].tolist()

@@ -42,24 +42,27 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     """(train, valid, test) GPTDatasets with `sizes` samples each, via BlendedMegatronDatasetBuilder.
 
     Each sample is a dict of [seq_length] tensors: tokens, labels (tokens shifted by one),
-    loss_mask, position_ids; with data.document_mask also attention_mask [1, s, s].
+    loss_mask, position_ids; with data.document_mask also document_ids (mtds.document_mask).
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     from mtds.data import shared_dataset_fields
+    from mtds.document_mask import DocumentIdsGPTDataset
 
     config = GPTDatasetConfig(
         **shared_dataset_fields(cfg, sources, tokenizer),
-        # data.document_mask: megatron-core builds the block-causal mask [1, s, s] (True = masked)
-        # and restarts position ids after each EOD; otherwise SDPAttention applies the causal mask.
+        # data.document_mask: megatron-core restarts position ids after each EOD, and each sample
+        # carries its tokens' document ids for SDPAttention (no dense [s, s] mask; mtds.document_mask);
+        # otherwise SDPAttention applies the causal mask.
         reset_position_ids=cfg.data.document_mask,
-        reset_attention_mask=cfg.data.document_mask,
+        reset_attention_mask=False,
         eod_mask_loss=cfg.task.eod_mask_loss,
-        create_attention_mask=cfg.data.document_mask,
+        create_attention_mask=False,
         data_parallel_size=dp_size,
     )
-    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    dataset = DocumentIdsGPTDataset if cfg.data.document_mask else GPTDataset
+    return BlendedMegatronDatasetBuilder(dataset, sizes, lambda: True, config).build()
 
 
 def forward_step(model, batch: dict, device, opts: Options | None = None):
@@ -68,7 +71,7 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
     labels = batch["labels"].to(device, non_blocking=True)
     loss_mask = batch["loss_mask"].to(device, non_blocking=True).float()
     position_ids = batch["position_ids"].to(device, non_blocking=True)
-    mask = batch.get("attention_mask")  # [b, 1, s, s], True = masked (data.document_mask)
+    mask = batch.get("document_ids")  # [b, s] (data.document_mask, gpt_sft packing): SDPAttention keeps to each
     mask = None if mask is None else mask.to(device, non_blocking=True)
     # With labels, GPTModel returns the per-token cross entropy [b, s] (fp32).
     per_token = model(tokens, position_ids, mask, labels=labels)

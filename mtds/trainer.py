@@ -38,6 +38,9 @@ class Trainer:
         self.cfg, self.engine, self.resolved, self.forward = cfg, engine, resolved, forward
         self.train_ds, self.valid_ds, _ = datasets
         self.metrics, self.log = metrics, log
+        # A task may turn averaged parts ("_"-prefixed metrics) into the metrics it logs (classification:
+        # per-class counts -> macro-F1 over every sample, not a mean of per-micro-batch F1s).
+        self._summarize = getattr(cfg.kind.task, "summarize", None)
         self.parallel = parallel
         self.dp_rank, self.dp_size = parallel.data_rank(rank), parallel.data
         self.train_iters = train_iters
@@ -205,6 +208,7 @@ class Trainer:
             torch.distributed.all_reduce(packed)
             packed /= self.parallel.world
             loss, extra = packed[0], dict(zip(sorted(extra), packed[1:]))
+        extra = self._summarize(extra) if self._summarize else extra
         tokens_per_sec = iters * self.global_batch * self.seq / seconds
         tflops = self.flops_per_token * tokens_per_sec / self.parallel.world / 1e12  # per device
         it = self.state.iteration
@@ -265,8 +269,11 @@ class Trainer:
             torch.distributed.all_reduce(packed)
             packed /= self.parallel.world
         val_loss = packed[0].item()
+        extra = dict(zip(keys, packed[1:]))
+        extra = self._summarize(extra) if self._summarize else extra
+        keys = list(extra)
         values = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0)),
-                  **{f"val/{k}": packed[i + 1].item() for i, k in enumerate(keys)}}
+                  **{f"val/{k}": v.item() for k, v in extra.items()}}
         self.metrics.scalars(values, self.state.iteration, self.state.consumed_tokens)
         self.metrics.print(f"validation at iter {self.state.iteration} | loss {val_loss:.4f} | "
                            f"ppl {values['val/ppl']:.2f}"

@@ -192,6 +192,16 @@ def test_macro_f1_and_the_per_class_table_count_every_sample():
     assert result["majority_acc"] == 0.5 and result["per_class"]["a"] == {
         "precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
     assert lines[0].split() == ["class", "precision", "recall", "f1", "support"] and lines[-1].split()[-1] == "6"
+    # The training loop's path: forward_step's counts averaged over the two micro-batches, then
+    # summarize, give the same macro-F1 (a mean of the two micro-batch F1s would not).
+    from mtds.tasks.classification import forward_step, summarize
+
+    steps = [forward_step(model, b, "cpu")[1] for b in batches]
+    means = {k: (steps[0][k] + steps[1][k]) / 2 for k in steps[0]}
+    logged = summarize(means)
+    assert set(logged) == {"acc", "macro_f1"} and logged["macro_f1"].item() == pytest.approx(macro_f1(conf).item())
+    per_batch = [macro_f1(confusion(pred[i:i + 3], labels[i:i + 3], 3)).item() for i in (0, 3)]
+    assert sum(per_batch) / 2 != pytest.approx(macro_f1(conf).item())
 
 
 # -- Hugging Face export ---------------------------------------------------------------------------
@@ -272,6 +282,9 @@ def test_fine_tuning_a_pretrained_bert_classifies_code_and_prose_well_above_the_
     result = json.loads(ev.stdout.strip().splitlines()[-1])
     assert result["acc"] == pytest.approx(acc[-1], abs=1e-6) and result["acc"] > result["majority_acc"] + 0.25
     assert result["majority_acc"] < 0.6 and result["macro_f1"] > 0.75 and set(result["per_class"]) == {"code", "prose"}
+    # the run's val/macro_f1 is over all its validation samples too (from averaged counts), not a micro-batch mean
+    assert result["macro_f1"] == pytest.approx(s["val/macro_f1"][-1][1], abs=1e-6)
+    assert not any(tag.split("/", 1)[1].startswith("_") for tag in s)  # the counts themselves are not logged
     table = subprocess.run([sys.executable, "-m", "mtds.evaluate", "--load", str(run), "--no-progress"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300).stdout.splitlines()
     assert table[-3].startswith("code ") and table[-2].startswith("prose ") and table[-1].startswith("macro ")

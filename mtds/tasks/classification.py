@@ -153,13 +153,34 @@ def logits_and_labels(model, batch: dict, device):
 
 
 def forward_step(model, batch: dict, device, opts: Options | None = None):
-    """Cross entropy of the classification head; metrics acc and macro_f1 (of this micro-batch)."""
+    """Cross entropy of the classification head; metric acc, and per class c the counts `_tp/c`,
+    `_true/c`, `_pred/c` of this micro-batch, which `summarize` turns into macro_f1."""
     import torch.nn.functional as F
 
     logits, labels = logits_and_labels(model, batch, device)
     loss = F.cross_entropy(logits, labels)
     pred = logits.detach().argmax(-1)
-    return loss, {"acc": (pred == labels).float().mean(), "macro_f1": macro_f1(confusion(pred, labels, logits.shape[1]))}
+    conf = confusion(pred, labels, logits.shape[1]).float()
+    metrics = {"acc": (pred == labels).float().mean()}
+    for c in range(logits.shape[1]):
+        metrics[f"_tp/{c}"], metrics[f"_true/{c}"], metrics[f"_pred/{c}"] = conf[c, c], conf[c].sum(), conf[:, c].sum()
+    return loss, metrics
+
+
+def summarize(means: dict) -> dict:
+    """The logged metrics from the averaged ones: macro_f1 from the per-class counts. The trainer
+    averages every metric over the same number of micro-batches (and ranks), so ratios of the mean
+    counts are ratios of the total counts: macro-F1 over all the samples averaged, exactly as
+    `report` (mtds.evaluate) computes it, not a mean of per-micro-batch F1s."""
+    import torch
+
+    out = {k: v for k, v in means.items() if not k.startswith("_")}
+    classes = sorted({int(k.split("/")[1]) for k in means if k.startswith("_tp/")})
+    if classes:
+        tp, true, pred = (torch.stack([means[f"_{part}/{c}"] for c in classes]) for part in ("tp", "true", "pred"))
+        present = (true + pred) > 0
+        out["macro_f1"] = (2 * tp / (true + pred).clamp(min=1e-12))[present].mean()
+    return out
 
 
 def confusion(pred, labels, n: int):

@@ -2,11 +2,11 @@
 
     python -m mtds.export_hf --load RUN_DIR [--tag iter_0000040] --out DIR [--dtype fp32|bf16|fp16]
 
-Writes config.json + model.safetensors (+ generation_config.json for causal LMs) and the tokenizer
+Writes config.json + model.safetensors (+ generation_config.json for causal and seq2seq LMs) and the tokenizer
 (tokenizer.model, tokenizer.json, tokenizer_config.json; a Hugging Face tokenizer's own files,
 copied), loadable with
-`AutoModelForCausalLM.from_pretrained(DIR)` (GPT) or `AutoModelForMaskedLM.from_pretrained(DIR)`
-(BERT) and `AutoTokenizer.from_pretrained(DIR)`.
+`AutoModelForCausalLM.from_pretrained(DIR)` (GPT), `AutoModelForMaskedLM.from_pretrained(DIR)`
+(BERT) or `AutoModelForSeq2SeqLM.from_pretrained(DIR)` (T5) and `AutoTokenizer.from_pretrained(DIR)`.
 
 The run's family lists the Hugging Face architectures it maps to (`hf_architectures()` in
 mtds/models/); the first one that can express the model is used, and its mapping table
@@ -18,6 +18,8 @@ mtds/models/); the first one that can express the model is used, and its mapping
   only: pre-LayerNorm layers, a final LayerNorm and no LayerNorm on the summed embeddings, as in
   megatron-core's BertModel (`BertForMaskedLM` is post-LayerNorm and `RobertaPreLayerNormForMaskedLM`
   normalises the embeddings, so neither fits).
+- T5 (relative positions, RMSNorm, no biases, untied output layer) -> `T5ForConditionalGeneration`
+  (`AutoModelForSeq2SeqLM`), the decoder starting from <s>.
 Anything else is refused with one line naming what each architecture needs.
 """
 
@@ -90,8 +92,9 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     sd = consolidated_state_dict(ckpt_dir, saved)
     os.makedirs(out_dir, exist_ok=True)
     sources = saved["data_sources"]
+    generates = arch.CAUSAL_LM or arch.SEQ2SEQ_LM  # else a BERT: its tokenizer frames [CLS] a [SEP]
     tok_ids = write_tokenizer(sources["tokenizer_model"], out_dir, cfg.model.max_position_embeddings,
-                              bert=not arch.CAUSAL_LM, tokenizer_type=sources.get("tokenizer_type", "SentencePieceTokenizer"))
+                              bert=not generates, tokenizer_type=sources.get("tokenizer_type", "SentencePieceTokenizer"))
     config, weights = convert(sd, cfg, int(saved["vocab_size"]), tok_ids)
     config["torch_dtype"] = config["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     from safetensors.torch import save_file
@@ -100,8 +103,10 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    if arch.CAUSAL_LM:  # a masked LM is no generator
+    if generates:  # a masked LM or a classifier is no generator
         generation = {k: tok_ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        if arch.SEQ2SEQ_LM:
+            generation["decoder_start_token_id"] = config["decoder_start_token_id"]
         with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
             json.dump(generation, f, indent=2)
     log(f"exported {ckpt_dir} as {arch.ARCHITECTURE} ({dtype}) to {out_dir}")

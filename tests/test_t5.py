@@ -1,6 +1,6 @@
 """T5 (`--model-type t5`: mtds/models/t5.py + mtds/tasks/span_corruption.py): span-corruption
-samples, the sentinel tokens, the refusals, and one end-to-end run on the default corpus that
-learns, resumes bit for bit, evaluates and fills spans."""
+samples, the sentinel tokens, the refusals, export to transformers' T5, and one end-to-end run on
+the default corpus that learns, resumes bit for bit, evaluates, fills spans and exports."""
 
 from __future__ import annotations
 
@@ -111,6 +111,83 @@ def test_t5_flops_count_the_decoder_and_cross_attention():
     assert long - short == pytest.approx(37 * per_decoder_token + 12 * h * L * (74**2 - 37**2 + 37 * 128) / 128)
 
 
+# -- Hugging Face export ----------------------------------------------------------------------------
+# fp32 on CPU through different kernels (fused QKV/KV GEMMs and SDPA vs HF's separate GEMMs and
+# matmul-softmax). Measured max |diff|: 0.0 (bit for bit) on logits up to ~1.3 with these random
+# weights, both activations; the tolerance leaves room for other BLAS builds.
+LOGITS_ATOL = 1e-4
+
+
+def export_random_t5(tiny_data, tmp_path, activation: str):
+    """(mtds T5 model with random weights, the same as an HF T5ForConditionalGeneration, its config)."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import T5ForConditionalGeneration
+
+    from mtds.export_hf import convert
+    from mtds.kinds import build_model
+
+    cfg = t5_cfg(tiny_data, tmp_path)
+    cfg.model.activation = activation
+    torch.manual_seed(0)
+    model = build_model(cfg, 256, "fp32", on_gpu=False).eval()
+    with torch.no_grad():  # norms start at 1: make them count, so a norm mapped to the wrong place shows
+        for name, p in model.named_parameters():
+            if "layernorm" in name:
+                p.uniform_(0.5, 1.5)
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    config, weights = convert(sd, cfg, 256, {"pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3})
+    out = tmp_path / f"hf-{activation}"
+    out.mkdir()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config))
+    return model, T5ForConditionalGeneration.from_pretrained(str(out), dtype=torch.float32).eval(), cfg
+
+
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+def test_export_gives_transformers_t5_the_same_logits_and_greedy_spans(tiny_data, world_of_one, tmp_path, activation):
+    """Random weights, encoder padding in one row: T5ForConditionalGeneration's logits equal
+    megatron's (fp32, 1e-4), and its greedy generate (KV cache, decoder from <s>) writes the same
+    tokens as mtds.generate's loop over the encoder-decoder."""
+    from mtds.generate import generate
+
+    model, hf, cfg = export_random_t5(tiny_data, tmp_path, activation)
+    assert hf.config.feed_forward_proj == {"gelu": "gelu", "swiglu": "gated-silu"}[activation]
+    g = torch.Generator().manual_seed(1)
+    enc = torch.randint(30, 256, (2, 40), generator=g)  # [b, s_enc]
+    enc_mask = torch.ones_like(enc)
+    enc_mask[1, 29:] = 0  # row 1: 11 padding tokens
+    dec = torch.cat([torch.full((2, 1), 2), torch.randint(7, 256, (2, 15), generator=g)], dim=1)  # [b, s_dec]
+    task = cfg.kind.task
+    with torch.no_grad():
+        ours = task.seq2seq_logits(model, enc, dec, enc_mask)
+        theirs = hf(input_ids=enc, attention_mask=enc_mask, decoder_input_ids=dec).logits
+    assert ours.shape == theirs.shape == (2, 16, 256)
+    torch.testing.assert_close(theirs, ours, atol=LOGITS_ATOL, rtol=0)
+
+    encoder = enc[:1, :29]
+    new = generate(model, [2], max_new_tokens=12, max_context=64, vocab_limit=256, greedy=True, stop_ids=(3,),
+                   logits_fn=lambda m, d: task.seq2seq_logits(m, encoder, d))
+    with torch.no_grad():
+        hf_new = hf.generate(encoder, max_new_tokens=12, do_sample=False, decoder_start_token_id=2, eos_token_id=3,
+                             pad_token_id=0)[0, 1:]
+    assert hf_new.tolist()[:len(new)] == new and len(new) > 1
+
+
+def test_t5_export_refuses_what_hf_t5_cannot_express_in_one_line():
+    from mtds.config import build_config
+    from mtds.errors import LoadError
+    from mtds.export_hf import hf_architecture
+
+    for model, why in [({"position_embedding_type": "learned_absolute"}, "relative position buckets only"),
+                       ({"normalization": "LayerNorm"}, "normalises with RMSNorm"),
+                       ({"add_bias_linear": True}, "linear biases"),
+                       ({"tie_embeddings": True}, "tie_embeddings=true")]:
+        with pytest.raises(LoadError, match=f"T5ForConditionalGeneration does not fit .*{re.escape(why)}"):
+            hf_architecture(build_config({"model": {"model_type": "t5", **model}}))
+
+
 # -- one end-to-end run on the default corpus -----------------------------------------------------
 @pytest.mark.slow
 def test_t5_tiny_on_the_default_corpus_learns_resumes_bitwise_evaluates_and_fills_spans(tmp_path, capsys):
@@ -118,7 +195,7 @@ def test_t5_tiny_on_the_default_corpus_learns_resumes_bitwise_evaluates_and_fill
     corpus (its T5 tokenizer and _sentence data built on first use): validation loss falls by at
     least 30%. A second run resumed from the iteration-50 checkpoint logs the same losses bit for
     bit and ends with the same weights; mtds.evaluate reproduces the final validation loss;
-    mtds.generate fills a gap."""
+    mtds.generate fills a gap, and the model exported to Hugging Face fills it the same way."""
     from mtds import evaluate, generate
     from mtds.ckpt.consolidate import consolidated_state_dict
     from mtds.ckpt.layout import read_config
@@ -156,5 +233,25 @@ def test_t5_tiny_on_the_default_corpus_learns_resumes_bitwise_evaluates_and_fill
                         capsys)
     assert rc == 0, err
     assert "<extra_id_0>" not in out and out.startswith("import ")
+    filled = out
     rc, out, err = call(generate.main, ["--load", str(first), "--prompt", "no gaps"], capsys)
     assert rc != 0 and "mark them <extra_id_0>" in err
+
+    # exported: transformers' tokenizer and model fill the same gap with the same tokens
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from mtds import export_hf
+    from mtds.load_trained import load_trained
+
+    hf_dir = tmp_path / "hf"
+    rc, out, err = call(export_hf.main, ["--load", str(first), "--out", str(hf_dir)], capsys)
+    assert rc == 0 and "as T5ForConditionalGeneration" in out, err
+    hf = AutoModelForSeq2SeqLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    run = load_trained(str(first))
+    tok = run.tokenizer()
+    prompt = "import <extra_id_0>\n"
+    ids = tok.tokenize(prompt)
+    assert AutoTokenizer.from_pretrained(str(hf_dir)).encode(prompt, add_special_tokens=False) == ids
+    with torch.no_grad():
+        hf_new = hf.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False)[0, 1:].tolist()
+    assert run.cfg.kind.task.render_generation(prompt, hf_new, tok) + "\n" == filled

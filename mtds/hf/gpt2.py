@@ -13,6 +13,7 @@ from mtds.hf.transforms import Chain, Chunk, Inverse, SplitQKV, Transpose
 
 ARCHITECTURE = "GPT2LMHeadModel"
 CAUSAL_LM = True
+SEQ2SEQ_LM = False
 ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_new"}  # ours -> HF's name (GPT-2's own is gelu_new)
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 

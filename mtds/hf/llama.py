@@ -16,6 +16,7 @@ from mtds.hf.transforms import Chunk, SplitQKV
 ARCHITECTURE = "LlamaForCausalLM"
 MODEL_TYPE = "llama"
 CAUSAL_LM = True
+SEQ2SEQ_LM = False
 # megatron-core's Llama-3 RoPE scaling has these fixed (RotaryEmbedding._apply_scaling).
 LLAMA3_ROPE_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 

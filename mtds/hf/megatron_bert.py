@@ -17,6 +17,7 @@ from mtds.hf.transforms import Duplicate, SplitQKV, Zeros
 
 ARCHITECTURE = "MegatronBertForMaskedLM"
 CAUSAL_LM = False
+SEQ2SEQ_LM = False
 
 
 def unsupported(m, heads: dict) -> str | None:

@@ -15,6 +15,7 @@ from mtds.hf.mapping import Rule, rule
 
 ARCHITECTURE = "MegatronBertForSequenceClassification"
 CAUSAL_LM = False
+SEQ2SEQ_LM = False
 
 
 def unsupported(m, heads: dict) -> str | None:

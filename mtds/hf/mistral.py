@@ -14,6 +14,7 @@ from mtds.hf.config_fields import Fields
 
 ARCHITECTURE = "MistralForCausalLM"
 CAUSAL_LM = True
+SEQ2SEQ_LM = False
 rules = llama.rules
 
 

@@ -18,6 +18,7 @@ from mtds.hf.transforms import Chunk
 ARCHITECTURE = "MixtralForCausalLM"
 MODEL_TYPE = "mixtral"
 CAUSAL_LM = True
+SEQ2SEQ_LM = False
 
 
 def unsupported(m, heads: dict) -> str | None:

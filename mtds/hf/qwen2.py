@@ -9,6 +9,7 @@ from mtds.hf.config_fields import Fields
 ARCHITECTURE = "Qwen2ForCausalLM"
 MODEL_TYPE = "qwen2"
 CAUSAL_LM = True
+SEQ2SEQ_LM = False
 rules = llama.rules
 
 

@@ -13,7 +13,7 @@ import os
 import shutil
 
 from data_tools.hf_tokenizer import HF_FILES, HUGGINGFACE, SENTENCEPIECE, load_hf_tokenizer, special_id
-from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece
+from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece, sentinel_piece
 
 
 def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: bool = False,
@@ -24,7 +24,7 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: 
     The tokenizer.json reproduces data_tools.train_tokenizer's sentencepiece settings: spaces become
     U+2581 with no dummy prefix and no normalization, a word starts at a U+2581 that follows
     non-space (runs of spaces stay one word: allow_whitespace_only_pieces), BPE merges ranked by
-    piece score, byte fallback, and [CLS]/[SEP]/[MASK] as atomic user-defined symbols.
+    piece score, byte fallback, and [CLS]/[SEP]/[MASK] (and T5's sentinels) as atomic user-defined symbols.
     For BERT, [CLS]/[SEP]/[MASK] are also named cls/sep/mask tokens and encoding with special
     tokens frames the text as in training ([CLS] a [SEP] (b [SEP]), token types 0 then 1), so
     `pipeline("fill-mask")` works as is.
@@ -44,7 +44,9 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: 
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("\u2581*[^\u2581]+|\u2581+"), behavior="isolated")
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in (PAD, UNK, BOS, EOD)])
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in USER_DEFINED_SYMBOLS])
+    # sentencepiece matches user-defined symbols whole (T5's sentinels too, where trained in): so does this
+    atomic = list(USER_DEFINED_SYMBOLS) + sentinels_of(sp)
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in atomic])
     special = {"pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOD}
     if bert:
         cls_id, sep_id = sp.piece_to_id(CLS), sp.piece_to_id(SEP)
@@ -67,6 +69,14 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: 
     with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
         json.dump(special, f, indent=2)
     return ids
+
+
+def sentinels_of(sp) -> list[str]:
+    """T5's sentinels <extra_id_0>, <extra_id_1>, ... a sentencepiece model has, up to the first one missing."""
+    unk, found = sp.piece_to_id(UNK), []
+    while sp.piece_to_id(sentinel_piece(len(found))) != unk:
+        found.append(sentinel_piece(len(found)))
+    return found
 
 
 def copy_hf_tokenizer(tok_dir: str, out_dir: str) -> dict:

@@ -56,6 +56,26 @@ class SplitQKV:
 
 
 @dataclass(frozen=True)
+class SplitKV:
+    """megatron's fused cross-attention key/value projection, rows [heads, (k, v), head_dim], as k and v."""
+
+    heads: int
+    head_dim: int
+
+    def to_hf(self, tensors: tuple) -> tuple:
+        (kv,) = tensors
+        rest = kv.shape[1:]
+        # [heads*2*d, ...] -> [heads, 2, d, ...] -> k, v [heads*d, ...]
+        k, v = kv.reshape(self.heads, 2, self.head_dim, *rest).unbind(1)
+        return k.reshape(-1, *rest), v.reshape(-1, *rest)
+
+    def from_hf(self, tensors: tuple) -> tuple:
+        rest = tensors[0].shape[1:]
+        # k, v [heads*d, ...] -> [heads, 2, d, ...] -> fused
+        return (torch.stack([t.reshape(self.heads, self.head_dim, *rest) for t in tensors], dim=1).reshape(-1, *rest),)
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One tensor as n equal parts of dim 0, e.g. megatron's SwiGLU fc1 [gate; up] -> gate, up."""
 

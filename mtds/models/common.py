@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 
 
-def transformer_config(m, precision: str, on_gpu: bool):
-    """megatron-core TransformerConfig with the same field names as the run config's [model].
+def transformer_config(m, precision: str, on_gpu: bool, **family_fields):
+    """megatron-core TransformerConfig with the same field names as the run config's [model]
+    (plus `family_fields`: TransformerConfig fields a family fixes, e.g. T5's softmax_scale).
 
     The tensor-parallel size is the one megatron-core's parallel state was initialised with (the
     run's model.tensor_model_parallel_size in training; 1 in the tools, which load merged weights
@@ -65,6 +66,7 @@ def transformer_config(m, precision: str, on_gpu: bool):
         recompute_granularity="full" if m.recompute_activations else None,
         recompute_method="uniform" if m.recompute_activations else None,
         recompute_num_layers=1 if m.recompute_activations else None,
+        **family_fields,
     )
 
 

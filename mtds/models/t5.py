@@ -24,6 +24,10 @@ RELATIVE_ATTENTION_BUCKETS = 32
 RELATIVE_ATTENTION_MAX_DISTANCE = 128
 """T5's relative position buckets (and HF T5Config's defaults): fixed, not [model] keys."""
 
+T5_SOFTMAX_SCALE = 1.0
+"""T5 does not divide attention scores by sqrt(head size) (its query init is smaller instead), and
+neither does Hugging Face's T5; with the same scores the exported query weights are ours as they are."""
+
 _T5_ARCH = dict(position_embedding_type="relative", normalization="RMSNorm", activation="gelu",
                 tie_embeddings=False, add_bias_linear=False, layernorm_epsilon=1e-6)
 PRESETS: dict[str, dict] = {  # T5 paper sizes (encoder and decoder each num_layers) and a tiny debug one
@@ -59,7 +63,7 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool):
 
     from mtds.models.common import transformer_config
 
-    config = transformer_config(m, precision, on_gpu)
+    config = transformer_config(m, precision, on_gpu, softmax_scale=T5_SOFTMAX_SCALE)
     return T5Model(
         config=config,
         encoder_config=config,

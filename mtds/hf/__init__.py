@@ -1,5 +1,5 @@
 """Weight and config mappings between mtds's megatron-core models and Hugging Face `transformers`
-architectures: one table of `mapping.Rule`s per architecture (`llama`, `gpt2`, `megatron_bert`),
+architectures: one table of `mapping.Rule`s per architecture (`llama`, `gpt2`, `megatron_bert`, `t5`, ...),
 built from the invertible tensor `transforms`, from which `mapping.to_hf` (export) and
 `mapping.from_hf` (import) are both derived so the two directions cannot drift apart; plus the
 tokenizer files an exported model directory needs (`tokenizer`)."""

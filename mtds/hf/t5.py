@@ -23,6 +23,10 @@ ARCHITECTURE = "T5ForConditionalGeneration"
 MODEL_TYPE = "t5"
 CAUSAL_LM = False
 SEQ2SEQ_LM = True
+RELATIVE_ATTENTION_BUCKETS = 32
+RELATIVE_ATTENTION_MAX_DISTANCE = 128
+"""T5's relative position buckets (T5Config's defaults), fixed, not [model] keys: mtds.models.t5
+builds T5Model with these, so they are defined here, where the export writes them too."""
 FEED_FORWARD_PROJ = {"gelu": "gelu", "gelu_tanh": "gelu_new", "swiglu": "gated-silu"}
 """mtds model.activation -> HF T5Config.feed_forward_proj (HF's 'gated-gelu' is the tanh GELU,
 megatron has no gated GELU in mtds: neither needs it)."""
@@ -46,8 +50,6 @@ def unsupported(m, heads: dict) -> str | None:
 
 def hf_config(m, heads: dict, vocab_size: int, tok_ids: dict) -> dict:
     """The decoder starts from <s>, as mtds's span-corruption data does (text_dec = <s> + target)."""
-    from mtds.models.t5 import RELATIVE_ATTENTION_BUCKETS, RELATIVE_ATTENTION_MAX_DISTANCE
-
     return {
         "architectures": [ARCHITECTURE], "model_type": MODEL_TYPE,
         "vocab_size": vocab_size, "d_model": m.hidden_size, "d_kv": m.hidden_size // m.num_attention_heads,

@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 
-RELATIVE_ATTENTION_BUCKETS = 32
-RELATIVE_ATTENTION_MAX_DISTANCE = 128
-"""T5's relative position buckets (and HF T5Config's defaults): fixed, not [model] keys."""
-
 T5_SOFTMAX_SCALE = 1.0
 """T5 does not divide attention scores by sqrt(head size) (its query init is smaller instead), and
 neither does Hugging Face's T5; with the same scores the exported query weights are ours as they are."""
@@ -61,6 +57,7 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool):
     from megatron.core.models.T5.t5_spec import (get_t5_decoder_with_local_block_spec,
                                                  get_t5_encoder_with_local_block_spec)
 
+    from mtds.hf.t5 import RELATIVE_ATTENTION_BUCKETS, RELATIVE_ATTENTION_MAX_DISTANCE
     from mtds.models.common import transformer_config
 
     config = transformer_config(m, precision, on_gpu, softmax_scale=T5_SOFTMAX_SCALE)

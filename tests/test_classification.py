@@ -245,6 +245,21 @@ def test_export_gives_transformers_the_same_logits(world_of_one, tiny_data, tmp_
     torch.testing.assert_close(hf, mine, atol=ATOL, rtol=0)
 
 
+def test_classifier_flops_leave_out_the_output_layer_it_does_not_run(world_of_one, tiny_data, tmp_path):
+    """bert_cls counts 6 FLOPs per weight it multiplies by: its tied word embedding is a lookup
+    only (no masked-LM output layer), so it is 6 * V * h per token below a BERT of the same body."""
+    from mtds.kinds import build_model
+    from mtds.models.common import count_parameters
+
+    cfg = cls_cfg(tiny_data, tmp_path)
+    cfg.task.labels = ["code", "prose"]
+    model = build_model(cfg, 512, "fp32", on_gpu=False)
+    m, family = cfg.model, cfg.kind.family
+    counted = family.flops_per_token(m, count_parameters(model), 64, 512, **cfg.kind.task.flops_args(cfg.task, 64))
+    matmul_weights = count_parameters(model) - 512 * m.hidden_size - m.max_position_embeddings * m.hidden_size
+    assert m.tie_embeddings and counted == 6 * matmul_weights + 12 * m.num_layers * m.hidden_size * 64
+
+
 # -- end to end ----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fine_tuning_a_pretrained_bert_classifies_code_and_prose_well_above_the_majority(tiny_data, tmp_path):

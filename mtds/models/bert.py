@@ -87,10 +87,17 @@ def _build(m, vocab_size: int, config, spec, add_binary_head: bool, class_labels
     )
 
 
-def flops_per_token(m, num_params: int, seq_length: int, vocab_size: int) -> float:
+def flops_per_token(m, num_params: int, seq_length: int, vocab_size: int, lm_head: bool = True) -> float:
+    """The dense count. Without the masked-LM head (a classifier: `lm_head=False`, from its task's
+    flops_args) no output layer multiplies by the word embedding, so a tied embedding is a lookup
+    only; the pooler and classification head (run on one position per sample) stay counted per
+    token, an overcount of 6 * (h * h + h * classes) FLOPs."""
     from mtds.models.common import dense_flops_per_token
 
-    return dense_flops_per_token(m, num_params, seq_length, vocab_size)
+    flops = dense_flops_per_token(m, num_params, seq_length, vocab_size)
+    if not lm_head and m.tie_embeddings:  # untied: dense_flops_per_token already left the lookup out
+        flops -= 6 * vocab_size * m.hidden_size
+    return flops
 
 
 def transformer_layers(model) -> list:

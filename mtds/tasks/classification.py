@@ -60,6 +60,11 @@ def model_heads(opts: Options) -> dict:
     return {"class_labels": tuple(opts.labels)}
 
 
+def flops_args(opts: Options, seq_length: int) -> dict:
+    """The classifier runs no masked-LM head: the family's FLOPs count leaves its output layer out."""
+    return {"lm_head": False}
+
+
 def check_data(cfg, sources, tokenizer) -> None:
     """Every prefix needs its label side files, one class id per sample, and one label set shared by
     all prefixes; `cfg.task.labels` is filled from it (one-line ConfigError for every problem)."""

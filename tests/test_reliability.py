@@ -57,7 +57,9 @@ def test_resume_is_bitwise_identical(tiny_data, tmp_path, ranks, stage):
         assert torch.equal(a[name], b[name]), name
 
 
-@pytest.mark.parametrize("stage", [1, 2, 3])
+# ZeRO-1 and ZeRO-2 share DeepSpeed's optimizer (DeepSpeedZeroOptimizer) and its checkpoint layout,
+# which ds_to_universal reads the same way: stage 1 stands for both, stage 3 has its own layout.
+@pytest.mark.parametrize("stage", [1, 3])
 def test_resume_at_another_world_size_through_a_universal_checkpoint(tiny_data, tmp_path, stage):
     """2 ranks save; 1 rank is refused before DeepSpeed starts and told the command; after it,
     1 rank resumes and trains as 2 ranks would have (same global batch; fp32 sums in another order:

@@ -193,7 +193,7 @@ def test_t5_export_refuses_what_hf_t5_cannot_express_in_one_line():
 def test_t5_tiny_on_the_default_corpus_learns_resumes_bitwise_evaluates_and_fills_spans(tmp_path, capsys):
     """t5-tiny, seq 128, micro-batch 8, fp32 with torch Adam, 100 steps on the embedded default
     corpus (its T5 tokenizer and _sentence data built on first use): validation loss falls by at
-    least 30%. A second run resumed from the iteration-50 checkpoint logs the same losses bit for
+    least 30%. A second run resumed from the iteration-70 checkpoint logs the same losses bit for
     bit and ends with the same weights; mtds.evaluate reproduces the final validation loss;
     mtds.generate fills a gap, and the model exported to Hugging Face fills it the same way."""
     from mtds import evaluate, generate
@@ -205,7 +205,7 @@ def test_t5_tiny_on_the_default_corpus_learns_resumes_bitwise_evaluates_and_fill
     common = ["--deepspeed_config", ds, "--model-type", "t5", "--training.train_iters=100", "--training.eval_interval=50", "--training.eval_iters=4",
               "--training.log_interval=10", "--training.progress_bar=false", "--model.hidden_dropout=0.1"]
     first = tmp_path / "first"
-    proc = run_pretrain([*common, "--run-dir", str(first), "--training.save_interval=50"], timeout=900)
+    proc = run_pretrain([*common, "--run-dir", str(first), "--training.save_interval=70"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "model: t5" in proc.stdout
     a = scalars(str(first))
@@ -214,14 +214,14 @@ def test_t5_tiny_on_the_default_corpus_learns_resumes_bitwise_evaluates_and_fill
     assert a["val/token_acc"][-1][1] > 0.15
 
     second = tmp_path / "second"
-    shutil.copytree(first / "checkpoints/iter_0000050", second / "checkpoints/iter_0000050")
-    (second / "checkpoints/latest").write_text("iter_0000050")
+    shutil.copytree(first / "checkpoints/iter_0000070", second / "checkpoints/iter_0000070")
+    (second / "checkpoints/latest").write_text("iter_0000070")
     proc = run_pretrain([*common, "--run-dir", str(second), "--load", str(second)], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     b = scalars(str(second))
-    assert [s for s, _ in b["train/loss"]] == [60, 70, 80, 90, 100]
+    assert [s for s, _ in b["train/loss"]] == [80, 90, 100]
     for tag in ("train/loss", "train/token_acc", "val/loss"):
-        assert [v for s, v in b[tag] if s > 50] == [v for s, v in a[tag] if s > 50], tag
+        assert [v for s, v in b[tag] if s > 70] == [v for s, v in a[tag] if s > 70], tag
     ends = [str(run / "checkpoints/iter_0000100") for run in (first, second)]
     sd_a, sd_b = (consolidated_state_dict(c, read_config(c)) for c in ends)
     assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)

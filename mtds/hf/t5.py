@@ -28,8 +28,8 @@ RELATIVE_ATTENTION_MAX_DISTANCE = 128
 """T5's relative position buckets (T5Config's defaults), fixed, not [model] keys: mtds.models.t5
 builds T5Model with these, so they are defined here, where the export writes them too."""
 FEED_FORWARD_PROJ = {"gelu": "gelu", "gelu_tanh": "gelu_new", "swiglu": "gated-silu"}
-"""mtds model.activation -> HF T5Config.feed_forward_proj (HF's 'gated-gelu' is the tanh GELU,
-megatron has no gated GELU in mtds: neither needs it)."""
+"""mtds model.activation -> HF T5Config.feed_forward_proj. (HF's 'gated-gelu', T5 v1.1's and
+Flan-T5's, is a gated tanh GELU, which mtds's activations do not include.)"""
 
 
 def unsupported(m, heads: dict) -> str | None:

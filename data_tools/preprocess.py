@@ -245,7 +245,11 @@ def _load_hf_tokenizer(path: str, append_eod: bool) -> tuple[int, dict]:
         raise DataToolsError(f"{path}: tokenizer has no eos token for --append-eod; set eos_token in "
                              "tokenizer_config.json, or drop --append-eod")
     spec = {**fast_encoder_spec(tok), "eos_id": eos}
-    check_fast_encoder(tok, FastEncoder(spec), path)
+    encoder = FastEncoder(spec)
+    check_fast_encoder(tok, encoder, path)
+    if append_eod and len(encoder.suffix) and encoder.suffix[-1] == eos:
+        raise DataToolsError(f"{path}: its post-processor already ends every text with the eos token "
+                             f"{tok.eos_token}; drop --append-eod (it would add a second one)")
     return len(tok), spec
 
 

@@ -23,15 +23,17 @@ BOS3, EOS3 = "<|begin_of_text|>", "<|end_of_text|>"
 TEXTS = ["import json\n\ndef f(x):\n    return x + 1  # 12345\n", "naïve café — 東京 🚀", "a </s> b [MASK] c", ""]
 
 
-def _llama_like(bpe_dir: str, out_dir: str, eos: bool = True) -> str:
+def _llama_like(bpe_dir: str, out_dir: str, eos: bool = True, eos_after: bool = False) -> str:
     from tokenizers import AddedToken, Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer.from_file(os.path.join(bpe_dir, "tokenizer.json"))
     tok.add_special_tokens([AddedToken(BOS3, special=True), AddedToken(EOS3, special=True)])
     bos = tok.token_to_id(BOS3)
-    tok.post_processor = processors.TemplateProcessing(single=f"{BOS3} $A", pair=f"{BOS3} $A {BOS3} $B:1",
-                                                       special_tokens=[(BOS3, bos)])
+    after = f" {EOS3}" if eos_after else ""  # eos_after: the post-processor also ends each text with EOS
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS3} $A{after}", pair=f"{BOS3} $A {BOS3} $B:1{after}",
+        special_tokens=[(BOS3, bos), *([(EOS3, tok.token_to_id(EOS3))] if eos_after else [])])
     names = {"bos_token": BOS3, **({"eos_token": EOS3} if eos else {})}
     PreTrainedTokenizerFast(tokenizer_object=tok, **names).save_pretrained(out_dir)
     return out_dir
@@ -44,7 +46,8 @@ def toks(tiny_data, tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("hf_tok")
     bpe = train_hf_bpe([tiny_data["corpus"]], str(work / "bpe"), vocab_size=512, quiet=True)
     return {"bpe": bpe, "llama": _llama_like(bpe, str(work / "llama")), "dir": work,
-            "no_eos": _llama_like(bpe, str(work / "no_eos"), eos=False)}
+            "no_eos": _llama_like(bpe, str(work / "no_eos"), eos=False),
+            "eos_after": _llama_like(bpe, str(work / "eos_after"), eos_after=True)}
 
 
 def _documents(prefix: str) -> list[list[list[int]]]:
@@ -160,6 +163,9 @@ def test_bad_tokenizer_inputs_are_one_line_errors(toks, tiny_data, tmp_path, cap
     assert run(toks["no_eos"], "--append-eod") == \
         f"error: {toks['no_eos']}: tokenizer has no eos token for --append-eod; set eos_token in " \
         "tokenizer_config.json, or drop --append-eod"
+    assert run(toks["eos_after"], "--append-eod") == \
+        f"error: {toks['eos_after']}: its post-processor already ends every text with the eos token {EOS3}; " \
+        "drop --append-eod (it would add a second one)"
     broken = tmp_path / "broken"
     shutil.copytree(toks["bpe"], broken)
     (broken / "tokenizer.json").write_text("{not json")

@@ -13,7 +13,8 @@ import os
 import shutil
 
 from data_tools.hf_tokenizer import HF_FILES, HUGGINGFACE, SENTENCEPIECE, load_hf_tokenizer, special_id
-from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece, sentinel_piece
+from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece
+from mtds.tokenizer import sentinel_ids
 
 
 def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: bool = False,
@@ -45,7 +46,7 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: 
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in (PAD, UNK, BOS, EOD)])
     # sentencepiece matches user-defined symbols whole (T5's sentinels too, where trained in): so does this
-    atomic = list(USER_DEFINED_SYMBOLS) + sentinels_of(sp)
+    atomic = list(USER_DEFINED_SYMBOLS) + [sp.id_to_piece(i) for i in sentinel_ids(vocab)]
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in atomic])
     special = {"pad_token": PAD, "unk_token": UNK, "bos_token": BOS, "eos_token": EOD}
     if bert:
@@ -69,14 +70,6 @@ def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: 
     with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
         json.dump(special, f, indent=2)
     return ids
-
-
-def sentinels_of(sp) -> list[str]:
-    """T5's sentinels <extra_id_0>, <extra_id_1>, ... a sentencepiece model has, up to the first one missing."""
-    unk, found = sp.piece_to_id(UNK), []
-    while sp.piece_to_id(sentinel_piece(len(found))) != unk:
-        found.append(sentinel_piece(len(found)))
-    return found
 
 
 def copy_hf_tokenizer(tok_dir: str, out_dir: str) -> dict:

@@ -1,7 +1,7 @@
 """What checkpoint content hashes (mtds/ckpt/manifest.py) cost on save and on load.
 
 Builds a real DeepSpeed engine (1 rank, ZeRO-2, fp32, FusedAdam: ds_configs/zero2_fp32.json) of a
-preset with mtds.training_run.build_engine, takes one optimizer step so the Adam
+preset with mtds.train.engine.build_engine, takes one optimizer step so the Adam
 moments exist, then, median of --repeats:
 
 - save without hashes: mtds.ckpt.save_load.save with its two manifest steps (hash the files,
@@ -104,10 +104,10 @@ def main(argv=None) -> int:
 
     from bench.train_throughput import run_config, synthetic_batches
     from mtds.ckpt import manifest, save_load
-    from mtds.distributed import init_distributed
+    from mtds.parallel.process_groups import init_distributed
     from mtds.ds_config import load_ds_config, resolve_ds_config
     from mtds.tasks.causal_lm import forward_step
-    from mtds.training_run import build_engine
+    from mtds.train.engine import build_engine
 
     quiet = lambda *args, **kw: None  # noqa: E731
     path = os.path.join(os.path.dirname(HERE), "ds_configs", "zero2_fp32.json")

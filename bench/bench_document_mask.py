@@ -62,7 +62,7 @@ def main() -> int:
     p.add_argument("--docs", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     a = p.parse_args()
-    from mtds import document_mask
+    from mtds.models import document_attention as document_mask
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

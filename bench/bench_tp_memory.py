@@ -2,8 +2,8 @@
 
 For each tensor-parallel size (--tp) this script launches itself on --ranks processes with the
 `deepspeed` launcher (DP = ranks / TP). Each rank builds the engine with mtds's own code
-(mtds.ds_config.resolve_ds_config, mtds.training_run.build_engine with the DeepSpeed mpu of
-mtds.tensor_parallel) for each ZeRO stage (ds_configs/zero{1,2,3}.json, micro-batch 1), runs one
+(mtds.ds_config.resolve_ds_config, mtds.train.engine.build_engine with the DeepSpeed mpu of
+mtds.parallel.tensor_parallel) for each ZeRO stage (ds_configs/zero{1,2,3}.json, micro-batch 1), runs one
 forward/backward and one optimizer step on a synthetic batch, and adds up the bytes of the
 tensors the rank holds, each storage counted once, in the first of these that reaches it:
 
@@ -111,7 +111,7 @@ def measure(stage: int, cfg, vocab: int, seq: int) -> dict:
     from bench.train_throughput import synthetic_batches
     from mtds.ds_config import load_ds_config, precision, resolve_ds_config
     from mtds.tasks.causal_lm import forward_step
-    from mtds.training_run import build_engine
+    from mtds.train.engine import build_engine
     from megatron.core import parallel_state
 
     quiet = lambda *a, **k: None  # noqa: E731
@@ -168,7 +168,7 @@ def model_config(a):
 def worker(a) -> int:
     import torch
 
-    from mtds.distributed import init_distributed
+    from mtds.parallel.process_groups import init_distributed
 
     init_distributed(tensor_parallel=a.worker_tp)
     cfg = model_config(a)

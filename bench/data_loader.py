@@ -6,7 +6,7 @@
 
 Builds GPTDataset with the GPT kind's task, mtds.tasks.causal_lm.build_datasets (megatron-core
 BlendedMegatronDatasetBuilder, index cache in a fresh temp dir: first build = cold, second =
-cache reuse), then reads `--batches` micro-batches through mtds.data.ResumableBatchSampler +
+cache reuse), then reads `--batches` micro-batches through mtds.data.loader.ResumableBatchSampler +
 build_loader with 0, 1, 2 workers. Compare with what a GPU consumes: samples/s = tokens/s /
 seq_length (e.g. the GPT-1.3b H100 row of bench/RESULTS.md).
 """
@@ -38,8 +38,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from mtds.config import build_config
-    from mtds.data import DataSources, ResumableBatchSampler, build_loader, check_splits
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.loader import ResumableBatchSampler, build_loader
+    from mtds.data.sources import DataSources
+    from mtds.data.splits import check_splits
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,7 +61,7 @@ for stage in "$@"; do
     fit-offload)
       $py bench/largest_fit.py --variants z2-offload+recompute --lo 96 --hi 160 --step 8 --timeout 200 2>>"$OUT/stderr.log" \
         | tee "$OUT/fit_offload.log" ;;
-    compile)  # training.compile (mtds/compile.py): per-layer torch.compile and DeepSpeed's whole-module
+    compile)  # training.compile (mtds/train/compile.py): per-layer torch.compile and DeepSpeed's whole-module
               # engine.compile(), against the eager default in the same stage
       tp --presets gpt-1.3b --variants z2,z2+layers,z2+compile --micro 8 --warmup 5 --steps 10 | tee "$OUT/compile.log" ;;
     compile-350m)

@@ -3,7 +3,7 @@
     python bench/loop_overhead.py [--steps 15 --rounds 3 --preset gpt-tiny --micro 8 --seq 256]
 
 bare:    engine(batch) -> engine.backward(loss) -> engine.step(), one fixed batch.
-trainer: mtds.trainer.Trainer.fit() over a dataset that returns that same sample, with the
+trainer: mtds.train.trainer.Trainer.fit() over a dataset that returns that same sample, with the
          project's sampler/DataLoader (num_workers=0), stop-flag all-reduce, loss windows,
          log lines every `--log-interval` steps. Eval at step 0 and the final save are outside
          the timed steps (timestamps are taken at each training forward call).
@@ -95,9 +95,9 @@ def bare_steps(engine, batch, steps: int) -> list[tuple[float, float]]:
 
 def trainer_steps(engine, batch, steps: int, micro: int, seq: int, log_interval: int, run_dir: str):
     from mtds.config import build_config
-    from mtds.metrics import Metrics
-    from mtds.parallel import ParallelSizes
-    from mtds.trainer import Trainer
+    from mtds.train.metrics import Metrics
+    from mtds.parallel.sizes import ParallelSizes
+    from mtds.train.trainer import Trainer
 
     cfg = build_config(overrides={"training": {"train_iters": steps + 1, "log_interval": log_interval,
                                                "eval_interval": 10**6, "eval_iters": 1, "run_dir": run_dir,

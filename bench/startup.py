@@ -4,7 +4,7 @@
 
 Runs the real entry point (mtds.pretrain.main) twice in fresh processes on the same run dir:
 first with an empty index cache (cold), then reusing it (warm). In each child, the functions
-mtds.pretrain.main and mtds.training_run call are wrapped with timers (imports first, then run
+mtds.pretrain.main and mtds.train call are wrapped with timers (imports first, then run
 config, the plan (DeepSpeed JSON, run dir, data sources), process group, engine (model,
 deepspeed.initialize), datasets/index, metrics, step-0 evaluation, first step); the child stops
 after the first training step. A phase that runs inside another is listed under it, marked
@@ -52,13 +52,14 @@ def child(argv: list[str]) -> None:
     import megatron.core.models.gpt  # noqa: F401
     mark("import megatron.core (GPTModel)", t)
     t = time.perf_counter()
-    import mtds.data
-    import mtds.distributed
+    import mtds.data.sources
+    import mtds.parallel.process_groups
     import mtds.kinds
-    import mtds.metrics
+    import mtds.train.metrics
     import mtds.pretrain
-    import mtds.trainer
-    import mtds.training_run
+    import mtds.train.trainer
+    import mtds.train.engine
+    import mtds.train.plan
     mark("import mtds (+ data_tools, tensorboard via metrics)", t)
 
     def wrap(obj, name, label, after=None):
@@ -84,20 +85,20 @@ def child(argv: list[str]) -> None:
         raise FirstStepDone
 
     wrap(mtds.pretrain, "parse_args", "parse run config")
-    wrap(mtds.training_run, "plan_run", "plan_run (DeepSpeed JSON check, run dir, user data)")
-    wrap(mtds.training_run, "data_and_tokenizer", "data sources + tokenizer (vocab, token ids, task checks)")
-    wrap(mtds.data, "resolve_sources", "data sources (check .bin/.idx)")
-    wrap(mtds.distributed, "init_distributed", "init_distributed (process group, megatron parallel state)")
-    wrap(mtds.training_run, "build_engine", "build_engine (seed, model, compile, deepspeed.initialize)")
+    wrap(mtds.train.plan, "plan_run", "plan_run (DeepSpeed JSON check, run dir, user data)")
+    wrap(mtds.train.plan, "data_and_tokenizer", "data sources + tokenizer (vocab, token ids, task checks)")
+    wrap(mtds.data.sources, "resolve_sources", "data sources (check .bin/.idx)")
+    wrap(mtds.parallel.process_groups, "init_distributed", "init_distributed (process group, megatron parallel state)")
+    wrap(mtds.train.engine, "build_engine", "build_engine (seed, model, compile, deepspeed.initialize)")
     wrap(mtds.kinds, "build_model", "build megatron-core model")
     wrap(deepspeed, "initialize", "deepspeed.initialize (engine, ZeRO, FusedAdam op load)")
     datasets = {"causal_lm": "GPTDataset", "masked_lm": "BERTMaskedWordPieceDataset"}
     for task in {id(k.task): k.task for k in mtds.kinds.KINDS.values()}.values():  # called as cfg.kind.task.<fn>
         name = mtds.kinds.task_name(task)
         wrap(task, "build_datasets", f"build_datasets ({datasets.get(name, name)} index: build or cache)")
-    wrap(mtds.metrics, "Metrics", "Metrics (TensorBoard writer)")
-    wrap(mtds.trainer.Trainer, "evaluate", "step-0 validation")
-    wrap(mtds.trainer.Trainer, "train_step", "first training step", after=stop)
+    wrap(mtds.train.metrics, "Metrics", "Metrics (TensorBoard writer)")
+    wrap(mtds.train.trainer.Trainer, "evaluate", "step-0 validation")
+    wrap(mtds.train.trainer.Trainer, "train_step", "first training step", after=stop)
     try:
         rc = mtds.pretrain.main(argv)
     except FirstStepDone:

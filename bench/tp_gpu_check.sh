@@ -5,7 +5,7 @@
 #   bash bench/tp_gpu_check.sh setup scale-sp       (2+ GPUs: TP=2 with sequence parallelism)
 # Stages:
 #   check     GPT-1.3b ZeRO-2 bf16, micro-batch 8, one GPU, bench/train_throughput.py (which builds
-#             the engine with mtds.training_run.build_engine: since commit 7c8fc50 that is the
+#             the engine with mtds.train.engine.build_engine: since commit 7c8fc50 that is the
 #             tensor-parallel code path with the DeepSpeed mpu, at TP=1). Against the same command
 #             in a worktree of REF_COMMIT (the commit before tensor parallelism), same lease, same
 #             GPU, when the copy has its git history; otherwise against the H100 figure of

@@ -1,7 +1,7 @@
 """Training throughput of the mtds stack (megatron-core GPT + DeepSpeed ZeRO) on one device.
 
 For each preset and variant it builds the model and engine with the project's own code
-(mtds.ds_config.resolve_ds_config, then mtds.training_run.build_engine: the kind's model,
+(mtds.ds_config.resolve_ds_config, then mtds.train.engine.build_engine: the kind's model,
 training.compile, deepspeed.initialize), trains on synthetic token batches already on the
 device (data loading is measured by bench/data_loader.py), and reports after warm-up: median step time, tokens/s, model TFLOP/s,
 MFU against the spec bf16 dense peak and against a bf16 matmul peak measured in the same
@@ -20,7 +20,7 @@ Variants (comma-separated; names compose with '+'):
   +swiglufuse      megatron-core's fused SwiGLU (TransformerConfig override; the GPU default
                    in mtds/models/common.py since these measurements)
   +compile         training.compile="model": DeepSpeed's engine.compile(), the whole module
-  +layers          training.compile="layers": each transformer layer compiled (mtds/compile.py)
+  +layers          training.compile="layers": each transformer layer compiled (mtds/train/compile.py)
   torch            plain PyTorch: fp32 params, bf16 autocast, AdamW(fused=True)
   torch-compile    the same under torch.compile
 Timing: CUDA events between steps, read once at the end (no host sync in the loop beyond
@@ -139,12 +139,12 @@ def synthetic_batches(n: int, micro: int, seq: int, vocab: int, device) -> list[
 
 
 def build_engine(preset: str, variant: str, micro: int, vocab: int):
-    """(engine, ModelConfig, n_params, precision) built by mtds.training_run.build_engine, as
+    """(engine, ModelConfig, n_params, precision) built by mtds.train.engine.build_engine, as
     mtds/pretrain.py builds them (seed training.seed, the kind's model, training.compile)."""
     import mtds.models.common as common
-    from mtds.distributed import init_distributed
+    from mtds.parallel.process_groups import init_distributed
     from mtds.ds_config import load_ds_config, precision, resolve_ds_config
-    from mtds.training_run import build_engine as mtds_build_engine
+    from mtds.train.engine import build_engine as mtds_build_engine
 
     quiet = lambda *a, **k: None  # noqa: E731
     base, *extras = variant.split("+")
@@ -168,7 +168,7 @@ def build_engine(preset: str, variant: str, micro: int, vocab: int):
     finally:
         common.transformer_config = original
     if mode == "layers" and "compile" in extras:
-        from mtds.compile import compile_engine
+        from mtds.train.compile import compile_engine
 
         compile_engine(engine)
     return engine, cfg.model, n_params, prec

@@ -148,7 +148,7 @@ class DataConfig:
     each end-of-document token) and position ids restart at every document, so several
     documents per sequence change speed, not the math (Megatron-LM's --reset-attention-mask
     with --reset-position-ids). The samples carry document ids, not an [s, s] mask: FlexAttention
-    with a block mask on GPU, SDPA with a dense mask on CPU (mtds/document_mask.py)."""
+    with a block mask on GPU, SDPA with a dense mask on CPU (mtds/models/document_attention.py)."""
 
 
 @dataclass
@@ -194,7 +194,7 @@ class TrainingConfig:
     """Warn when a logged loss exceeds this multiple of its running mean (0 = off)."""
     compile: str = "none"
     """torch.compile: "none", "layers" (each transformer layer, compiled once and reused) or
-    "model" (DeepSpeed's engine.compile(), whole module). See mtds/compile.py."""
+    "model" (DeepSpeed's engine.compile(), whole module). See mtds/train/compile.py."""
 
 
 @dataclass

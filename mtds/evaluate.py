@@ -5,7 +5,7 @@
 
 Uses the training loop's own code path: the same dataset builder (the run's task's
 build_datasets, with the run's split, seed and sequence length), the same fixed evaluation batches
-(mtds.data.fixed_eval_batches) and the same forward step (the task's forward_step). With the
+(mtds.data.loader.fixed_eval_batches) and the same forward step (the task's forward_step). With the
 defaults (the run's data, --split valid, the run's eval_iters x world size micro-batches of the
 run's micro-batch size) it reproduces the `val/loss` the training run logged for the same weights
 (exactly for fp32 runs; bf16 runs evaluated their bf16 weights, this tool uses the fp32 master copy).
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    from mtds.data import DataSources, check_prefix, fixed_eval_batches
+    from mtds.data.loader import fixed_eval_batches
+    from mtds.data.sources import DataSources, check_prefix
 
     for name in ("eval_iters", "micro_batch"):
         if getattr(a, name) is not None and getattr(a, name) < 1:

@@ -182,7 +182,7 @@ def load_weights(shards: dict[str, list[str]], skip: list[str], rules: list) -> 
 
 def fresh_tensors(cfg, vocab_size: int, keys: list[str]) -> dict:
     """Tensors HF has no counterpart for (BERT's sentence-pair head), initialised as training would."""
-    from mtds.distributed import seed_everything
+    from mtds.parallel.process_groups import seed_everything
     from mtds.kinds import build_model
 
     seed_everything(cfg.training.seed)
@@ -208,7 +208,7 @@ def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
     import torch
 
     from mtds.config import CONFIG_FORMAT, build_config, resolved_dict
-    from mtds.distributed import init_distributed
+    from mtds.parallel.process_groups import init_distributed
     from mtds.load_trained import stdout_to_stderr
 
     hf, arch = read_hf_config(hf_dir)
@@ -286,8 +286,8 @@ def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
 
 
 def tokenizer_of(hf_dir: str, tok_type: str):
-    """The tokenizer as training will load it (mtds.tokenizer), with one-line errors."""
-    from mtds.tokenizer import load_tokenizer
+    """The tokenizer as training will load it (mtds.data.tokenizer), with one-line errors."""
+    from mtds.data.tokenizer import load_tokenizer
 
     path = hf_dir if tok_type == "HuggingFaceTokenizer" else os.path.join(hf_dir, "tokenizer.model")
     try:

@@ -48,7 +48,7 @@ class TrainedRun:
         return self.saved["data_sources"].get("tokenizer_type", "SentencePieceTokenizer")
 
     def tokenizer(self):
-        from mtds.tokenizer import load_tokenizer
+        from mtds.data.tokenizer import load_tokenizer
 
         return load_tokenizer(self.tokenizer_model, self.tokenizer_type)
 
@@ -131,7 +131,7 @@ def load_trained(run_dir: str, tag: str | None = None, device: str = "cpu") -> T
     saved = read_config(ckpt_dir)
 
     from mtds.ckpt.consolidate import consolidated_state_dict
-    from mtds.distributed import init_distributed, seed_everything
+    from mtds.parallel.process_groups import init_distributed, seed_everything
     from mtds.kinds import build_model
 
     cfg = saved_run_config(saved)

@@ -4,7 +4,7 @@
 
 Reads the TensorBoard events under RUN_DIR/tensorboard with TensorBoard's own reader
 (`EventAccumulator`): the `train_vs_tokens/loss` and `val_vs_tokens/loss` scalars that
-mtds.metrics writes with the consumed-token count as the step, so runs with different batch
+mtds.train.metrics writes with the consumed-token count as the step, so runs with different batch
 sizes share one x axis. A resumed run appends to the same directory; when a step was written
 twice (a resumed run repeating steps after its last checkpoint) the later value wins.
 """

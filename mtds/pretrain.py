@@ -4,9 +4,8 @@ Megatron .bin/.idx data.
     deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json \
         [--config RUN.toml] [--load RUN_DIR] [--model-type gpt|bert] [--section.key=value ...]
 
-With no data given it trains on the embedded default corpus (the Python standard library),
-building it with data_tools on first use. Every config problem is reported in one line before
-DeepSpeed starts. The wiring lives in mtds/training_run.py.
+With no data given it trains on the embedded default corpus (the Python standard library), built on first use.
+Every config problem is one line before DeepSpeed starts. The wiring lives in mtds/train/ (plan.py, run.py).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from data_tools.spm import TokenizerError
 from mtds.config import RunConfig, build_config, load_file, parse_overrides
 from mtds.errors import ConfigError, LoadError, TrainingStopped
 from mtds.kinds import KINDS
-from mtds.run_lock import release_run_dir_locks
+from mtds.train.run_lock import release_run_dir_locks
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
@@ -56,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     log = print if rank0 else (lambda *a, **k: None)
     try:
         args, cfg = parse_args(sys.argv[1:] if argv is None else argv)
-        from mtds.training_run import plan_run, train
+        from mtds.train.plan import plan_run
+        from mtds.train.run import train
 
         return train(plan_run(cfg, args.deepspeed_config, log), log)
     except (ConfigError, LoadError, TokenizerError, DataToolsError, TrainingStopped) as e:  # one line, no traceback
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # unforeseen: the traceback, then one line naming the rank (the launcher stops the rest)
         traceback.print_exc()
-        from mtds.distributed import failure_line  # imports torch: only this path needs it here
+        from mtds.parallel.process_groups import failure_line  # imports torch: only this path needs it here
         print(failure_line(e), file=sys.stderr)
         return 1
     finally:

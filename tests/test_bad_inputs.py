@@ -38,7 +38,7 @@ def error_line(capsys) -> str:
 
 
 def nothing_written(tmp_path):
-    """No output in the run dir; its `.lock` (mtds/run_lock.py, released when the run exits) aside."""
+    """No output in the run dir; its `.lock` (mtds/train/run_lock.py, released when the run exits) aside."""
     run = tmp_path / "run"
     return not run.exists() or not [p for p in run.iterdir() if p.name != ".lock"]
 

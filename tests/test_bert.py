@@ -29,7 +29,7 @@ def build(binary_head: bool = True, vocab: int = 512, seed: int = 0):
 # -- model ---------------------------------------------------------------------------------
 def test_bert_builds_without_transformer_engine_with_exact_parameter_count(world_of_one):
     """BertModel on our SDPA spec builds with TE absent; count = embeddings + layers + heads."""
-    from mtds.attention import SDPAttention
+    from mtds.models.attention import SDPAttention
 
     h, v, s, layers = 64, 512, SEQ, 2
     with_head, without = build(True), build(False)
@@ -146,8 +146,8 @@ N_SAMPLES = 3000
 
 def bert_train_set(tiny_data, tmp_path, binary_head: bool, pair: str | None = None, n: int = N_SAMPLES):
     from mtds.tasks.masked_lm import build_datasets
-    from mtds.data import DataSources
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.sources import DataSources
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     cfg = tiny_bert_config(binary_head, pair, paths=[tiny_data["sentence_prefix"]],
                            tokenizer_model=tiny_data["tokenizer_model"], seq_length=SEQ,
@@ -270,8 +270,8 @@ def test_a_separate_validation_set_is_checked_whole(world_of_one, tiny_data, tmp
     checked like a split (document-level data there is refused, naming data.valid_paths)."""
     from mtds.tasks.masked_lm import build_datasets
     from mtds.config import ConfigError
-    from mtds.data import DataSources
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.sources import DataSources
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     sent, doc, model = tiny_data["sentence_prefix"], tiny_data["prefix"], tiny_data["tokenizer_model"]
     tok = SentencePieceTokenizer(model)
@@ -288,8 +288,8 @@ def test_document_level_data_is_refused_instead_of_hanging(world_of_one, tiny_da
     sample builder would loop forever, so build_datasets names the fix instead."""
     from mtds.tasks.masked_lm import build_datasets
     from mtds.config import ConfigError
-    from mtds.data import DataSources
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.sources import DataSources
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     prefix, model = tiny_data["prefix"], tiny_data["tokenizer_model"]
     cfg = tiny_bert_config(True, paths=[prefix], tokenizer_model=model, split="90,10,0",
@@ -310,7 +310,7 @@ def test_sop_is_megatron_cores_own_dataset(world_of_one, tiny_data, tmp_path):
 def test_nsp_labels_are_half_random_and_random_b_comes_from_another_document(world_of_one, tiny_data, tmp_path):
     """10k samples: label 1 (random B) ~ Bernoulli(0.5) (sd of the share 0.005: 0.5 +- 0.03 is 6
     sigma); for label 1, B is a run of another document of the split; for label 0, of A's own."""
-    from mtds.nsp_dataset import NSPMaskedWordPieceDataset
+    from mtds.data.nsp_dataset import NSPMaskedWordPieceDataset
 
     train, tok = bert_train_set(tiny_data, tmp_path, True, pair="nsp", n=10_000)
     assert isinstance(train, NSPMaskedWordPieceDataset)

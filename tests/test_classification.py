@@ -1,5 +1,5 @@
 """BERT sequence classification (kind bert_cls): data_tools.classify's tokens + label side files and
-its bad inputs, the framed samples (mtds.cls_dataset), the metrics, logits parity of the export with
+its bad inputs, the framed samples (mtds.data.cls_dataset), the metrics, logits parity of the export with
 `transformers`' MegatronBertForSequenceClassification, and one pretrain -> fine-tune -> evaluate ->
 export run on the tiny corpus's code-vs-prose paragraphs (data_tools.cls_corpus)."""
 
@@ -121,14 +121,14 @@ def test_the_code_prose_corpus_is_balanced_labelled_and_deterministic(tiny_data,
 # -- samples and training-side checks --------------------------------------------------------------
 def test_samples_are_framed_truncated_longest_first_and_validation_reads_each_once(world_of_one, tiny_data, tmp_path):
     from data_tools.classify import classify_preprocess
-    from mtds.data import resolve_sources
-    from mtds.tokenizer import load_tokenizer
+    from mtds.data.sources import resolve_sources
+    from mtds.data.tokenizer import load_tokenizer
 
     rows = [{"text": "alpha " * 30, "text_pair": "beta", "label": "x"}, {"text": "gamma", "label": "y"}] * 5
     s = classify_preprocess([write_jsonl(tmp_path / "p.jsonl", rows)], str(tmp_path / "p"),
                             tiny_data["tokenizer_model"], quiet=True)
     cfg = cls_cfg(tiny_data, tmp_path / "run", [s.output], seq_length=16)
-    sources = resolve_sources(cfg)
+    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
     tok = load_tokenizer(sources.tokenizer_model)
     cfg.kind.task.check_data(cfg, sources, tok)
     assert cfg.task.labels == ["x", "y"]
@@ -149,22 +149,22 @@ def test_samples_are_framed_truncated_longest_first_and_validation_reads_each_on
 
 def test_training_refuses_missing_side_files_and_other_label_sets(tiny_data, tmp_path):
     from data_tools.classify import classify_preprocess
-    from mtds.data import resolve_sources
+    from mtds.data.sources import resolve_sources
     from mtds.errors import ConfigError
-    from mtds.tokenizer import load_tokenizer
+    from mtds.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_data["tokenizer_model"])
     cfg = cls_cfg(tiny_data, tmp_path, [tiny_data["prefix"]])  # pretraining data: no side files
     with pytest.raises(ConfigError, match="has no label side file .*python -m data_tools.classify"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg), tok)
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok)
     other = classify_preprocess([write_jsonl(tmp_path / "o.jsonl", [{"text": "x", "label": "a"}, {"text": "y", "label": "b"}] * 5)],
                                 str(tmp_path / "o"), tiny_data["tokenizer_model"], quiet=True)
     cfg = cls_cfg(tiny_data, tmp_path, [tiny_data["cls_prefix"], other.output])
     with pytest.raises(ConfigError, match=r"has labels \['a', 'b'\] but .* has \['code', 'prose'\]; .*--label-set"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg), tok)
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok)
     cfg = cls_cfg(tiny_data, tmp_path, labels=["prose", "code"])
     with pytest.raises(ConfigError, match=r"task.labels=\['prose', 'code'\] differs from the data's"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg), tok)
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok)
 
 
 def test_macro_f1_and_the_per_class_table_count_every_sample():
@@ -210,13 +210,14 @@ def test_export_gives_transformers_the_same_logits(world_of_one, tiny_data, tmp_
     text pairs: MegatronBertForSequenceClassification's logits equal ours (fp32, atol 1e-5)."""
     from transformers import MegatronBertConfig, MegatronBertForSequenceClassification
 
-    from mtds.data import ResumableBatchSampler, build_loader, resolve_sources
+    from mtds.data.loader import ResumableBatchSampler, build_loader
+    from mtds.data.sources import resolve_sources
     from mtds.export_hf import convert, hf_architecture
     from mtds.kinds import build_model
-    from mtds.tokenizer import load_tokenizer
+    from mtds.data.tokenizer import load_tokenizer
 
     cfg = cls_cfg(tiny_data, tmp_path)
-    sources = resolve_sources(cfg)
+    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
     tok = load_tokenizer(sources.tokenizer_model)
     cfg.kind.task.check_data(cfg, sources, tok)
     assert hf_architecture(cfg).ARCHITECTURE == "MegatronBertForSequenceClassification"

@@ -12,7 +12,7 @@ SEQ, VOCAB = 32, 256
 
 
 def tiny_gpt(seed: int = 0):
-    from mtds.distributed import seed_everything
+    from mtds.parallel.process_groups import seed_everything
     from mtds.kinds import build_model
 
     seed_everything(seed)
@@ -32,14 +32,14 @@ def loss_and_grads(model) -> tuple[float, dict[str, torch.Tensor]]:
 
 @pytest.mark.parametrize("model_type", ["gpt", "bert"])
 def test_a_megatron_layer_compiles_to_one_graph_without_breaks(world_of_one, model_type):
-    from mtds.compile import quiet_tp_group_lookup
+    from mtds.train.compile import quiet_tp_group_lookup
     from mtds.kinds import KINDS, build_model
 
     quiet_tp_group_lookup()
     if model_type == "gpt":
         model = tiny_gpt()
         extra = {"rotary_pos_emb": model.rotary_pos_emb(SEQ)}
-    else:  # pre-LN LayerNorm/GELU layer with the [b, 1, 1, s] padding mask of mtds.attention.SDPABertModel
+    else:  # pre-LN LayerNorm/GELU layer with the [b, 1, 1, s] padding mask of mtds.models.attention.SDPABertModel
         cfg = build_config(overrides={"model": {"preset": "bert-tiny", "hidden_size": 64}})
         model = build_model(cfg, VOCAB, "fp32", on_gpu=False)
         extra = {}
@@ -54,7 +54,7 @@ def test_a_megatron_layer_compiles_to_one_graph_without_breaks(world_of_one, mod
 def test_compiled_layers_match_eager_loss_and_gradients_with_the_same_names(world_of_one):
     from torch._dynamo.utils import counters
 
-    from mtds.compile import compile_layers
+    from mtds.train.compile import compile_layers
     from mtds.models.gpt import transformer_layers
 
     torch._dynamo.reset()

@@ -56,26 +56,27 @@ def test_each_packed_document_gets_the_logits_it_gets_alone(model):
 
 @pytest.mark.parametrize("path", ["dense", "flex"])
 def test_document_ids_give_megatrons_mask_on_both_attention_paths(model, monkeypatch, path):
-    """The ids the data carries (mtds.document_mask) give the logits megatron-core's own
+    """The ids the data carries (mtds.data.document_ids) give the logits megatron-core's own
     block-causal mask gives: as SDPA's dense mask (CPU) and as FlexAttention's BlockMask (GPU;
     here flex_attention's CPU reference implementation runs the same BlockMask)."""
-    from mtds import document_mask
+    from mtds.data.document_ids import document_ids
+    from mtds.models import document_attention
 
-    monkeypatch.setattr(document_mask, "_cached", None)
+    monkeypatch.setattr(document_attention, "_cached", None)
     if path == "flex":
-        monkeypatch.setattr(document_mask, "FLEX_DEVICES", ("cuda", "cpu"))
+        monkeypatch.setattr(document_attention, "FLEX_DEVICES", ("cuda", "cpu"))
     g = torch.Generator().manual_seed(2)
     docs = [torch.cat([torch.randint(7, 512, (n,), generator=g), torch.tensor([EOD])]) for n in (30, 5, 20)]
     docs[-1] = docs[-1][:-1]  # the last document runs past the sequence's end, as in GPTDataset samples
     tokens, mask, positions = _packed(docs)
-    ids = document_mask.document_ids(tokens, EOD)  # [1, s]
+    ids = document_ids(tokens, EOD)  # [1, s]
     assert ids[0].tolist() == [0] * 31 + [1] * 6 + [2] * 20
-    assert torch.equal(~document_mask.dense_allowed(ids), mask)
+    assert torch.equal(~document_attention.dense_allowed(ids), mask)
     with torch.no_grad():
         expected = model(tokens, positions, mask)
         got = model(tokens, positions, ids)
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
-    built = document_mask._cached is not None and document_mask._cached[0] is ids  # a BlockMask was made
+    built = document_attention._cached is not None and document_attention._cached[0] is ids  # a BlockMask was made
     assert built == (path == "flex")
 
 
@@ -83,14 +84,14 @@ def test_the_dataset_and_forward_step_use_the_mask(model, tiny_data, tmp_path):
     """GPTDataset with data.document_mask yields document ids (no [s, s] mask) and restarting
     positions, and the task's forward step gives the loss of the documents computed one by one."""
     from mtds.config import build_config
-    from mtds.data import resolve_sources
+    from mtds.data.sources import resolve_sources
     from mtds.tasks.causal_lm import build_datasets, forward_step
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     cfg = build_config(overrides={"data": {"paths": tiny_data["prefix"], "tokenizer_model": tiny_data["tokenizer_model"],
                                            "split": "90,10,0", "seq_length": "64", "document_mask": "true"},
                                   "training": {"run_dir": str(tmp_path)}})
-    sources = resolve_sources(cfg)
+    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
     tok = SentencePieceTokenizer(sources.tokenizer_model)
     train, _, _ = build_datasets(cfg, sources, tok, [4000, 8, 0], 1)
     with_eod = next(s for s in (train[i] for i in range(len(train))) if (s["tokens"][8:-8] == tok.eod).any())

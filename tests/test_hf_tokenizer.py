@@ -214,7 +214,7 @@ def test_a_run_saved_without_a_tokenizer_type_loads_sentencepiece(tiny_data, tmp
     """Run dirs from before data_sources.tokenizer_type: their tokenizer is the sentencepiece model."""
     from mtds.hf.tokenizer import write_tokenizer
     from mtds.load_trained import TrainedRun
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     old = TrainedRun(model=None, cfg=None, saved={"data_sources": {"tokenizer_model": tiny_data["tokenizer_model"]}},
                      run_dir="", ckpt_dir="")
@@ -230,7 +230,7 @@ def test_gpt_on_an_hf_tokenizer_trains_generates_evaluates_and_exports(toks, lla
     from mtds import evaluate, export_hf, generate
     from mtds.generate import generate as generate_ids
     from mtds.load_trained import load_trained
-    from mtds.tokenizer import HuggingFaceTokenizer
+    from mtds.data.tokenizer import HuggingFaceTokenizer
 
     run_dir = str(tmp_path / "run")
     ds = write_ds_config(str(tmp_path / "ds.json"), precision="fp32", torch_adam=True)

@@ -301,10 +301,10 @@ def test_continued_pretraining_starts_at_the_hf_models_loss_and_lowers_it(import
     from data_tools.preprocess import preprocess
     from helpers import ok, run_pretrain, scalars, write_ds_config
     from mtds.ckpt.layout import find, read_config
-    from mtds.data import resolve_sources
+    from mtds.data.sources import resolve_sources
     from mtds.load_trained import saved_run_config
     from mtds.tasks.causal_lm import build_datasets
-    from mtds.tokenizer import load_tokenizer
+    from mtds.data.tokenizer import load_tokenizer
 
     source, _ = imported["llama_gqa"]
     tok_dir = os.path.join(source, "tokenizer")
@@ -320,10 +320,10 @@ def test_continued_pretraining_starts_at_the_hf_models_loss_and_lowers_it(import
     assert f"initialised from {find(source)}" in proc.stdout
     losses = [v for _, v in scalars(str(run))["train/loss"]]
 
-    # The first batch, rebuilt as the run built it: the same datasets (sizes as mtds.training_run), samples 0-3.
+    # The first batch, rebuilt as the run built it: the same datasets (sizes as mtds.train.run), samples 0-3.
     cfg = saved_run_config(read_config(find(str(run))))
     tok = load_tokenizer(tok_dir)
-    train, _, _ = build_datasets(cfg, resolve_sources(cfg), tok, [20 * 4, 4, 4], 1)
+    train, _, _ = build_datasets(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok, [20 * 4, 4, 4], 1)
     batch = [train[i] for i in range(4)]
     tokens = torch.stack([torch.as_tensor(b["tokens"]) for b in batch])  # [4, 64]
     labels = torch.stack([torch.as_tensor(b["labels"]) for b in batch])
@@ -340,7 +340,7 @@ def test_training_refuses_a_tokenizer_with_other_special_ids_than_the_imported_m
     from mtds.ckpt.init_from import check_special_tokens
     from mtds.ckpt.layout import find, read_config
     from mtds.errors import ConfigError
-    from mtds.tokenizer import load_tokenizer
+    from mtds.data.tokenizer import load_tokenizer
 
     run_dir, _ = imported["llama_gqa"]
     ckpt = find(run_dir)

@@ -164,15 +164,16 @@ def tiny_cfg(kind: str, tiny_data, run_dir, **model):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, world_of_one, tiny_data, tmp_path):
-    from mtds.data import ResumableBatchSampler, build_loader, resolve_sources
+    from mtds.data.loader import ResumableBatchSampler, build_loader
+    from mtds.data.sources import resolve_sources
     from mtds.hf.mapping import from_hf, not_exported, to_hf
     from mtds.kinds import build_model
     from mtds.models.common import count_parameters
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     cfg = tiny_cfg(kind, tiny_data, tmp_path)
     family, task = cfg.kind.family, cfg.kind.task
-    sources = resolve_sources(cfg)
+    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
     tokenizer = SentencePieceTokenizer(sources.tokenizer_model)
     task.check_data(cfg, sources, tokenizer)
     train, _, _ = task.build_datasets(cfg, sources, tokenizer, [4, 2, None], 1)

@@ -22,7 +22,7 @@ def _cfg(**model):
 def _engine(cfg, accum: int):
     """A real DeepSpeed engine (ZeRO-0, fp32) over the MoE model, micro-batch 2."""
     from mtds.ds_config import resolve_ds_config
-    from mtds.training_run import build_engine
+    from mtds.train.engine import build_engine
 
     raw = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": accum,
            "optimizer": {"type": "Adam", "params": {"lr": 1e-3, "torch_adam": True}}, "zero_optimization": {"stage": 0}}

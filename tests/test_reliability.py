@@ -237,7 +237,7 @@ def test_a_run_of_skipped_steps_stops_with_advice(tiny_data, tmp_path):
 
 LOADER_FAILS = """
 import sys, torch
-from mtds.data import ResumableBatchSampler, build_loader, loader_batches
+from mtds.data.loader import ResumableBatchSampler, build_loader, loader_batches
 
 class FailsAtSample8(torch.utils.data.Dataset):
     def __len__(self):
@@ -250,7 +250,7 @@ class FailsAtSample8(torch.utils.data.Dataset):
 
 def train(manage_workers):
     loader = build_loader(FailsAtSample8(), ResumableBatchSampler(100, 0, 4, 0, 1), num_workers=1)
-    if manage_workers:  # as mtds.trainer.Trainer.fit iterates
+    if manage_workers:  # as mtds.train.trainer.Trainer.fit iterates
         with loader_batches(loader) as batches:
             for _ in range(10):
                 next(batches)
@@ -266,7 +266,7 @@ train(sys.argv[1] == "managed")
 def test_an_uncaught_exception_while_the_loader_runs_ends_the_process(tmp_path, mode):
     """The workers ignore SIGTERM; after an uncaught exception the traceback keeps the loader's
     iterator alive and multiprocessing joins the workers at exit without a timeout. The training
-    loop's way (mtds.data.loader_batches) exits at once; a bare iterator hangs (shown, then killed)."""
+    loop's way (mtds.data.loader.loader_batches) exits at once; a bare iterator hangs (shown, then killed)."""
     script = tmp_path / "loader_fails.py"
     script.write_text(LOADER_FAILS)
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(PRETRAIN))}

@@ -1,4 +1,4 @@
-"""No file mtds reads runs code (mtds/safe_loading.py): a checkpoint `.pt` or an index-cache `.npy`
+"""No file mtds reads runs code (mtds/ckpt/safe_loading.py): a checkpoint `.pt` or an index-cache `.npy`
 carrying a pickled call is refused with one line naming it, and the call never runs."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _checkpoint(tmp_path, planted_file: str | None):
 
 
 def test_files_mtds_and_deepspeed_write_pass_the_check(tmp_path):
-    from mtds.safe_loading import check_checkpoint
+    from mtds.ckpt.safe_loading import check_checkpoint
 
     ckpt, _ = _checkpoint(tmp_path, None)
     check_checkpoint(ckpt)
@@ -73,7 +73,7 @@ def test_a_planted_pickle_stops_a_resume_before_deepspeed_starts(tmp_path, tiny_
 
 
 def test_every_torch_load_of_a_run_is_weights_only_even_where_deepspeed_asks_otherwise(tmp_path):
-    from mtds.safe_loading import enable
+    from mtds.ckpt.safe_loading import enable
 
     path = tmp_path / "x.pt"
     torch.save({"extra": Planted(str(tmp_path / "code_ran"))}, path)
@@ -85,7 +85,7 @@ def test_every_torch_load_of_a_run_is_weights_only_even_where_deepspeed_asks_oth
 
 def test_an_index_cache_file_holding_objects_is_refused(tmp_path):
     from mtds.errors import LoadError
-    from mtds.safe_loading import check_index_cache
+    from mtds.ckpt.safe_loading import check_index_cache
 
     cache = tmp_path / "cache" / "key"
     cache.mkdir(parents=True)

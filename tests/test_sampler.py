@@ -1,6 +1,6 @@
 """ResumableBatchSampler: rank sharding and resuming at a consumed-sample count."""
 
-from mtds.data import ResumableBatchSampler
+from mtds.data.loader import ResumableBatchSampler
 
 
 def batches(total, consumed, micro, rank, size):
@@ -29,16 +29,16 @@ def test_partial_last_global_batch_is_dropped():
 def test_index_cache_off_builds_in_memory(tiny_data, tmp_path):
     """data.index_cache=false (nodes without a shared filesystem): indices built, nothing cached."""
     from mtds.config import build_config
-    from mtds.data import resolve_sources
+    from mtds.data.sources import resolve_sources
     from mtds.tasks.causal_lm import build_datasets
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     def build(index_cache: bool, run_dir):
         cfg = build_config(overrides={
             "data": {"paths": tiny_data["prefix"], "tokenizer_model": tiny_data["tokenizer_model"],
                      "split": "90,10,0", "seq_length": "32", "index_cache": str(index_cache)},
             "training": {"run_dir": str(run_dir)}})
-        sources = resolve_sources(cfg)
+        sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
         return build_datasets(cfg, sources, SentencePieceTokenizer(sources.tokenizer_model), [64, 8, 0], 1)
 
     cached, uncached = build(True, tmp_path / "a"), build(False, tmp_path / "b")

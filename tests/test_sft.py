@@ -1,5 +1,5 @@
 """GPT supervised fine-tuning (kind gpt_sft): data_tools.sft's token + loss-mask pairs, the packed
-dataset (mtds.sft_dataset), the loss, the Hugging Face chat-template path, bad inputs, and one
+dataset (mtds.data.sft_dataset), the loss, the Hugging Face chat-template path, bad inputs, and one
 pretrain -> fine-tune -> generate --chat run on the tiny corpus's docstring -> signature pairs."""
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ def sft_cfg(tiny_data, run_dir, seq_length=64, **task):
 @pytest.fixture(scope="module")
 def packed(tiny_data, tmp_path_factory):
     """(cfg, train PackedSFTDataset, tokenizer) over tiny_data's chats, 64-token sequences."""
-    from mtds.data import resolve_sources
-    from mtds.tokenizer import load_tokenizer
+    from mtds.data.sources import resolve_sources
+    from mtds.data.tokenizer import load_tokenizer
 
     cfg = sft_cfg(tiny_data, tmp_path_factory.mktemp("sft_run"))
-    sources = resolve_sources(cfg)
+    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
     tok = load_tokenizer(sources.tokenizer_model)
     cfg.kind.task.check_data(cfg, sources, tok)
     train, valid, test = cfg.kind.task.build_datasets(cfg, sources, tok, [64, 4, 0], 1)
@@ -109,14 +109,14 @@ def test_each_packed_sample_gets_the_logits_it_gets_alone(model, packed):
 
 
 def test_packing_is_deterministic_and_pack_false_holds_one_sample(tiny_data, packed, tmp_path):
-    from mtds.data import resolve_sources
+    from mtds.data.sources import resolve_sources
     from mtds.tasks.sft import build_datasets
 
     cfg, train, tok = packed
-    again = build_datasets(cfg, resolve_sources(cfg), tok, [64, 4, 0], 1)[0]
+    again = build_datasets(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok, [64, 4, 0], 1)[0]
     assert all(torch.equal(train[i]["tokens"], again[i]["tokens"]) for i in (0, 5, len(train) - 1))
     single_cfg = sft_cfg(tiny_data, tmp_path, pack=False)
-    single = build_datasets(single_cfg, resolve_sources(single_cfg), tok, [64, 4, 0], 1)[0]
+    single = build_datasets(single_cfg, resolve_sources(single_cfg, single_cfg.kind.task.DATA_LAYOUT), tok, [64, 4, 0], 1)[0]
     assert all(len(b) == 1 for b in single.bins) and max(len(b) for b in train.bins) > 1
 
 
@@ -141,7 +141,7 @@ def test_truncated_away_samples_are_counted_not_written_or_trained(tiny_data, tm
 
 
 def test_samples_without_targets_in_the_training_window_are_dropped_and_counted(tiny_data, packed):
-    from mtds.sft_dataset import PackedSFTDataset
+    from mtds.data.sft_dataset import PackedSFTDataset
 
     _, train, tok = packed
     lengths = np.array([train.pairs[0][0].sequence_lengths[i] for _, i in train.samples])
@@ -178,14 +178,14 @@ def test_bad_inputs_are_one_line_naming_file_and_line_and_nothing_is_written(cas
 
 
 def test_training_refuses_a_prefix_without_its_loss_mask(tiny_data, tmp_path):
-    from mtds.data import resolve_sources
+    from mtds.data.sources import resolve_sources
     from mtds.errors import ConfigError
-    from mtds.tokenizer import load_tokenizer
+    from mtds.data.tokenizer import load_tokenizer
 
     cfg = sft_cfg(tiny_data, tmp_path)
     cfg.data.paths = [tiny_data["prefix"]]  # pretraining data: no side file
     with pytest.raises(ConfigError, match="has no loss-mask side file .*python -m data_tools.sft"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg), load_tokenizer(tiny_data["tokenizer_model"]))
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), load_tokenizer(tiny_data["tokenizer_model"]))
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def t5_cfg(tiny_data, run_dir, **task):
 
 
 def test_sentinel_tokens_are_trained_in_and_encode_as_one_id(tiny_data):
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     tok = SentencePieceTokenizer(tiny_data["t5_tokenizer_model"])
     assert tok.additional_special_tokens_ids == list(range(7, 7 + 16))  # right after [MASK] (data_tools.spm)
@@ -40,11 +40,11 @@ def test_span_corruption_samples_hold_each_sentinel_once_in_order_and_rebuild_th
     (k = 0 only for a sample too short to mask a token);
     the target ends with </s> and the decoder input is <s> + the target shifted right; and putting
     each span back in place of its sentinel gives exactly the tokens megatron-core sampled."""
-    from mtds.data import resolve_sources
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.sources import resolve_sources
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     cfg = t5_cfg(tiny_data, tmp_path)
-    sources = resolve_sources(cfg)
+    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
     tok = SentencePieceTokenizer(sources.tokenizer_model)
     cfg.kind.task.check_data(cfg, sources, tok)
     train, _, _ = cfg.kind.task.build_datasets(cfg, sources, tok, [200, 10, None], 1)
@@ -76,9 +76,9 @@ def test_span_corruption_samples_hold_each_sentinel_once_in_order_and_rebuild_th
 
 def test_bad_t5_settings_are_refused_in_one_line(tiny_data, tmp_path):
     from mtds.config import build_config
-    from mtds.data import resolve_sources
+    from mtds.data.sources import resolve_sources
     from mtds.errors import ConfigError
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     with pytest.raises(ConfigError, match=r"task.decoder_seq_length=8 is shorter than a sample can need \(19"):
         t5_cfg(tiny_data, tmp_path, decoder_seq_length=8)
@@ -90,12 +90,12 @@ def test_bad_t5_settings_are_refused_in_one_line(tiny_data, tmp_path):
     cfg = t5_cfg(tiny_data, tmp_path)
     cfg.data.tokenizer_model = tiny_data["tokenizer_model"]
     with pytest.raises(ConfigError, match="no T5 sentinel tokens .*--sentinel-tokens"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg), SentencePieceTokenizer(tiny_data["tokenizer_model"]))
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), SentencePieceTokenizer(tiny_data["tokenizer_model"]))
     # fewer sentinels than spans a sample can have (16 sentinels; 512 tokens can have 76 spans)
     cfg = t5_cfg(tiny_data, tmp_path)
     cfg.data.seq_length = 512
     with pytest.raises(ConfigError, match="has 16 sentinel tokens, and a 512-token sample can have 76 spans"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg), SentencePieceTokenizer(tiny_data["t5_tokenizer_model"]))
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), SentencePieceTokenizer(tiny_data["t5_tokenizer_model"]))
 
 
 def test_t5_flops_count_the_decoder_and_cross_attention():

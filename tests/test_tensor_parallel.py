@@ -190,7 +190,7 @@ def test_impossible_tensor_parallel_configs_are_one_line(overrides, message):
 
 
 def test_world_not_divisible_by_tp_is_one_line():
-    from mtds.parallel import ParallelSizes
+    from mtds.parallel.sizes import ParallelSizes
 
     with pytest.raises(ConfigError, match="world size 3 is not divisible by model.tensor_model_parallel_size=2"):
         ParallelSizes(world=3, tensor=2)

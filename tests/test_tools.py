@@ -75,7 +75,7 @@ def runs(tiny_data, tmp_path_factory) -> dict[str, str]:
     return train_runs(tiny_data, str(tmp_path_factory.mktemp("tools_runs")))
 
 
-# Variables mtds.distributed.init_distributed sets for a world of one. Loading a model in-process
+# Variables mtds.parallel.process_groups.init_distributed sets for a world of one. Loading a model in-process
 # sets them (and holds MASTER_PORT); restore them so later subprocess tests pick their own port.
 _DIST_ENV = DIST_ENV
 
@@ -219,7 +219,7 @@ def test_exported_tokenizer_matches_sentencepiece(tiny_data, tmp_path):
     from transformers import AutoTokenizer
 
     from mtds.hf.tokenizer import write_tokenizer
-    from mtds.tokenizer import SentencePieceTokenizer
+    from mtds.data.tokenizer import SentencePieceTokenizer
 
     ids = write_tokenizer(tiny_data["tokenizer_model"], str(tmp_path), 64)
     ours = SentencePieceTokenizer(tiny_data["tokenizer_model"])

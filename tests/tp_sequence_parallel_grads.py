@@ -12,10 +12,10 @@ import sys
 import torch
 
 from mtds.config import build_config
-from mtds.distributed import init_distributed, seed_everything
+from mtds.parallel.process_groups import init_distributed, seed_everything
 from mtds.kinds import build_model
 from mtds.tasks.causal_lm import forward_step
-from mtds.tensor_parallel import allreduce_sequence_parallel_grads
+from mtds.parallel.tensor_parallel import allreduce_sequence_parallel_grads
 
 
 def norm_grads(model, batch) -> dict[str, torch.Tensor]:

@@ -81,7 +81,7 @@ def load_initial_weights(model, ckpt: str, saved: dict, log=print) -> None:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if tp > 1:  # this rank's slices
         from mtds.ckpt.tensor_shards import split
-        from mtds.tensor_parallel import tensor_layout
+        from mtds.parallel.tensor_parallel import tensor_layout
 
         state = split(state, tensor_layout(model), parallel_state.get_tensor_model_parallel_rank(), tp)
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}

@@ -6,7 +6,7 @@ short) would otherwise load without a word and carry the damage into every later
 Each file's size and xxh3-128 hash is recorded; xxh3 because hashing must cost little next to the
 save itself: ~10 GB/s on one core here, against 1.4 for sha256 and 0.6 for blake2b (see
 bench/bench_checkpoint_hash.py and bench/RESULTS.md). It finds damage, not forgery: whoever can
-rewrite a checkpoint can rewrite its manifest (mtds.safe_loading still refuses planted code).
+rewrite a checkpoint can rewrite its manifest (mtds.ckpt.safe_loading still refuses planted code).
 
 At save time each rank hashes the files it wrote itself (`recording` collects the paths DeepSpeed
 hands its checkpoint engine), still in that rank's page cache, and rank 0 writes the manifest.
@@ -107,14 +107,14 @@ def add(ckpt_dir: str, under: str) -> None:
 
 def check_before_load(ckpt_dir: str, go_back: str | None, log=print, hashes: bool = True) -> None:
     """Run before anything loads a checkpoint (resume, init_from, the tools): its files against its
-    manifest, then mtds.safe_loading's check that no file would run code.
+    manifest, then mtds.ckpt.safe_loading's check that no file would run code.
 
     A damaged file is one LoadError line naming it and how to load the previous complete
     checkpoint: `go_back` words that with a `{tag}` slot, e.g. "resume from it with
     --training.load_tag={tag}"; None where no option picks a tag. `hashes=False`: only the no-code
     check (the ranks of a job other than the one that verifies).
     """
-    from mtds.safe_loading import check_checkpoint
+    from mtds.ckpt.safe_loading import check_checkpoint
 
     try:
         verified = verify(ckpt_dir) if hashes else True

@@ -21,7 +21,7 @@ import torch
 from mtds.ckpt import manifest
 from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, read_config, tag_for
 from mtds.ckpt.resume import check_compatible
-from mtds.distributed import barrier, gather_to_rank0, is_rank0
+from mtds.parallel.process_groups import barrier, gather_to_rank0, is_rank0
 from mtds.errors import ConfigError, TrainingStopped
 
 
@@ -161,7 +161,7 @@ def load(engine, ckpt_dir: str, current_resolved: dict, log=print) -> dict:
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     rng_file = os.path.join(ckpt_dir, f"rng_rank{rank}.pt")
     if os.path.isfile(rng_file):
-        set_rng_state(torch.load(rng_file, weights_only=True))  # checked by mtds.safe_loading before the resume
+        set_rng_state(torch.load(rng_file, weights_only=True))  # checked by mtds.ckpt.safe_loading before the resume
     else:
         log(f"warning: {rng_file} missing (different world size?); RNG streams restart")
     return client["mtds"]

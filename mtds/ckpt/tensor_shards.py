@@ -3,7 +3,7 @@
 megatron-core splits a tensor-parallel parameter along its `partition_dim` into TP equal slices.
 With a `partition_stride` s > 1 (SwiGLU's fc1, whose rows are [gate; up]) the tensor is first cut
 into s parts and each part is split, so rank r holds [part_0 slice r; part_1 slice r; ...].
-The layout ({name: [dim, stride]}) comes from mtds.tensor_parallel.tensor_layout; parameters not
+The layout ({name: [dim, stride]}) comes from mtds.parallel.tensor_parallel.tensor_layout; parameters not
 in it are replicated (rank 0's copy is taken). Written here because megatron-core's own reshard
 path (dist_checkpointing) reads its own checkpoint format, not DeepSpeed's per-rank files.
 """

@@ -63,7 +63,7 @@ def convert(ckpt_dir: str, log=print) -> str:
         out = os.path.join(staging, "out")
         # DeepSpeed's converter, in a process where torch.load is weights-only with our allowlist.
         # (Imported as a module, not run as __main__: its worker pool pickles its functions by module name.)
-        run_converter = ("import mtds.safe_loading as s; s.enable(); "
+        run_converter = ("import mtds.ckpt.safe_loading as s; s.enable(); "
                          "from deepspeed.checkpoint import ds_to_universal as m; m.main(m.parse_arguments())")
         cmd = [sys.executable, "-c", run_converter, "--input_folder", source,
                "--output_folder", out, "--inject_missing_state", "--num_extract_workers", "2",

@@ -1,4 +1,4 @@
-"""mtds's BERT classifier (kind bert_cls, mtds.bert_classifier) as Hugging Face
+"""mtds's BERT classifier (kind bert_cls, mtds.models.bert_classifier) as Hugging Face
 `MegatronBertForSequenceClassification`.
 
 The same encoder as the masked-LM export (mtds.hf.megatron_bert: pre-LayerNorm layers, a final

@@ -14,7 +14,7 @@ import shutil
 
 from data_tools.hf_tokenizer import HF_FILES, HUGGINGFACE, SENTENCEPIECE, load_hf_tokenizer, special_id
 from data_tools.spm import BOS, CLS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS, load_sentencepiece
-from mtds.tokenizer import sentinel_ids
+from mtds.data.tokenizer import sentinel_ids
 
 
 def write_tokenizer(model_path: str, out_dir: str, model_max_length: int, bert: bool = False,

@@ -1,10 +1,10 @@
 """BERT family: megatron-core BertModel (encoder-only, pre-LayerNorm) on its local layer spec with
-SDPA attention (mtds.attention.SDPABertModel explains the one adaptation this needs).
+SDPA attention (mtds.models.attention.SDPABertModel explains the one adaptation this needs).
 
 The heads are the objective's choice: the masked-LM head, plus the binary (sentence-pair) head
 when the task asks for it (`heads={"add_binary_head": True}`, see mtds/tasks/masked_lm.py); or,
 for sequence classification (`heads={"class_labels": (...)}`, mtds/tasks/classification.py), the
-pooler and a classification head in place of both (mtds.bert_classifier).
+pooler and a classification head in place of both (mtds.models.bert_classifier).
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ def _sequence_parallel_norms(sequence_parallel: bool):
 
 
 def _build(m, vocab_size: int, config, spec, add_binary_head: bool, class_labels: tuple):
-    from mtds.attention import SDPABertModel
+    from mtds.models.attention import SDPABertModel
     from mtds.models.common import language_model_args
 
     if class_labels:
-        from mtds.bert_classifier import BertClassifier
+        from mtds.models.bert_classifier import BertClassifier
 
         return BertClassifier(num_classes=len(class_labels), config=config,
                               transformer_layer_spec=spec, num_tokentypes=2,

@@ -92,11 +92,11 @@ def gelu_tanh(x):
 
 def with_sdpa(spec, sequence_parallel: bool = False):
     """Copy of a megatron-core layer spec whose self-attention core (and cross-attention core, in a
-    T5 decoder layer) is mtds.attention.SDPAttention; with `sequence_parallel`, its norms are
+    T5 decoder layer) is mtds.models.attention.SDPAttention; with `sequence_parallel`, its norms are
     SequenceParallelNorm."""
     from megatron.core.transformer.identity_op import IdentityOp
 
-    from mtds.attention import SDPAttention
+    from mtds.models.attention import SDPAttention
 
     attentions = {}
     for name in ("self_attention", "cross_attention"):
@@ -120,7 +120,7 @@ class SequenceParallelNorm:
     sequence parallelism is off; the norm itself is the same either way (each rank normalises its
     own tokens). What sequence parallelism changes is the norm's gradient: each rank's is the sum
     over its 1/TP of the sequence only, so the weights are marked `sequence_parallel` and
-    mtds.tensor_parallel.allreduce_sequence_parallel_grads sums them over the group.
+    mtds.parallel.tensor_parallel.allreduce_sequence_parallel_grads sums them over the group.
     """
 
     def __new__(cls, config, hidden_size: int, eps: float = 1e-5, **_unused):

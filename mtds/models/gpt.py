@@ -2,7 +2,7 @@
 
 The architecture switches of [model] (RoPE or learned positions, RMSNorm or LayerNorm, SwiGLU or
 GELU, GQA, tied embeddings, biases) are all GPTModel options. Parallel state must be initialised
-first (mtds.distributed.init_distributed): megatron-core layers look up their TP group.
+first (mtds.parallel.process_groups.init_distributed): megatron-core layers look up their TP group.
 """
 
 from __future__ import annotations

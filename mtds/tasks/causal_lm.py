@@ -35,25 +35,25 @@ def model_heads(opts: Options) -> dict:
 
 
 def check_data(cfg, sources, tokenizer) -> None:
-    """Nothing beyond the shared checks (mtds.data): any `_document` prefix works."""
+    """Nothing beyond the shared checks (mtds/data/): any `_document` prefix works."""
 
 
 def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     """(train, valid, test) GPTDatasets with `sizes` samples each, via BlendedMegatronDatasetBuilder.
 
     Each sample is a dict of [seq_length] tensors: tokens, labels (tokens shifted by one),
-    loss_mask, position_ids; with data.document_mask also document_ids (mtds.document_mask).
+    loss_mask, position_ids; with data.document_mask also document_ids (mtds.data.document_ids).
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
-    from mtds.data import shared_dataset_fields
-    from mtds.document_mask import DocumentIdsGPTDataset
+    from mtds.data.splits import shared_dataset_fields
+    from mtds.data.document_ids import DocumentIdsGPTDataset
 
     config = GPTDatasetConfig(
         **shared_dataset_fields(cfg, sources, tokenizer),
         # data.document_mask: megatron-core restarts position ids after each EOD, and each sample
-        # carries its tokens' document ids for SDPAttention (no dense [s, s] mask; mtds.document_mask);
+        # carries its tokens' document ids for SDPAttention (no dense [s, s] mask; mtds.models.document_attention);
         # otherwise SDPAttention applies the causal mask.
         reset_position_ids=cfg.data.document_mask,
         reset_attention_mask=False,

@@ -3,8 +3,8 @@
 Data: what `python -m data_tools.classify` writes, a token prefix `..._cls_document` (data.paths)
 with its side files `..._cls_document_labels.npy` (class id per sample) and `_labels.json` (the
 label set). Samples are framed `[CLS] a [SEP] (b [SEP])` and padded to data.seq_length
-(mtds.cls_dataset). Model: megatron-core BertModel's encoder and Pooler plus a classification head
-(mtds.bert_classifier). Loss = mean cross entropy over the micro-batch; metrics acc and macro_f1.
+(mtds.data.cls_dataset). Model: megatron-core BertModel's encoder and Pooler plus a classification head
+(mtds.models.bert_classifier). Loss = mean cross entropy over the micro-batch; metrics acc and macro_f1.
 Start from a pretrained BERT with `training.init_from=RUN_DIR` (same family, weights only; the
 classification head starts fresh and is named in a `note:` line).
 
@@ -112,7 +112,7 @@ def _split_samples(cfg, sources) -> list:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from megatron.core.datasets.utils import normalize
 
-    from mtds.data import split_string
+    from mtds.data.splits import split_string
 
     counts = [len(IndexedDataset(p).document_indices) - 1 for p in sources.all_prefixes]
 
@@ -135,7 +135,7 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     from data_tools.classify import labels_path
-    from mtds.cls_dataset import ClassificationDataset
+    from mtds.data.cls_dataset import ClassificationDataset
 
     pairs = [(IndexedDataset(p), np.load(labels_path(p), mmap_mode="r")) for p in sources.all_prefixes]
     out = []

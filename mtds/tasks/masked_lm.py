@@ -1,5 +1,5 @@
 """Masked language modelling with an optional sentence-pair head: BERT pretraining on `_sentence`
-data (megatron-core BERTMaskedWordPieceDataset; mtds.nsp_dataset for next-sentence pairs).
+data (megatron-core BERTMaskedWordPieceDataset; mtds.data.nsp_dataset for next-sentence pairs).
 
 Loss = MLM loss (mean over the masked tokens) + the pair loss (cross entropy of the binary head):
 sentence order (`task.pair="sop"`, the default), next sentence (`"nsp"`), or none. Metrics
@@ -73,7 +73,7 @@ def dataset_config(cfg, sources, tokenizer):
     """
     from megatron.core.datasets.bert_dataset import BERTMaskedWordPieceDatasetConfig
 
-    from mtds.data import shared_dataset_fields
+    from mtds.data.splits import shared_dataset_fields
 
     return BERTMaskedWordPieceDatasetConfig(
         **shared_dataset_fields(cfg, sources, tokenizer),
@@ -161,7 +161,7 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     from megatron.core.datasets.bert_dataset import BERTMaskedWordPieceDataset
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 
-    from mtds.nsp_dataset import NSPMaskedWordPieceDataset
+    from mtds.data.nsp_dataset import NSPMaskedWordPieceDataset
 
     config = dataset_config(cfg, sources, tokenizer)
     # for every caller, not only pretrain.py (cached per prefix)

@@ -2,7 +2,7 @@
 
 Data: what `python -m data_tools.sft` writes, a token prefix `..._sft_document` (data.paths) with
 its loss-mask side file `..._sft_document_loss_mask`. Samples are packed into sequences of
-data.seq_length, each attending only to itself (mtds.sft_dataset). Loss = mean next-token cross
+data.seq_length, each attending only to itself (mtds.data.sft_dataset). Loss = mean next-token cross
 entropy over the target tokens the mask lets in (assistant content and its end-of-turn token).
 Start from a pretrained GPT with `training.init_from=RUN_DIR` (same family, weights only).
 """
@@ -72,7 +72,7 @@ def _split_samples(cfg, sources) -> list:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from megatron.core.datasets.utils import normalize
 
-    from mtds.data import split_string
+    from mtds.data.splits import split_string
 
     counts = [len(IndexedDataset(p)) for p in sources.all_prefixes]
 
@@ -93,8 +93,8 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     a split that is unused or asked for 0). The packing is cheap (lengths only), so no index cache."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from mtds.distributed import is_rank0
-    from mtds.sft_dataset import PackedSFTDataset
+    from mtds.parallel.process_groups import is_rank0
+    from mtds.data.sft_dataset import PackedSFTDataset
     from data_tools.sft import loss_mask_prefix
 
     pairs = [(IndexedDataset(p), IndexedDataset(loss_mask_prefix(p))) for p in sources.all_prefixes]

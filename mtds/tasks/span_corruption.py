@@ -115,7 +115,7 @@ def dataset_config(cfg, sources, tokenizer):
     ~ 1/n (megatron's default n-gram draw; its geometric alternative, SpanBERT's, has mean ~4.5)."""
     from megatron.core.datasets.t5_dataset import T5MaskedWordPieceDatasetConfig
 
-    from mtds.data import shared_dataset_fields
+    from mtds.data.splits import shared_dataset_fields
 
     return T5MaskedWordPieceDatasetConfig(
         **shared_dataset_fields(cfg, sources, tokenizer),

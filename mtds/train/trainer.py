@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from mtds.ckpt import save_load as checkpoint
-from mtds.data import ResumableBatchSampler, build_loader, fixed_eval_batches, loader_batches
+from mtds.data.loader import ResumableBatchSampler, build_loader, fixed_eval_batches, loader_batches
 from mtds.errors import TrainingStopped
-from mtds.metrics import Metrics, Throughput, format_eta, memory_stats
-from mtds.parallel import ParallelSizes
+from mtds.train.metrics import Metrics, Throughput, format_eta, memory_stats
+from mtds.parallel.sizes import ParallelSizes
 
 
 @dataclass

@@ -8,7 +8,7 @@ Under tensor parallelism each rank attends with its own heads and key/value grou
 and attention dropout draws from the tracker's model-parallel stream, as megatron's own does, so
 the ranks' heads get independent masks. T5's relative position bias (megatron's attention_bias) is
 added to the scores through SDPA's float mask. In place of a mask it also takes document ids
-[b, s] (mtds.document_mask: packed documents attend only to themselves; FlexAttention on GPU).
+[b, s] (mtds.models.document_attention: packed documents attend only to themselves; FlexAttention on GPU).
 Context parallelism is not supported.
 `SDPABertModel` is the one change megatron-core's BertModel needs to accept this core attention.
 """
@@ -25,7 +25,7 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from mtds import document_mask
+from mtds.models import document_attention
 
 
 class SDPAttention(MegatronModule):
@@ -74,12 +74,12 @@ class SDPAttention(MegatronModule):
         is_causal, sdpa_mask = mask_type == AttnMaskType.causal, None
         dropout_p = self.dropout_p if self.training else 0.0
         if attention_mask is not None and not attention_mask.is_floating_point() and attention_mask.dtype != torch.bool:
-            # Document ids [b, s] (mtds.document_mask): attention within each packed document.
-            if q.device.type in document_mask.FLEX_DEVICES and dropout_p == 0.0:
-                context = document_mask.flex_attention(q, k, v, attention_mask, self.softmax_scale,
+            # Document ids [b, s] (mtds.models.document_attention): attention within each packed document.
+            if q.device.type in document_attention.FLEX_DEVICES and dropout_p == 0.0:
+                context = document_attention.flex_attention(q, k, v, attention_mask, self.softmax_scale,
                                                        self.num_query_groups != self.num_heads)
                 return self._megatron_layout(context)
-            attention_mask = ~document_mask.dense_allowed(attention_mask)  # [b, 1, s, s], True = masked
+            attention_mask = ~document_attention.dense_allowed(attention_mask)  # [b, 1, s, s], True = masked
         if attention_mask is not None:
             # A given mask is the whole mask: BERT's and T5's padding mask [b, 1, 1, s], or GPT's
             # block-causal document mask [b, 1, s, s] (data.document_mask), which holds the causal part.
@@ -126,7 +126,7 @@ class SDPAttention(MegatronModule):
 
 
 class SDPABertModel(BertModel):
-    """BertModel whose padding mask is laid out for mtds.attention.SDPAttention.
+    """BertModel whose padding mask is laid out for mtds.models.attention.SDPAttention.
 
     BertModel.__init__ asks `_sanity_check_attention_and_get_attn_mask_dimension` which mask
     layout the spec's core attention wants: "b1ss" for megatron's own DotProductAttention,

@@ -1,7 +1,8 @@
-"""Attention that stays inside each document of a packed sequence (data.document_mask, gpt_sft packing).
+"""Attention that stays inside each document of a packed sequence (data.document_mask, gpt_sft packing):
+the attention side (the ids come from mtds/data/document_ids.py).
 
 The data carries a document id per token ([b, s] int64), not a mask: a query attends to the keys
-of its own document at or before it. mtds.attention.SDPAttention receives those ids in place of
+of its own document at or before it. mtds.models.attention.SDPAttention receives those ids in place of
 megatron's attention mask and turns them into
 - on GPU, a FlexAttention BlockMask: only the [128 x 128] blocks on the diagonal of each document
   are computed, and no [s, s] mask exists anywhere (a dense bool mask per sample is s^2 bytes:
@@ -10,35 +11,15 @@ megatron's attention mask and turns them into
 - on CPU (and with attention dropout, which FlexAttention lacks), the dense [b, 1, s, s] mask
   for SDPA: simple and exact.
 Both give the same attention (tests/test_document_mask.py).
-
-Why ids rather than megatron-core's own mask: GPTDataset's `create_attention_mask` builds the
-dense [1, s, s] mask per sample in the loader. Its position-id reset (`reset_position_ids`) is kept.
 """
 
 from __future__ import annotations
 
 import torch
-from megatron.core.datasets.gpt_dataset import GPTDataset
 
 FLEX_DEVICES = ("cuda",)
 """Device types on which document attention runs through FlexAttention (tests add "cpu", where
 flex_attention runs its unfused reference implementation)."""
-
-
-def document_ids(tokens: torch.Tensor, eod: int) -> torch.Tensor:
-    """Document index of each token: the number of end-of-document tokens before it (an EOD
-    belongs to the document it ends), as megatron-core's reset_attention_mask splits. [.., s] -> [.., s]."""
-    is_eod = (tokens == eod).long()
-    return is_eod.cumsum(-1) - is_eod
-
-
-class DocumentIdsGPTDataset(GPTDataset):
-    """megatron-core GPTDataset whose samples also hold `document_ids` [s] (see document_ids)."""
-
-    def __getitem__(self, idx):
-        sample = super().__getitem__(idx)
-        sample["document_ids"] = document_ids(sample["tokens"], self.config.tokenizer.eod)
-        return sample
 
 
 def dense_allowed(ids: torch.Tensor) -> torch.Tensor:

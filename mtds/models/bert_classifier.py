@@ -18,7 +18,7 @@ import torch
 from megatron.core.models.bert.pooler import Pooler
 from megatron.core.transformer.utils import get_linear_layer
 
-from mtds.attention import SDPABertModel
+from mtds.models.attention import SDPABertModel
 
 
 class BertClassifier(SDPABertModel):

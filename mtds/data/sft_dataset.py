@@ -11,14 +11,14 @@ laid greedily, in that order, into sequences of `seq_length` positions; a sample
 n - 1 positions (inputs ids[:-1], targets ids[1:]); a sample that does not fit starts the next
 sequence; the rest of a sequence is padding with loss mask 0. Epochs repeat until there are
 `num_samples` sequences. Everything depends only on the seed, so `dataset[i]` is the same in every
-process and after a resume (mtds.data.ResumableBatchSampler indexes it by consumed samples).
+process and after a resume (mtds.data.loader.ResumableBatchSampler indexes it by consumed samples).
 A sample longer than seq_length + 1 is cut to it; one whose targets are then all masked is
 dropped (counted in `dropped`), never trained with an all-zero mask.
 
 Each item: tokens, labels, position_ids [s] int64 (positions restart at 0 per sample), loss_mask
 [s] float32, document_ids [s] int64 (which sample each position belongs to; padding is its own
-"sample" -1, so no query is left without a key). SDPAttention (mtds/attention.py) attends within
-each (mtds/document_mask.py: block-causal, FlexAttention on GPU).
+"sample" -1, so no query is left without a key). SDPAttention (mtds/models/attention.py) attends within
+each (mtds/models/document_attention.py: block-causal, FlexAttention on GPU).
 """
 
 from __future__ import annotations

@@ -1,0 +1,48 @@
+"""The model and its DeepSpeed engine: seeded, weights from `init_from` if given, sequence-parallel
+gradient hooks, compiled as configured, then `deepspeed.initialize` (ZeRO, optimizer, precision,
+LR schedule, clipping: all from the DeepSpeed JSON). bench/ reuses `build_engine`.
+"""
+
+from __future__ import annotations
+
+from mtds.config import RunConfig
+from mtds.ds_config import precision
+
+
+def weight_decay_groups(model) -> list[dict]:
+    """No weight decay on biases and norm weights (1-D parameters), as in GPT-2/nanoGPT."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(cfg: RunConfig, ds_cfg: dict, vocab_size: int, on_gpu: bool, log=print,
+                 init_from: tuple[str, dict] | None = None):
+    """(DeepSpeed engine, parameter count): the kind's model, seeded, its weights from `init_from`
+    (checkpoint dir, saved config) if given, compiled as configured. Call after
+    mtds.parallel.process_groups.init_distributed (megatron-core layers look up their process groups)."""
+    import deepspeed
+
+    from mtds.train.compile import compile_engine, compile_layers
+    from mtds.parallel.process_groups import seed_everything
+    from mtds.kinds import build_model
+    from mtds.parallel.tensor_parallel import DeepSpeedMPU, allreduce_sequence_parallel_grads, parameter_count
+
+    seed_everything(cfg.training.seed)
+    model = build_model(cfg, vocab_size, precision(ds_cfg), on_gpu)
+    if init_from:
+        from mtds.ckpt.init_from import load_initial_weights
+
+        load_initial_weights(model, *init_from, log=log)
+    if model.config.sequence_parallel:
+        allreduce_sequence_parallel_grads(model)
+    n_params = parameter_count(model)
+    if cfg.training.compile == "layers":
+        n = compile_layers(cfg.kind.family.transformer_layers(model))  # compiles lazily, on the first forward
+        log(f"torch.compile: each of the {n} transformer layers (training.compile=layers)")
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg,
+                                           mpu=DeepSpeedMPU())
+    if cfg.training.compile == "model":
+        compile_engine(engine)
+        log("torch.compile: the whole model, DeepSpeed's engine.compile() (training.compile=model)")
+    return engine, n_params

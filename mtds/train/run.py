@@ -1,0 +1,95 @@
+"""Carrying out a training run's plan (mtds/train/plan.py), in the order it is built: the processes,
+the data and tokenizer, the model and DeepSpeed engine, the saved-run record, the datasets and the
+trainer. This and the plan are the run's wiring: the only code below the commands that reads the
+run's kind (mtds/kinds.py) and hands its hooks on. mtds/pretrain.py calls `train`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+from mtds.config import CONFIG_FORMAT, resolved_dict
+from mtds.ds_config import precision
+from mtds.errors import ConfigError
+from mtds.train.engine import build_engine
+from mtds.train.plan import Plan, data_and_tokenizer
+
+
+def versions() -> dict:
+    import deepspeed
+    import megatron.core
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "megatron_core": megatron.core.__version__, "mtds": __import__("mtds").__version__}
+
+
+
+def train(plan: Plan, log=print) -> int:
+    """Start the processes, build model, engine, data and trainer, and train (resuming if planned)."""
+    from mtds.parallel.process_groups import init_distributed, record_peers
+    from mtds.train.metrics import Metrics, device_peak_tflops
+    from mtds.train.trainer import Trainer
+
+    cfg, ds_cfg, parallel = plan.cfg, plan.ds_cfg, plan.parallel
+    rank, world, _ = init_distributed(cfg.training.dist_timeout_mins, tensor_parallel=parallel.tensor)
+    record_peers()  # so a rank that loses contact can name the one that died
+    if world != parallel.world:
+        raise ConfigError(f"WORLD_SIZE said {parallel.world} ranks but {world} joined; check the launcher")
+    if plan.sources is None:
+        plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
+    sources = plan.sources
+    vocab_size = cfg.model.padded_vocab_size(plan.tokenizer.vocab_size)
+    if plan.init_from:
+        from mtds.ckpt.init_from import check_special_tokens, check_vocab
+
+        check_vocab(*plan.init_from, vocab_size)
+        check_special_tokens(*plan.init_from, plan.tokenizer, sources.tokenizer_model)
+    engine, n_params = build_engine(cfg, ds_cfg, vocab_size, plan.on_gpu, log, plan.init_from)
+    global_batch = ds_cfg["train_batch_size"]
+    resolved = {"config_format": CONFIG_FORMAT, "run": resolved_dict(cfg), "deepspeed": ds_cfg, "world_size": world, "parallel": parallel.as_dict(),
+                "versions": versions(),
+                "data_sources": {"prefixes": sources.prefixes, "weights": sources.weights,
+                                 "valid_prefixes": sources.valid_prefixes,
+                                 "tokenizer_model": os.path.abspath(sources.tokenizer_model),
+                                 "tokenizer_type": sources.tokenizer_type,
+                                 "identity": sources.identity()},
+                "vocab_size": vocab_size, "num_parameters": n_params, "train_iters": plan.train_iters}
+    if parallel.tensor > 1:  # how the shards merge, for the tools (mtds.ckpt.consolidate)
+        from mtds.parallel.tensor_parallel import tensor_layout
+
+        resolved["parallel"]["tensor_layout"] = tensor_layout(engine.module)
+    if rank == 0:
+        with open(os.path.join(cfg.training.run_dir, "config.json"), "w") as f:
+            json.dump(resolved, f, indent=2)
+    layout = f" (TP {parallel.tensor} x DP {parallel.data})" if parallel.tensor > 1 else ""
+    log(f"model: {cfg.model.model_type} {n_params / 1e6:.1f}M parameters, {cfg.model.num_layers} layers x "
+        f"{cfg.model.hidden_size}, seq {cfg.seq_length}, vocab {vocab_size} | {precision(ds_cfg)} | ZeRO "
+        f"{ds_cfg.get('zero_optimization', {}).get('stage', 0)} | world {world}{layout} | global batch {global_batch} "
+        f"| {plan.train_iters} iterations")
+
+    # Enough training samples for the whole run, fixed validation/test sets.
+    eval_samples = cfg.training.eval_iters * ds_cfg["train_micro_batch_size_per_gpu"] * parallel.data
+    sizes = [plan.train_iters * global_batch, eval_samples, eval_samples]
+    task = cfg.kind.task
+    datasets = task.build_datasets(cfg, sources, plan.tokenizer, sizes, parallel.data)
+    metrics = Metrics(cfg.training.run_dir, rank == 0, plan.train_iters, cfg.training.progress_bar)
+    from mtds.kinds import forward_step
+
+    forward = forward_step(cfg)
+    # A task whose model sees more than seq_length tokens per sample says so (T5: the decoder's length).
+    flops_args = task.flops_args(cfg.task, cfg.seq_length) if hasattr(task, "flops_args") else {}
+    trainer = Trainer(cfg, engine, datasets, resolved, forward, metrics, parallel=parallel, rank=rank,
+                      train_iters=plan.train_iters,
+                      flops_per_token=cfg.kind.family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size,
+                                                                      **flops_args),
+                      peak_tflops=cfg.training.tflops_peak or device_peak_tflops(precision(ds_cfg)), log=log)
+    if plan.resume_from:
+        trainer.resume(plan.resume_from)
+    try:
+        trainer.fit()
+    finally:
+        metrics.close()
+    return 0

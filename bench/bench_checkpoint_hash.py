@@ -116,7 +116,8 @@ def main(argv=None) -> int:
     raw.pop("train_batch_size", None)
     ds_cfg = resolve_ds_config(raw, path, 1, 100, False, log=quiet)
     init_distributed()
-    engine, n_params = build_engine(run_config(a.preset), ds_cfg, a.vocab, False, log=quiet)
+    cfg = run_config(a.preset)
+    engine, n_params = build_engine(cfg, cfg.kind, ds_cfg, a.vocab, False, log=quiet)
     batch = synthetic_batches(1, 1, 128, a.vocab, engine.device)[0]
     loss, _ = forward_step(engine, batch, engine.device)
     engine.backward(loss)

@@ -15,6 +15,7 @@ is warm in both runs; its cold build is a one-off per machine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -79,7 +80,8 @@ def child(argv: list[str]) -> None:
                 if after:
                     after()
 
-        setattr(obj, name, timed)
+        # the kinds' Family/Task instances are frozen dataclasses
+        (object.__setattr__ if dataclasses.is_dataclass(obj) else setattr)(obj, name, timed)
 
     def stop():
         raise FirstStepDone
@@ -90,11 +92,12 @@ def child(argv: list[str]) -> None:
     wrap(mtds.data.sources, "resolve_sources", "data sources (check .bin/.idx)")
     wrap(mtds.parallel.process_groups, "init_distributed", "init_distributed (process group, megatron parallel state)")
     wrap(mtds.train.engine, "build_engine", "build_engine (seed, model, compile, deepspeed.initialize)")
-    wrap(mtds.kinds, "build_model", "build megatron-core model")
+    for family in mtds.kinds.FAMILIES:
+        wrap(family, "build", "build megatron-core model")
     wrap(deepspeed, "initialize", "deepspeed.initialize (engine, ZeRO, FusedAdam op load)")
     datasets = {"causal_lm": "GPTDataset", "masked_lm": "BERTMaskedWordPieceDataset"}
     for task in {id(k.task): k.task for k in mtds.kinds.KINDS.values()}.values():  # called as cfg.kind.task.<fn>
-        name = mtds.kinds.task_name(task)
+        name = task.name
         wrap(task, "build_datasets", f"build_datasets ({datasets.get(name, name)} index: build or cache)")
     wrap(mtds.train.metrics, "Metrics", "Metrics (TensorBoard writer)")
     wrap(mtds.train.trainer.Trainer, "evaluate", "step-0 validation")

@@ -27,7 +27,7 @@ from typing import Any
 
 from data_tools.hf_tokenizer import TOKENIZER_TYPES
 from mtds.errors import ConfigError
-from mtds.kinds import KINDS, Kind, family_name
+from mtds.kinds import KINDS, Kind, pretraining_kind
 
 CONFIG_FORMAT = 2
 """Format of the saved `run` dict: 1 had the objective's options in [model]/[data] (no [task])."""
@@ -201,13 +201,13 @@ class TrainingConfig:
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: Any = None
-    """The kind's task options (`KINDS[model.model_type].task.Options`); None = its defaults."""
+    """The kind's task options (`KINDS[model.model_type].task.options`); None = its defaults."""
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def __post_init__(self):
         if self.task is None and self.model.model_type in KINDS:
-            self.task = self.kind.task.Options()
+            self.task = self.kind.task.options()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -223,8 +223,8 @@ class RunConfig:
 
 SECTIONS = ("model", "task", "data", "training")
 _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "training": TrainingConfig}
-# Every preset of every family: name -> (family module, shape dict).
-PRESETS: dict[str, tuple] = {name: (k.family, shape) for k in KINDS.values() for name, shape in k.family.PRESETS.items()}
+# Every preset of every family: name -> (Family, shape dict).
+PRESETS: dict[str, tuple] = {name: (k.family, shape) for k in KINDS.values() for name, shape in k.family.presets.items()}
 CHOICES = {
     ("model", "position_embedding_type"): ("rope", "learned_absolute", "relative"),
     ("model", "normalization"): ("RMSNorm", "LayerNorm"),
@@ -353,16 +353,16 @@ def _kind_and_preset(model_raw: dict, errors: list[str]) -> tuple[str | None, st
     kind = model_raw.get("model_type")
     if kind is None:
         family = PRESETS[preset][0] if preset else KINDS["gpt"].family
-        kind = next(name for name, k in KINDS.items() if k.family is family)
+        kind = pretraining_kind(family)
     if kind not in KINDS:
         errors.append(f"model.model_type={kind!r}: choose one of {', '.join(KINDS)}")
         return None, None
     family = KINDS[kind].family
     if not preset_given:
-        return kind, family.DEFAULT_PRESET
+        return kind, family.default_preset
     if preset is not None and PRESETS[preset][0] is not family:
-        errors.append(f"model.preset={preset!r} is a {family_name(PRESETS[preset][0])} preset; model_type={kind!r} "
-                      f"takes {', '.join(family.PRESETS)}")
+        errors.append(f"model.preset={preset!r} is a {PRESETS[preset][0].name} preset; model_type={kind!r} "
+                      f"takes {', '.join(family.presets)}")
         preset = None
     return kind, preset
 
@@ -400,9 +400,9 @@ def build_config(file_dict: dict | None = None, overrides: dict | None = None) -
     sections = {name: _section(name, cls, raw.get(name, {}), errors) for name, cls in _SECTION_CLASSES.items()}
     if kind is not None:  # the [task] table is typed by the kind's task
         task = KINDS[kind].task
-        keys = ", ".join(f.name for f in dataclasses.fields(task.Options)) or "no keys"
-        owner = f" (model_type={kind!r} trains task {task.__name__.rsplit('.', 1)[-1]}, whose [task] takes {keys})"
-        sections["task"] = _section("task", task.Options, raw.get("task", {}), errors, owner)
+        keys = ", ".join(f.name for f in dataclasses.fields(task.options)) or "no keys"
+        owner = f" (model_type={kind!r} trains task {task.name}, whose [task] takes {keys})"
+        sections["task"] = _section("task", task.options, raw.get("task", {}), errors, owner)
     cfg = RunConfig(**sections)
     if not errors:
         errors.extend(validate(cfg))
@@ -528,7 +528,7 @@ def migrate(run: dict) -> dict:
         model.setdefault(f.name, f.default)
     kind = KINDS.get(model["model_type"])
     if kind is not None:
-        for f in dataclasses.fields(kind.task.Options):
+        for f in dataclasses.fields(kind.task.options):
             if f.default is not dataclasses.MISSING:
                 run["task"].setdefault(f.name, f.default)
     return run
@@ -542,7 +542,7 @@ def _format_1_to_2(run: dict) -> None:
                  "masking_probability": data.pop("masking_probability", None),
                  "short_seq_prob": data.pop("short_seq_prob", None)}
         kind = KINDS.get(model.get("model_type", "gpt"))
-        known = {f.name for f in dataclasses.fields(kind.task.Options)} if kind else set()
+        known = {f.name for f in dataclasses.fields(kind.task.options)} if kind else set()
         run["task"] = {k: v for k, v in moved.items() if v is not None and k in known}
 
 

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         raise LoadError(f"split {a.split!r} of {' '.join(shown)} is empty (split string "
                         f"{cfg.data.split!r}); try --split all")
     loader = fixed_eval_batches(dataset, iters, micro, 0, 1)
-    report, table = getattr(task, "report", None), []
+    report, table = task.report, []
     if report is not None:  # the task's own metrics over all samples at once, and its table
         result, table = report(run.model, loader, torch.device(a.device), cfg.task)
         if not result:

@@ -8,7 +8,7 @@ copied), loadable with
 `AutoModelForCausalLM.from_pretrained(DIR)` (GPT), `AutoModelForMaskedLM.from_pretrained(DIR)`
 (BERT) or `AutoModelForSeq2SeqLM.from_pretrained(DIR)` (T5) and `AutoTokenizer.from_pretrained(DIR)`.
 
-The run's family lists the Hugging Face architectures it maps to (`hf_architectures()` in
+The run's family lists the Hugging Face architectures it maps to (`Family.hf_architectures` in
 mtds/models/); the first one that can express the model is used, and its mapping table
 (mtds/hf/<architecture>.py) converts the weights:
 - GPT: RoPE + RMSNorm + SwiGLU -> `LlamaForCausalLM` (GQA, tied or untied, with or without biases);
@@ -33,6 +33,7 @@ import sys
 import torch
 
 from mtds.errors import LoadError
+from mtds.hf import architecture
 from mtds.ckpt.layout import read_config
 from mtds.load_trained import find_checkpoint, saved_run_config
 from mtds.tool_cli import run_tool
@@ -43,7 +44,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def hf_architecture(cfg):
     """The mtds/hf/ module whose table maps this run's model, or a one-line LoadError saying why none does."""
     heads = cfg.kind.task.model_heads(cfg.task)
-    archs = cfg.kind.family.hf_architectures()
+    archs = [architecture(name) for name in cfg.kind.family.hf_architectures]
     reasons = []
     for arch in archs:
         problem = arch.unsupported(cfg.model, heads)

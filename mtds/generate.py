@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     check_args(a)
     run = load_trained(a.load, a.tag, a.device)
     task = run.cfg.kind.task
-    if hasattr(task, "seq2seq_logits"):
+    if task.seq2seq_logits is not None:
         return fill_spans(run, a)
-    logits_fn = getattr(task, "next_token_logits", None)
+    logits_fn = task.next_token_logits
     if logits_fn is None:
         raise LoadError(f"{run.ckpt_dir}: generation needs a causal model; model_type={run.cfg.model.model_type!r} "
                         "trains a task that does not generate")

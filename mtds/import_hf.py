@@ -31,14 +31,17 @@ import os
 import shutil
 import sys
 
-from mtds.ckpt import manifest
-from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, tag_for
+from mtds.ckpt.layout import complete_tags, tag_for
 from mtds.errors import ConfigError, LoadError
-from mtds.hf import gpt2, llama, megatron_bert, mistral, mixtral, qwen2
+from mtds.hf import architecture
+from mtds.kinds import FAMILIES, pretraining_kind
 from mtds.tool_cli import run_tool
 
-ARCHITECTURES = {arch.ARCHITECTURE: arch for arch in (llama, mistral, qwen2, mixtral, gpt2, megatron_bert)}
-MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's ZeRO-0 file name, read by mtds.ckpt.consolidate
+# Every architecture some family maps to and whose table reads a config.json (`model_config`): the
+# families' own lists (Family.hf_architectures), not a second one. {HF name: (table, its family)}
+IMPORTABLE = {t.ARCHITECTURE: (t, family) for family in FAMILIES
+              for t in map(architecture, family.hf_architectures) if t.model_config is not None}
+ARCHITECTURES = {name: t for name, (t, _) in IMPORTABLE.items()}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 # Buffers some HF checkpoints store that are no weights (recomputed from the config by both sides).
 BUFFER_SUFFIXES = ("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias", "position_ids")
@@ -70,7 +73,9 @@ def run_config(hf: dict, arch, hf_dir: str) -> dict:
     except (ValueError, TypeError, KeyError) as e:
         raise LoadError(f"{os.path.join(hf_dir, 'config.json')}: {e}; {arch.ARCHITECTURE} "
                         "cannot be imported with it") from None
-    return {"model": model, "task": task}
+    # The table says what the network is; the kind is its family's pretraining one (gpt, bert).
+    model_type = pretraining_kind(IMPORTABLE[arch.ARCHITECTURE][1])
+    return {"model": {"model_type": model_type, **model}, "task": task}
 
 
 def find_tokenizer(hf_dir: str) -> tuple[list[str], str]:
@@ -205,9 +210,9 @@ def prepare_out_dir(out_dir: str) -> None:
 
 def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
     """Convert HF_DIR into the run directory out_dir; returns the checkpoint directory."""
-    import torch
-
-    from mtds.config import CONFIG_FORMAT, build_config, resolved_dict
+    from mtds.ckpt.run_record import data_sources_record, run_record
+    from mtds.ckpt.save_load import publish_weights
+    from mtds.config import build_config
     from mtds.parallel.process_groups import init_distributed
     from mtds.load_trained import stdout_to_stderr
 
@@ -253,30 +258,14 @@ def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
         shutil.copy2(os.path.join(hf_dir, name), tok_dir)
     with open(os.path.join(out_dir, "run_config.json"), "w") as f:
         json.dump(sections, f, indent=2)
-    saved = {
-        "config_format": CONFIG_FORMAT, "run": resolved_dict(cfg),
-        "deepspeed": {"zero_optimization": {"stage": 0}, "bf16": {"enabled": False}},
-        "world_size": 1, "parallel": {"world": 1, "tensor": 1, "data": 1},
-        "data_sources": {"prefixes": [], "weights": None, "valid_prefixes": None,
-                         "tokenizer_model": os.path.abspath(tok_model), "tokenizer_type": tok_type},
-        "vocab_size": vocab_size, "num_parameters": sum(t.numel() for t in state.values()), "train_iters": 0,
-        "imported_from": {"path": os.path.abspath(hf_dir), "architecture": arch.ARCHITECTURE,
-                          "bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id"),
-                          "pad_token_id": hf.get("pad_token_id")},
-    }
-    root = os.path.join(out_dir, "checkpoints")
-    tag = tag_for(0)
-    final, tmp = os.path.join(root, tag), os.path.join(root, tag + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    torch.save({"module": state}, os.path.join(tmp, MODEL_STATES))
-    with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
-        json.dump(saved, f, indent=2)
-    manifest.write(tmp, {})  # content hashes, checked by training.init_from and the tools
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    with open(os.path.join(root, LATEST_FILE), "w") as f:
-        f.write(tag)
+    saved = run_record(
+        cfg, deepspeed={"zero_optimization": {"stage": 0}, "bf16": {"enabled": False}},
+        parallel={"world": 1, "tensor": 1, "data": 1}, data_sources=data_sources_record([], tok_model, tok_type),
+        vocab_size=vocab_size, num_parameters=sum(t.numel() for t in state.values()), train_iters=0,
+        imported_from={"path": os.path.abspath(hf_dir), "architecture": arch.ARCHITECTURE,
+                       "bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id"),
+                       "pad_token_id": hf.get("pad_token_id")})
+    final = publish_weights(out_dir, state, saved)
     log(f"imported {arch.ARCHITECTURE} from {hf_dir}: {saved['num_parameters'] / 1e6:.1f}M parameters, "
         f"{len(shards)} shard(s) -> {final}")
     log(f"next: deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json --config "

@@ -1,9 +1,11 @@
 """Every kind of model mtds trains, in one explicit table: a kind is a model family (the network:
-mtds/models/<family>.py) plus an objective (its data and loss: mtds/tasks/<task>.py).
+the `FAMILY` of mtds/models/<family>.py) plus a task (its data and loss: the `TASK` of
+mtds/tasks/<task>.py), both instances of the dataclasses in mtds/kind_contract.py.
 
-`--model-type` / `model.model_type` names a kind. Everything kind-specific is reached through this
-table, so the trainer, the checkpoints and the tools never test which kind is running. Adding a
-kind is one family or task file plus one line here (the checklist is in mtds/README.md).
+`--model-type` / `model.model_type` names a kind. The commands and the run wiring (mtds/train/plan.py,
+mtds/train/run.py) look the run's kind up here and hand its hooks on: the trainer, the data plumbing
+and the checkpoints receive functions and values, never the kind. Adding a kind is one family or
+task file plus one line here (the checklist is in mtds/README.md).
 
 Importing this module imports no torch: family and task files import torch and megatron-core
 inside their functions, so configs are checked (and bad ones refused) in well under a second.
@@ -12,38 +14,33 @@ inside their functions, so configs are checked (and bad ones refused) in well un
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import ModuleType
 
+from mtds.kind_contract import Family, Task
 from mtds.models import bert, gpt, t5
 from mtds.tasks import causal_lm, classification, masked_lm, sft, span_corruption
 
 
 @dataclass(frozen=True)
 class Kind:
-    family: ModuleType
-    """mtds/models/<family>.py: presets, validate, build, flops_per_token, transformer_layers,
-    hf_architectures."""
-    task: ModuleType
-    """mtds/tasks/<task>.py: Options ([task]), DATA_LAYOUT, CHANGEABLE_ON_RESUME, validate,
-    model_heads, check_data, build_datasets, forward_step (next_token_logits if it generates, report if
-    its evaluation metrics need all samples at once)."""
+    family: Family
+    task: Task
 
 
 KINDS: dict[str, Kind] = {
-    "gpt": Kind(family=gpt, task=causal_lm),  # decoder-only, next-token loss
-    "bert": Kind(family=bert, task=masked_lm),  # encoder-only, masked LM + sentence order
-    "gpt_sft": Kind(family=gpt, task=sft),  # decoder-only, fine-tuned on chats: loss on assistant tokens
-    "bert_cls": Kind(family=bert, task=classification),  # encoder-only, fine-tuned to label texts (pooler + head)
-    "t5": Kind(family=t5, task=span_corruption),  # encoder-decoder, writes back the spans cut from its input
+    "gpt": Kind(gpt.FAMILY, causal_lm.TASK),  # decoder-only, next-token loss
+    "bert": Kind(bert.FAMILY, masked_lm.TASK),  # encoder-only, masked LM + sentence order
+    "gpt_sft": Kind(gpt.FAMILY, sft.TASK),  # decoder-only, fine-tuned on chats: loss on assistant tokens
+    "bert_cls": Kind(bert.FAMILY, classification.TASK),  # encoder-only, fine-tuned to label texts (pooler + head)
+    "t5": Kind(t5.FAMILY, span_corruption.TASK),  # encoder-decoder, writes back the spans cut from its input
 }
 
-
-def family_name(family: ModuleType) -> str:
-    return family.__name__.rsplit(".", 1)[-1]
+FAMILIES: tuple[Family, ...] = tuple({id(k.family): k.family for k in KINDS.values()}.values())
 
 
-def task_name(task: ModuleType) -> str:
-    return task.__name__.rsplit(".", 1)[-1]
+def pretraining_kind(family: Family) -> str:
+    """The first kind of a family in KINDS: what a preset of that family (or a model imported from
+    Hugging Face into it) trains unless model.model_type says otherwise."""
+    return next(name for name, k in KINDS.items() if k.family is family)
 
 
 def build_model(cfg, vocab_size: int, precision: str, on_gpu: bool):
@@ -55,10 +52,10 @@ def build_model(cfg, vocab_size: int, precision: str, on_gpu: bool):
 def forward_step(cfg):
     """The run's forward step `(model, batch, device) -> (loss, metrics)`: its task's, plus the
     family's per-micro-batch metrics where it has them (an MoE GPT's load balance)."""
-    task, family_metrics = cfg.kind.task, getattr(cfg.kind.family, "micro_batch_metrics", None)
+    task, family_metrics = cfg.kind.task, cfg.kind.family.micro_batch_metrics
 
     def forward(model, batch, device):
         loss, metrics = task.forward_step(model, batch, device, cfg.task)
-        return (loss, {**metrics, **family_metrics(model)}) if family_metrics else (loss, metrics)
+        return (loss, {**metrics, **family_metrics(model)}) if family_metrics is not None else (loss, metrics)
 
     return forward

@@ -128,7 +128,7 @@ def test_samples_are_framed_truncated_longest_first_and_validation_reads_each_on
     s = classify_preprocess([write_jsonl(tmp_path / "p.jsonl", rows)], str(tmp_path / "p"),
                             tiny_data["tokenizer_model"], quiet=True)
     cfg = cls_cfg(tiny_data, tmp_path / "run", [s.output], seq_length=16)
-    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
+    sources = resolve_sources(cfg, cfg.kind.task.data_layout)
     tok = load_tokenizer(sources.tokenizer_model)
     cfg.kind.task.check_data(cfg, sources, tok)
     assert cfg.task.labels == ["x", "y"]
@@ -156,15 +156,15 @@ def test_training_refuses_missing_side_files_and_other_label_sets(tiny_data, tmp
     tok = load_tokenizer(tiny_data["tokenizer_model"])
     cfg = cls_cfg(tiny_data, tmp_path, [tiny_data["prefix"]])  # pretraining data: no side files
     with pytest.raises(ConfigError, match="has no label side file .*python -m data_tools.classify"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok)
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.data_layout), tok)
     other = classify_preprocess([write_jsonl(tmp_path / "o.jsonl", [{"text": "x", "label": "a"}, {"text": "y", "label": "b"}] * 5)],
                                 str(tmp_path / "o"), tiny_data["tokenizer_model"], quiet=True)
     cfg = cls_cfg(tiny_data, tmp_path, [tiny_data["cls_prefix"], other.output])
     with pytest.raises(ConfigError, match=r"has labels \['a', 'b'\] but .* has \['code', 'prose'\]; .*--label-set"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok)
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.data_layout), tok)
     cfg = cls_cfg(tiny_data, tmp_path, labels=["prose", "code"])
     with pytest.raises(ConfigError, match=r"task.labels=\['prose', 'code'\] differs from the data's"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok)
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.data_layout), tok)
 
 
 def test_macro_f1_and_the_per_class_table_count_every_sample():
@@ -217,7 +217,7 @@ def test_export_gives_transformers_the_same_logits(world_of_one, tiny_data, tmp_
     from mtds.data.tokenizer import load_tokenizer
 
     cfg = cls_cfg(tiny_data, tmp_path)
-    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
+    sources = resolve_sources(cfg, cfg.kind.task.data_layout)
     tok = load_tokenizer(sources.tokenizer_model)
     cfg.kind.task.check_data(cfg, sources, tok)
     assert hf_architecture(cfg).ARCHITECTURE == "MegatronBertForSequenceClassification"

@@ -91,7 +91,7 @@ def test_the_dataset_and_forward_step_use_the_mask(model, tiny_data, tmp_path):
     cfg = build_config(overrides={"data": {"paths": tiny_data["prefix"], "tokenizer_model": tiny_data["tokenizer_model"],
                                            "split": "90,10,0", "seq_length": "64", "document_mask": "true"},
                                   "training": {"run_dir": str(tmp_path)}})
-    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
+    sources = resolve_sources(cfg, cfg.kind.task.data_layout)
     tok = SentencePieceTokenizer(sources.tokenizer_model)
     train, _, _ = build_datasets(cfg, sources, tok, [4000, 8, 0], 1)
     with_eod = next(s for s in (train[i] for i in range(len(train))) if (s["tokens"][8:-8] == tok.eod).any())

@@ -323,7 +323,7 @@ def test_continued_pretraining_starts_at_the_hf_models_loss_and_lowers_it(import
     # The first batch, rebuilt as the run built it: the same datasets (sizes as mtds.train.run), samples 0-3.
     cfg = saved_run_config(read_config(find(str(run))))
     tok = load_tokenizer(tok_dir)
-    train, _, _ = build_datasets(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok, [20 * 4, 4, 4], 1)
+    train, _, _ = build_datasets(cfg, resolve_sources(cfg, cfg.kind.task.data_layout), tok, [20 * 4, 4, 4], 1)
     batch = [train[i] for i in range(4)]
     tokens = torch.stack([torch.as_tensor(b["tokens"]) for b in batch])  # [4, 64]
     labels = torch.stack([torch.as_tensor(b["labels"]) for b in batch])

@@ -33,20 +33,102 @@ def module_name(path: str) -> str:
 
 
 # -- the kinds table -------------------------------------------------------------------------
-def test_every_family_and_task_file_is_a_listed_kind():
-    from mtds.kinds import family_name, task_name
+def defines(path: str) -> set[str]:
+    """Top-level names a module assigns (FAMILY = ..., TASK = ...), read with `ast`."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    return {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
 
-    def files(folder, shared=()):
-        names = {f[:-3] for f in os.listdir(os.path.join(ROOT, "mtds", folder)) if f.endswith(".py")}
-        return names - {"__init__", *shared}
 
-    assert files("models", shared=("common",)) == {family_name(k.family) for k in KINDS.values()}
-    assert files("tasks") == {task_name(k.task) for k in KINDS.values()}
+def test_every_module_that_defines_a_family_or_task_is_a_listed_kind():
+    import importlib
+
+    listed = {id(k.family) for k in KINDS.values()} | {id(k.task) for k in KINDS.values()}
+    found = []
+    for path in python_files("mtds"):
+        for name in defines(path) & {"FAMILY", "TASK"}:
+            found.append(getattr(importlib.import_module(module_name(path)), name))
+    assert len(found) >= 8 and all(id(x) in listed for x in found), [x.name for x in found if id(x) not in listed]
+    for k in KINDS.values():  # a family's or task's name is its file's
+        assert module_name(k.family.build.__code__.co_filename).endswith(f"models.{k.family.name}")
+        assert module_name(k.task.forward_step.__code__.co_filename).startswith("mtds.tasks.")
     from mtds.config import PRESETS
+    from mtds.kinds import FAMILIES
 
-    families = {k.family for k in KINDS.values()}
-    assert len(PRESETS) == sum(len(f.PRESETS) for f in families)  # preset names unique across families
-    assert all(f.DEFAULT_PRESET in f.PRESETS for f in families)
+    assert len(PRESETS) == sum(len(f.presets) for f in FAMILIES)  # preset names unique across families
+    assert all(f.default_preset in f.presets for f in FAMILIES)
+
+
+def contract_fields() -> dict[str, list[str]]:
+    import dataclasses
+
+    from mtds.kind_contract import Family, Task
+
+    return {"Family": [f.name for f in dataclasses.fields(Family)], "Task": [f.name for f in dataclasses.fields(Task)]}
+
+
+def test_the_add_a_kind_checklist_lists_the_contract_field_for_field():
+    with open(os.path.join(ROOT, "mtds", "README.md")) as f:
+        text = f.read()
+    for cls, fields in contract_fields().items():
+        section = text.split(f"(`{cls}`)", 1)[1].split("\n## ", 1)[0]
+        documented = re.findall(r"^\| `(\w+)` \|", section, re.M)
+        assert documented == fields, cls
+
+
+def attribute_reads(path: str) -> list[tuple[int, str]]:
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    return [(n.lineno, n.attr) for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
+
+
+def test_every_contract_field_is_read_outside_the_kind_files():
+    """Keep the contract small: a field nobody reads goes (torchtitan walked back its TrainSpec)."""
+    kind_files = {os.path.join(ROOT, "mtds", f) for f in ("kind_contract.py",)}
+    read = {attr for package in ("mtds", "bench") for path in python_files(package) if path not in kind_files
+            for _, attr in attribute_reads(path)}
+    unused = [f"{cls}.{name}" for cls, names in contract_fields().items() for name in names if name not in read]
+    assert not unused, unused
+
+
+def test_no_hasattr_or_getattr_probes_a_contract_field():
+    fields = {name for names in contract_fields().values() for name in names}
+    offenders = []
+    for path in python_files("mtds"):
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for n in ast.walk(tree):
+            if (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("hasattr", "getattr")
+                    and len(n.args) >= 2 and isinstance(n.args[1], ast.Constant) and n.args[1].value in fields):
+                offenders.append(f"{os.path.relpath(path, ROOT)}:{n.lineno}")
+    assert not offenders, offenders
+
+
+# The commands and the shared leaves at the top of mtds/, and the run wiring, may look a kind up;
+# below them code receives hooks (the trainer its forward, before_backward, summarize), never the kind.
+RUN_WIRING = ("mtds/train/plan.py", "mtds/train/run.py")
+
+
+def test_nothing_below_the_commands_and_the_run_wiring_reads_the_kind():
+    offenders = []
+    for path in python_files("mtds"):
+        rel = os.path.relpath(path, ROOT)
+        if os.path.dirname(rel) == "mtds" or rel in RUN_WIRING:
+            continue
+        offenders += [f"{rel}:{line}" for line, attr in attribute_reads(path) if attr == "kind"]
+    assert not offenders, offenders
+    wiring = [a for p in RUN_WIRING for _, a in attribute_reads(os.path.join(ROOT, p))]
+    assert "kind" in wiring  # the check looks at real code: the wiring does read it
+
+
+def test_the_readme_layout_lists_every_module_and_nothing_that_is_gone():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        layout = f.read().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"\bmtds/[\w/]+(?:\.py|/)", layout))
+    modules = {os.path.relpath(p, ROOT) for p in python_files("mtds") if not p.endswith("__init__.py")}
+    assert sorted(modules - named) == [], "modules the README's Layout does not list"
+    assert sorted(p for p in named if not os.path.exists(os.path.join(ROOT, p))) == [], "listed but not in the tree"
 
 
 def test_kinds_and_config_import_no_torch():
@@ -153,8 +235,8 @@ def tiny_cfg(kind: str, tiny_data, run_dir, **model):
     from mtds.kinds import KINDS
 
     family = KINDS[kind].family
-    shape = {**family.PRESETS[family.DEFAULT_PRESET], **TINY, **model}  # the family's architecture, tiny
-    layout = KINDS[kind].task.DATA_LAYOUT
+    shape = {**family.presets[family.default_preset], **TINY, **model}  # the family's architecture, tiny
+    layout = KINDS[kind].task.data_layout
     prefix, tokenizer = tiny_data[LAYOUT_PREFIX[layout]], tiny_data[LAYOUT_TOKENIZER.get(layout, "tokenizer_model")]
     return build_config({"model": {"model_type": kind, **shape},
                          "data": {"paths": [prefix], "tokenizer_model": tokenizer,
@@ -166,6 +248,7 @@ def tiny_cfg(kind: str, tiny_data, run_dir, **model):
 def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, world_of_one, tiny_data, tmp_path):
     from mtds.data.loader import ResumableBatchSampler, build_loader
     from mtds.data.sources import resolve_sources
+    from mtds.hf import architecture
     from mtds.hf.mapping import from_hf, not_exported, to_hf
     from mtds.kinds import build_model
     from mtds.models.common import count_parameters
@@ -173,7 +256,7 @@ def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, wo
 
     cfg = tiny_cfg(kind, tiny_data, tmp_path)
     family, task = cfg.kind.family, cfg.kind.task
-    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
+    sources = resolve_sources(cfg, cfg.kind.task.data_layout)
     tokenizer = SentencePieceTokenizer(sources.tokenizer_model)
     task.check_data(cfg, sources, tokenizer)
     train, _, _ = task.build_datasets(cfg, sources, tokenizer, [4, 2, None], 1)
@@ -182,7 +265,7 @@ def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, wo
     torch.manual_seed(0)
     vocab = cfg.model.padded_vocab_size(tokenizer.vocab_size)
     model = build_model(cfg, vocab, "fp32", on_gpu=False)
-    loss, metrics = task.forward_step(model, batch, torch.device("cpu"))
+    loss, metrics = task.forward_step(model, batch, torch.device("cpu"), cfg.task)
     assert loss.ndim == 0 and torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
@@ -192,7 +275,7 @@ def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, wo
     assert len(layers) == stacks * cfg.model.num_layers and all(any(l is m for m in model.modules()) for l in layers)
 
     heads = task.model_heads(cfg.task)
-    archs = [a for a in family.hf_architectures() if a.unsupported(cfg.model, heads) is None]
+    archs = [a for a in map(architecture, family.hf_architectures) if a.unsupported(cfg.model, heads) is None]
     assert archs, f"{kind}'s default architecture should map to a Hugging Face one"
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     for arch in archs:

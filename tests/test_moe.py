@@ -27,7 +27,7 @@ def _engine(cfg, accum: int):
     raw = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": accum,
            "optimizer": {"type": "Adam", "params": {"lr": 1e-3, "torch_adam": True}}, "zero_optimization": {"stage": 0}}
     ds = resolve_ds_config(raw, "ds.json", 1, 10, False, log=lambda *_: None)
-    return build_engine(cfg, ds, 512, False, log=lambda *_: None)[0]
+    return build_engine(cfg, cfg.kind, ds, 512, False, log=lambda *_: None)[0]
 
 
 def _aux_only_router_grads(engine, batches) -> torch.Tensor:

@@ -38,7 +38,7 @@ def test_index_cache_off_builds_in_memory(tiny_data, tmp_path):
             "data": {"paths": tiny_data["prefix"], "tokenizer_model": tiny_data["tokenizer_model"],
                      "split": "90,10,0", "seq_length": "32", "index_cache": str(index_cache)},
             "training": {"run_dir": str(run_dir)}})
-        sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
+        sources = resolve_sources(cfg, cfg.kind.task.data_layout)
         return build_datasets(cfg, sources, SentencePieceTokenizer(sources.tokenizer_model), [64, 8, 0], 1)
 
     cached, uncached = build(True, tmp_path / "a"), build(False, tmp_path / "b")

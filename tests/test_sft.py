@@ -51,7 +51,7 @@ def packed(tiny_data, tmp_path_factory):
     from mtds.data.tokenizer import load_tokenizer
 
     cfg = sft_cfg(tiny_data, tmp_path_factory.mktemp("sft_run"))
-    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
+    sources = resolve_sources(cfg, cfg.kind.task.data_layout)
     tok = load_tokenizer(sources.tokenizer_model)
     cfg.kind.task.check_data(cfg, sources, tok)
     train, valid, test = cfg.kind.task.build_datasets(cfg, sources, tok, [64, 4, 0], 1)
@@ -113,10 +113,10 @@ def test_packing_is_deterministic_and_pack_false_holds_one_sample(tiny_data, pac
     from mtds.tasks.sft import build_datasets
 
     cfg, train, tok = packed
-    again = build_datasets(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), tok, [64, 4, 0], 1)[0]
+    again = build_datasets(cfg, resolve_sources(cfg, cfg.kind.task.data_layout), tok, [64, 4, 0], 1)[0]
     assert all(torch.equal(train[i]["tokens"], again[i]["tokens"]) for i in (0, 5, len(train) - 1))
     single_cfg = sft_cfg(tiny_data, tmp_path, pack=False)
-    single = build_datasets(single_cfg, resolve_sources(single_cfg, single_cfg.kind.task.DATA_LAYOUT), tok, [64, 4, 0], 1)[0]
+    single = build_datasets(single_cfg, resolve_sources(single_cfg, single_cfg.kind.task.data_layout), tok, [64, 4, 0], 1)[0]
     assert all(len(b) == 1 for b in single.bins) and max(len(b) for b in train.bins) > 1
 
 
@@ -185,7 +185,7 @@ def test_training_refuses_a_prefix_without_its_loss_mask(tiny_data, tmp_path):
     cfg = sft_cfg(tiny_data, tmp_path)
     cfg.data.paths = [tiny_data["prefix"]]  # pretraining data: no side file
     with pytest.raises(ConfigError, match="has no loss-mask side file .*python -m data_tools.sft"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), load_tokenizer(tiny_data["tokenizer_model"]))
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.data_layout), load_tokenizer(tiny_data["tokenizer_model"]))
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_span_corruption_samples_hold_each_sentinel_once_in_order_and_rebuild_th
     from mtds.data.tokenizer import SentencePieceTokenizer
 
     cfg = t5_cfg(tiny_data, tmp_path)
-    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
+    sources = resolve_sources(cfg, cfg.kind.task.data_layout)
     tok = SentencePieceTokenizer(sources.tokenizer_model)
     cfg.kind.task.check_data(cfg, sources, tok)
     train, _, _ = cfg.kind.task.build_datasets(cfg, sources, tok, [200, 10, None], 1)
@@ -90,12 +90,12 @@ def test_bad_t5_settings_are_refused_in_one_line(tiny_data, tmp_path):
     cfg = t5_cfg(tiny_data, tmp_path)
     cfg.data.tokenizer_model = tiny_data["tokenizer_model"]
     with pytest.raises(ConfigError, match="no T5 sentinel tokens .*--sentinel-tokens"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), SentencePieceTokenizer(tiny_data["tokenizer_model"]))
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.data_layout), SentencePieceTokenizer(tiny_data["tokenizer_model"]))
     # fewer sentinels than spans a sample can have (16 sentinels; 512 tokens can have 76 spans)
     cfg = t5_cfg(tiny_data, tmp_path)
     cfg.data.seq_length = 512
     with pytest.raises(ConfigError, match="has 16 sentinel tokens, and a 512-token sample can have 76 spans"):
-        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT), SentencePieceTokenizer(tiny_data["t5_tokenizer_model"]))
+        cfg.kind.task.check_data(cfg, resolve_sources(cfg, cfg.kind.task.data_layout), SentencePieceTokenizer(tiny_data["t5_tokenizer_model"]))
 
 
 def test_t5_flops_count_the_decoder_and_cross_attention():

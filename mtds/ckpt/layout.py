@@ -19,6 +19,7 @@ import re
 TAG_RE = re.compile(r"^iter_(\d{7,})$")
 CONFIG_FILE = "mtds_config.json"
 LATEST_FILE = "latest"
+MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's ZeRO-0 model file (rank 0 of TP 1)
 
 
 def checkpoint_root(run_dir: str) -> str:

@@ -14,7 +14,7 @@ from mtds.kinds import KINDS
 
 # [model] keys a resumed run may change: they change no parameter. Every other model key (and the
 # padded vocabulary) must match; [task] keys must match unless the task lists them in its
-# CHANGEABLE_ON_RESUME. [data] and [training] differences are allowed and logged.
+# Task.changeable_on_resume. [data] and [training] differences are allowed and logged.
 # The tensor-parallel size and sequence parallelism change how parameters are split, not the
 # parameters: plan_resume decides whether a checkpoint of another tensor-parallel size can load.
 CHANGEABLE_MODEL_KEYS = ("preset", "hidden_dropout", "attention_dropout", "init_method_std", "recompute_activations",
@@ -29,7 +29,7 @@ def check_compatible(saved: dict, current: dict, log=print) -> None:
     """
     old_run, new_run = migrate(saved.get("run", {})), current.get("run", {})
     kind = KINDS.get(new_run.get("model", {}).get("model_type"))
-    changeable = {"model": CHANGEABLE_MODEL_KEYS, "task": kind.task.CHANGEABLE_ON_RESUME if kind else ()}
+    changeable = {"model": CHANGEABLE_MODEL_KEYS, "task": kind.task.changeable_on_resume if kind else ()}
     bad, allowed = [], []
     for section in ("model", "task", "data", "training"):
         old, new = old_run.get(section, {}), new_run.get(section, {})

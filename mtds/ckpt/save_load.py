@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mtds.ckpt import manifest
-from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, complete_tags, read_config, tag_for
+from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, MODEL_STATES, complete_tags, read_config, tag_for
 from mtds.ckpt.resume import check_compatible
 from mtds.parallel.process_groups import barrier, gather_to_rank0, is_rank0
 from mtds.errors import ConfigError, TrainingStopped
@@ -94,6 +94,29 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         log(f"saved checkpoint {final_dir}")
     barrier()
     return tag
+
+
+def publish_weights(run_dir: str, state: dict, record: dict, log=print) -> str:
+    """A weights-only checkpoint `iter_0000000` (one process, no DeepSpeed engine: a Hugging Face
+    import), published as `save` publishes: written under `<tag>.tmp` in ZeRO-0's layout (the model
+    states file mtds.ckpt.consolidate reads), hashed into its manifest, renamed when complete, and
+    `latest` replaced atomically. Returns the checkpoint directory."""
+    root = os.path.join(run_dir, "checkpoints")
+    tag = tag_for(0)
+    final_dir, tmp_dir = os.path.join(root, tag), os.path.join(root, tag + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(tmp_dir)
+    try:
+        torch.save({"module": state}, os.path.join(tmp_dir, MODEL_STATES))
+        _atomic_write(os.path.join(tmp_dir, CONFIG_FILE), json.dumps(record, indent=2))
+        manifest.write(tmp_dir, {})  # content hashes, checked by training.init_from and the tools
+    except (OSError, RuntimeError) as e:
+        _stop_if_storage_failed(e, root, tmp_dir)
+        raise
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(tmp_dir, final_dir)
+    _atomic_write(os.path.join(root, LATEST_FILE), tag)
+    return final_dir
 
 
 # What a failed write looks like: OSError with one of these errnos, or torch.save's RuntimeError

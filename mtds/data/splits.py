@@ -35,8 +35,9 @@ def check_splits(prefixes: list[str], split: str) -> None:
                 )
 
 
-def shared_dataset_fields(cfg, sources: DataSources, tokenizer) -> dict:
-    """The BlendedMegatronDatasetConfig fields that every task's dataset shares."""
+def shared_dataset_fields(cfg, sources, tokenizer) -> dict:
+    """The BlendedMegatronDatasetConfig fields that every task's dataset shares (`sources`: a
+    mtds.data.sources.DataSources)."""
     if sources.valid_prefixes:  # all of `prefixes` trains; the validation set is read whole; no test
         data = dict(blend_per_split=[(sources.prefixes, sources.weights), (sources.valid_prefixes, None), None])
     else:

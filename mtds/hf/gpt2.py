@@ -57,7 +57,7 @@ def model_config(hf: dict) -> tuple[dict, dict]:
     f.require("tie_word_embeddings", True, default=True, why="GPT-2's lm_head is its input embedding")
     hidden = f.get("n_embd")
     return dict(
-        preset=None, model_type="gpt", num_layers=f.get("n_layer"), hidden_size=hidden,
+        preset=None, num_layers=f.get("n_layer"), hidden_size=hidden,
         num_attention_heads=f.get("n_head"), num_query_groups=None, ffn_hidden_size=f.get("n_inner", 4 * hidden),
         max_position_embeddings=f.get("n_positions"), vocab_size=f.get("vocab_size"),
         position_embedding_type="learned_absolute", normalization="LayerNorm",

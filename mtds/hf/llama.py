@@ -78,7 +78,7 @@ def llama_family_model(f: Fields, **extra) -> dict:
     groups = f.get("num_key_value_heads", heads)
     rotary_base, scaling = _rope(f)
     return dict(
-        preset=None, model_type="gpt", num_layers=f.get("num_hidden_layers"), hidden_size=hidden,
+        preset=None, num_layers=f.get("num_hidden_layers"), hidden_size=hidden,
         num_attention_heads=heads, num_query_groups=None if groups == heads else groups,
         ffn_hidden_size=f.get("intermediate_size"), max_position_embeddings=f.get("max_position_embeddings"),
         vocab_size=f.get("vocab_size"), position_embedding_type="rope", rotary_base=rotary_base,

@@ -62,7 +62,7 @@ def model_config(hf: dict) -> tuple[dict, dict]:
     if types not in (1, 2):
         raise ValueError(f"type_vocab_size={types}: megatron's BERT has 2 token types (with the sentence-pair head) or none")
     return dict(
-        preset=None, model_type="bert", num_layers=f.get("num_hidden_layers"), hidden_size=f.get("hidden_size"),
+        preset=None, num_layers=f.get("num_hidden_layers"), hidden_size=f.get("hidden_size"),
         num_attention_heads=f.get("num_attention_heads"), num_query_groups=None,
         ffn_hidden_size=f.get("intermediate_size"), max_position_embeddings=f.get("max_position_embeddings"),
         vocab_size=f.get("vocab_size"), position_embedding_type="learned_absolute", normalization="LayerNorm",

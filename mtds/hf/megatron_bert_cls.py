@@ -17,6 +17,7 @@ ARCHITECTURE = "MegatronBertForSequenceClassification"
 CAUSAL_LM = False
 SEQ2SEQ_LM = False
 
+model_config = None  # export only: mtds.import_hf does not read this architecture
 
 def unsupported(m, heads: dict) -> str | None:
     """None if the classifier exports, else what does not fit."""

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 from mtds.hf.mapping import Rule, rule
 from mtds.hf.transforms import Chunk, Duplicate, Inverse, SplitKV, SplitQKV
+from mtds.models.t5 import RELATIVE_ATTENTION_BUCKETS, RELATIVE_ATTENTION_MAX_DISTANCE
 
 ARCHITECTURE = "T5ForConditionalGeneration"
 MODEL_TYPE = "t5"
 CAUSAL_LM = False
 SEQ2SEQ_LM = True
-RELATIVE_ATTENTION_BUCKETS = 32
-RELATIVE_ATTENTION_MAX_DISTANCE = 128
-"""T5's relative position buckets (T5Config's defaults), fixed, not [model] keys: mtds.models.t5
-builds T5Model with these, so they are defined here, where the export writes them too."""
 FEED_FORWARD_PROJ = {"gelu": "gelu", "gelu_tanh": "gelu_new", "swiglu": "gated-silu"}
 """mtds model.activation -> HF T5Config.feed_forward_proj. (HF's 'gated-gelu', T5 v1.1's and
 Flan-T5's, is a gated tanh GELU, which mtds's activations do not include.)"""
 
+model_config = None  # export only: mtds.import_hf does not read this architecture
 
 def unsupported(m, heads: dict) -> str | None:
     """None if the model exports as HF T5, else what does not fit."""

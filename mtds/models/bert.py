@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 
+from mtds.kind_contract import Family
+
 _BERT_ARCH = dict(position_embedding_type="learned_absolute", normalization="LayerNorm", activation="gelu",
                   tie_embeddings=True)
 PRESETS: dict[str, dict] = {  # BERT paper sizes (Devlin et al. 2019) and a tiny debug one
@@ -20,7 +22,6 @@ PRESETS: dict[str, dict] = {  # BERT paper sizes (Devlin et al. 2019) and a tiny
     "bert-large": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, max_position_embeddings=512,
                        **_BERT_ARCH),
 }
-DEFAULT_PRESET = "bert-tiny"
 
 
 def validate(m) -> list[str]:
@@ -105,8 +106,8 @@ def transformer_layers(model) -> list:
     return list(model.encoder.layers)
 
 
-def hf_architectures() -> tuple:
-    """Hugging Face architectures this family maps to (mtds/hf/)."""
-    from mtds.hf import megatron_bert, megatron_bert_cls
-
-    return (megatron_bert, megatron_bert_cls)
+FAMILY = Family(
+    name="bert", presets=PRESETS, default_preset="bert-tiny", validate=validate, build=build,
+    flops_per_token=flops_per_token, transformer_layers=transformer_layers,
+    hf_architectures=("megatron_bert", "megatron_bert_cls"),
+)

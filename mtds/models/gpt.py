@@ -7,6 +7,8 @@ first (mtds.parallel.process_groups.init_distributed): megatron-core layers look
 
 from __future__ import annotations
 
+from mtds.kind_contract import Family
+
 # Named sizes (shapes only; architecture choices come from ModelConfig's defaults).
 # gpt-125m/350m/1.3b are the GPT-3 paper's shapes (Brown et al. 2020, table 2.1), with 16 heads
 # for 1.3b (head dim 128, like Megatron-LM's 1.3B configs).
@@ -19,7 +21,6 @@ PRESETS: dict[str, dict] = {
 # A mixture of experts the size of gpt-tiny's attention, 4 experts (2 active) per layer.
 PRESETS["gpt-moe-tiny"] = dict(PRESETS["gpt-tiny"], num_moe_experts=4, moe_router_topk=2)
 PRESETS["tiny"] = PRESETS["gpt-tiny"]
-DEFAULT_PRESET = "gpt-tiny"
 
 
 def validate(m) -> list[str]:
@@ -139,8 +140,9 @@ def transformer_layers(model) -> list:
     return list(model.decoder.layers)
 
 
-def hf_architectures() -> tuple:
-    """Hugging Face architectures this family maps to, tried in order (mtds/hf/)."""
-    from mtds.hf import gpt2, llama, mixtral, qwen2
-
-    return (llama, qwen2, mixtral, gpt2)
+FAMILY = Family(
+    name="gpt", presets=PRESETS, default_preset="gpt-tiny", validate=validate, build=build,
+    flops_per_token=flops_per_token, transformer_layers=transformer_layers,
+    hf_architectures=("llama", "mistral", "qwen2", "mixtral", "gpt2"),
+    before_backward=before_backward, micro_batch_metrics=micro_batch_metrics,
+)

@@ -20,6 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 
+from mtds.kind_contract import Family
+
+RELATIVE_ATTENTION_BUCKETS = 32
+RELATIVE_ATTENTION_MAX_DISTANCE = 128
+"""T5's relative position buckets (T5Config's defaults), fixed, not [model] keys: T5Model is built with
+these, and the export (mtds/hf/t5.py) writes them into the Hugging Face config."""
+
 T5_SOFTMAX_SCALE = 1.0
 """T5 does not divide attention scores by sqrt(head size) (its query init is smaller instead), and
 neither does Hugging Face's T5; with the same scores the exported query weights are ours as they are."""
@@ -31,7 +38,6 @@ PRESETS: dict[str, dict] = {  # T5 paper sizes (encoder and decoder each num_lay
     "t5-base": dict(num_layers=12, hidden_size=768, num_attention_heads=12, max_position_embeddings=512,
                     **_T5_ARCH),
 }
-DEFAULT_PRESET = "t5-tiny"
 
 
 def validate(m) -> list[str]:
@@ -57,7 +63,6 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool):
     from megatron.core.models.T5.t5_spec import (get_t5_decoder_with_local_block_spec,
                                                  get_t5_encoder_with_local_block_spec)
 
-    from mtds.hf.t5 import RELATIVE_ATTENTION_BUCKETS, RELATIVE_ATTENTION_MAX_DISTANCE
     from mtds.models.common import transformer_config
 
     config = transformer_config(m, precision, on_gpu, softmax_scale=T5_SOFTMAX_SCALE)
@@ -112,8 +117,8 @@ def transformer_layers(model) -> list:
     return list(model.encoder.layers) + list(model.decoder.layers)
 
 
-def hf_architectures() -> tuple:
-    """Hugging Face architectures this family maps to (mtds/hf/)."""
-    from mtds.hf import t5
-
-    return (t5,)
+FAMILY = Family(
+    name="t5", presets=PRESETS, default_preset="t5-tiny", validate=validate, build=build,
+    flops_per_token=flops_per_token, transformer_layers=transformer_layers,
+    hf_architectures=("t5",),
+)

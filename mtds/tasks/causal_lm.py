@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mtds.kind_contract import Task
+
 DATA_LAYOUT = "document"
 """preprocess output this task reads: `_document` (one sequence per document)."""
 
@@ -85,3 +87,10 @@ def next_token_logits(model, context):
 
     position_ids = torch.arange(context.size(1), device=context.device).unsqueeze(0)
     return model(context, position_ids, None)
+
+
+TASK = Task(
+    name="causal_lm", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
+    validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
+    forward_step=forward_step, next_token_logits=next_token_logits,
+)

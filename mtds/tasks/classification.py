@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 
 from mtds.errors import ConfigError
+from mtds.kind_contract import Task
 
 DATA_LAYOUT = "cls"
 """preprocess output this task reads: data_tools.classify's `_cls_document` token prefix + its label side files."""
@@ -245,3 +246,10 @@ def report(model, loader, device, opts: Options) -> tuple[dict, list[str]]:
     lines.append(f"{'macro':<{width}}  {precision.mean().item():9.4f}  {recall.mean().item():6.4f}  "
                  f"{result['macro_f1']:6.4f}  {samples:7d}")
     return result, lines
+
+
+TASK = Task(
+    name="classification", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
+    validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
+    forward_step=forward_step, flops_args=flops_args, summarize=summarize, report=report,
+)

@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass
 
 from mtds.errors import ConfigError
+from mtds.kind_contract import Task
 
 DATA_LAYOUT = "sentence"
 """preprocess output this task reads: `_sentence` (`--split-sentences`: one sequence per sentence)."""
@@ -206,3 +207,10 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
     metrics[f"{pair}_loss"] = pair_loss.detach()
     metrics[f"{pair}_acc"] = (pair_logits.detach().argmax(-1) == pair_labels).float().mean()
     return mlm_loss + pair_loss, metrics
+
+
+TASK = Task(
+    name="masked_lm", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
+    validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
+    forward_step=forward_step,
+)

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 
 from mtds.errors import ConfigError
-from mtds.tasks.causal_lm import forward_step, next_token_logits  # noqa: F401 -- same loss and generation
+from mtds.kind_contract import Task
+from mtds.tasks.causal_lm import forward_step, next_token_logits  # the same loss and generation as pretraining
 
 DATA_LAYOUT = "sft"
 """preprocess output this task reads: data_tools.sft's `_sft_document` token prefix + loss-mask side file."""
@@ -109,3 +110,10 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
                   f"{cfg.seq_length + 1} tokens and are skipped; preprocess with a smaller --max-length")
         out.append(ds if len(ds) else None)
     return tuple(out)
+
+
+TASK = Task(
+    name="sft", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
+    validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
+    forward_step=forward_step, next_token_logits=next_token_logits,
+)

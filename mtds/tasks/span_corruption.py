@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from mtds.errors import ConfigError
+from mtds.kind_contract import Task
 
 DATA_LAYOUT = "span"
 """`_sentence` data (`preprocess --split-sentences`) from a tokenizer with T5's sentinel tokens."""
@@ -196,3 +197,10 @@ def render_generation(prompt: str, new_ids: list[int], tokenizer) -> str:
     for i, ids in spans.items():
         out = out.replace(sentinel_piece(i), tokenizer.detokenize(ids), 1)
     return out
+
+
+TASK = Task(
+    name="span_corruption", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
+    validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
+    forward_step=forward_step, seq2seq_logits=seq2seq_logits, render_generation=render_generation, flops_args=flops_args,
+)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mtds.config import RunConfig
 from mtds.ds_config import precision
+from mtds.kinds import Kind
 
 
 def weight_decay_groups(model) -> list[dict]:
@@ -16,20 +17,19 @@ def weight_decay_groups(model) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(cfg: RunConfig, ds_cfg: dict, vocab_size: int, on_gpu: bool, log=print,
+def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_gpu: bool, log=print,
                  init_from: tuple[str, dict] | None = None):
-    """(DeepSpeed engine, parameter count): the kind's model, seeded, its weights from `init_from`
+    """(DeepSpeed engine, parameter count): the model of `kind` (the run's, mtds/kinds.py), seeded, its weights from `init_from`
     (checkpoint dir, saved config) if given, compiled as configured. Call after
     mtds.parallel.process_groups.init_distributed (megatron-core layers look up their process groups)."""
     import deepspeed
 
     from mtds.train.compile import compile_engine, compile_layers
     from mtds.parallel.process_groups import seed_everything
-    from mtds.kinds import build_model
     from mtds.parallel.tensor_parallel import DeepSpeedMPU, allreduce_sequence_parallel_grads, parameter_count
 
     seed_everything(cfg.training.seed)
-    model = build_model(cfg, vocab_size, precision(ds_cfg), on_gpu)
+    model = kind.family.build(cfg.model, vocab_size, precision(ds_cfg), on_gpu, **kind.task.model_heads(cfg.task))
     if init_from:
         from mtds.ckpt.init_from import load_initial_weights
 
@@ -38,7 +38,7 @@ def build_engine(cfg: RunConfig, ds_cfg: dict, vocab_size: int, on_gpu: bool, lo
         allreduce_sequence_parallel_grads(model)
     n_params = parameter_count(model)
     if cfg.training.compile == "layers":
-        n = compile_layers(cfg.kind.family.transformer_layers(model))  # compiles lazily, on the first forward
+        n = compile_layers(kind.family.transformer_layers(model))  # compiles lazily, on the first forward
         log(f"torch.compile: each of the {n} transformer layers (training.compile=layers)")
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg,
                                            mpu=DeepSpeedMPU())

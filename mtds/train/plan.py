@@ -109,7 +109,7 @@ def data_and_tokenizer(cfg: RunConfig):
     from mtds.data.sources import check_token_ids, resolve_sources
     from mtds.data.tokenizer import load_tokenizer
 
-    sources = resolve_sources(cfg, cfg.kind.task.DATA_LAYOUT)
+    sources = resolve_sources(cfg, cfg.kind.task.data_layout)
     tokenizer = load_tokenizer(sources.tokenizer_model, sources.tokenizer_type)
     sources.tokenizer_type = tokenizer.tokenizer_type  # recorded resolved: the tools reload this class
     check_vocab(cfg, tokenizer.vocab_size, sources.tokenizer_model)

@@ -8,23 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 
-from mtds.config import CONFIG_FORMAT, resolved_dict
+from mtds.ckpt.run_record import data_sources_record, run_record, versions
 from mtds.ds_config import precision
 from mtds.errors import ConfigError
 from mtds.train.engine import build_engine
 from mtds.train.plan import Plan, data_and_tokenizer
-
-
-def versions() -> dict:
-    import deepspeed
-    import megatron.core
-    import torch
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__,
-            "megatron_core": megatron.core.__version__, "mtds": __import__("mtds").__version__}
-
 
 
 def train(plan: Plan, log=print) -> int:
@@ -47,16 +36,13 @@ def train(plan: Plan, log=print) -> int:
 
         check_vocab(*plan.init_from, vocab_size)
         check_special_tokens(*plan.init_from, plan.tokenizer, sources.tokenizer_model)
-    engine, n_params = build_engine(cfg, ds_cfg, vocab_size, plan.on_gpu, log, plan.init_from)
+    engine, n_params = build_engine(cfg, cfg.kind, ds_cfg, vocab_size, plan.on_gpu, log, plan.init_from)
     global_batch = ds_cfg["train_batch_size"]
-    resolved = {"config_format": CONFIG_FORMAT, "run": resolved_dict(cfg), "deepspeed": ds_cfg, "world_size": world, "parallel": parallel.as_dict(),
-                "versions": versions(),
-                "data_sources": {"prefixes": sources.prefixes, "weights": sources.weights,
-                                 "valid_prefixes": sources.valid_prefixes,
-                                 "tokenizer_model": os.path.abspath(sources.tokenizer_model),
-                                 "tokenizer_type": sources.tokenizer_type,
-                                 "identity": sources.identity()},
-                "vocab_size": vocab_size, "num_parameters": n_params, "train_iters": plan.train_iters}
+    data_sources = data_sources_record(sources.prefixes, sources.tokenizer_model, sources.tokenizer_type,
+                                       sources.weights, sources.valid_prefixes, sources.identity())
+    resolved = run_record(cfg, deepspeed=ds_cfg, parallel=parallel.as_dict(), data_sources=data_sources,
+                          vocab_size=vocab_size, num_parameters=n_params, train_iters=plan.train_iters,
+                          versions=versions())
     if parallel.tensor > 1:  # how the shards merge, for the tools (mtds.ckpt.consolidate)
         from mtds.parallel.tensor_parallel import tensor_layout
 
@@ -73,19 +59,18 @@ def train(plan: Plan, log=print) -> int:
     # Enough training samples for the whole run, fixed validation/test sets.
     eval_samples = cfg.training.eval_iters * ds_cfg["train_micro_batch_size_per_gpu"] * parallel.data
     sizes = [plan.train_iters * global_batch, eval_samples, eval_samples]
-    task = cfg.kind.task
+    family, task = cfg.kind.family, cfg.kind.task  # the wiring hands the kind's hooks on (mtds/kinds.py)
     datasets = task.build_datasets(cfg, sources, plan.tokenizer, sizes, parallel.data)
     metrics = Metrics(cfg.training.run_dir, rank == 0, plan.train_iters, cfg.training.progress_bar)
     from mtds.kinds import forward_step
 
-    forward = forward_step(cfg)
     # A task whose model sees more than seq_length tokens per sample says so (T5: the decoder's length).
-    flops_args = task.flops_args(cfg.task, cfg.seq_length) if hasattr(task, "flops_args") else {}
-    trainer = Trainer(cfg, engine, datasets, resolved, forward, metrics, parallel=parallel, rank=rank,
+    flops_args = task.flops_args(cfg.task, cfg.seq_length) if task.flops_args is not None else {}
+    trainer = Trainer(cfg, engine, datasets, resolved, forward_step(cfg), metrics, parallel=parallel, rank=rank,
                       train_iters=plan.train_iters,
-                      flops_per_token=cfg.kind.family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size,
-                                                                      **flops_args),
-                      peak_tflops=cfg.training.tflops_peak or device_peak_tflops(precision(ds_cfg)), log=log)
+                      flops_per_token=family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size, **flops_args),
+                      peak_tflops=cfg.training.tflops_peak or device_peak_tflops(precision(ds_cfg)),
+                      before_backward=family.before_backward, summarize=task.summarize, log=log)
     if plan.resume_from:
         trainer.resume(plan.resume_from)
     try:

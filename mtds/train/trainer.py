@@ -32,15 +32,17 @@ class TrainState:
 
 class Trainer:
     def __init__(self, cfg, engine, datasets, resolved, forward, metrics: Metrics, *, parallel: ParallelSizes, rank,
-                 train_iters, flops_per_token, peak_tflops, log=print):
+                 train_iters, flops_per_token, peak_tflops, before_backward=None, summarize=None, log=print):
         """`forward(model, batch, device) -> (loss, metrics)` is the task's forward step; the loop
-        never looks inside a batch, so every kind shares it."""
+        never looks inside a batch, so every kind shares it. The kind's optional hooks come the same
+        way (mtds/kind_contract.py): `before_backward(engine)`, the family's, is called before every
+        backward (MoE: the aux loss's gradient scale); `summarize(means) -> metrics`, the task's, turns
+        averaged parts ("_"-prefixed metrics) into the metrics it logs (classification: per-class
+        counts -> macro-F1 over every sample, not a mean of per-micro-batch F1s)."""
         self.cfg, self.engine, self.resolved, self.forward = cfg, engine, resolved, forward
         self.train_ds, self.valid_ds, _ = datasets
         self.metrics, self.log = metrics, log
-        # A task may turn averaged parts ("_"-prefixed metrics) into the metrics it logs (classification:
-        # per-class counts -> macro-F1 over every sample, not a mean of per-micro-batch F1s).
-        self._summarize = getattr(cfg.kind.task, "summarize", None)
+        self._summarize = summarize
         self.parallel = parallel
         self.dp_rank, self.dp_size = parallel.data_rank(rank), parallel.data
         self.train_iters = train_iters
@@ -51,8 +53,7 @@ class Trainer:
         self.flops_per_token = flops_per_token
         self.peak = peak_tflops
         self.device = engine.device
-        # The family's hook before each backward (MoE: the aux loss's gradient scale), if it has one.
-        self._before_backward = getattr(cfg.kind.family, "before_backward", None)
+        self._before_backward = before_backward
         self.state = TrainState()
         self._signal = 0  # number of the first stop signal received (0: none)
         self._stop_request: str | None = None
@@ -208,7 +209,7 @@ class Trainer:
             torch.distributed.all_reduce(packed)
             packed /= self.parallel.world
             loss, extra = packed[0], dict(zip(sorted(extra), packed[1:]))
-        extra = self._summarize(extra) if self._summarize else extra
+        extra = self._summarize(extra) if self._summarize is not None else extra
         tokens_per_sec = iters * self.global_batch * self.seq / seconds
         tflops = self.flops_per_token * tokens_per_sec / self.parallel.world / 1e12  # per device
         it = self.state.iteration
@@ -270,7 +271,7 @@ class Trainer:
             packed /= self.parallel.world
         val_loss = packed[0].item()
         extra = dict(zip(keys, packed[1:]))
-        extra = self._summarize(extra) if self._summarize else extra
+        extra = self._summarize(extra) if self._summarize is not None else extra
         keys = list(extra)
         values = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0)),
                   **{f"val/{k}": v.item() for k, v in extra.items()}}

@@ -12,9 +12,36 @@ import sysconfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRETRAIN = os.path.join(ROOT, "mtds", "pretrain.py")
 
-# A tiny GPT that learns visibly in a few dozen CPU steps.
-TINY_GPT = ["--model.preset=none", "--model.num_layers=2", "--model.hidden_size=64",
-            "--model.num_attention_heads=2", "--model.max_position_embeddings=64"]
+# The tiny shape every test model starts from: learns visibly in a few dozen CPU steps.
+TINY_SHAPE = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "max_position_embeddings": 64}
+
+
+def tiny_model(kind: str = "gpt", **over) -> dict:
+    """[model] values of a tiny model of `kind`: its family's architecture (the default preset's
+    switches: RoPE/RMSNorm/SwiGLU for GPT, learned positions/LayerNorm/GELU for BERT ...) at
+    TINY_SHAPE, then `over`."""
+    from mtds.kinds import KINDS
+
+    family = KINDS[kind].family
+    return {**family.presets[family.default_preset], **TINY_SHAPE, "preset": "none", "model_type": kind, **over}
+
+
+def tiny_cfg(kind: str = "gpt", *, task: dict | None = None, data: dict | None = None,
+             training: dict | None = None, **model):
+    """The RunConfig of tiny_model(kind, **model) with the given [task], [data], [training] values."""
+    from mtds.config import build_config
+
+    return build_config({"model": tiny_model(kind, **model), "task": task or {}, "data": data or {},
+                         "training": training or {}})
+
+
+def flags(section: str, values: dict) -> list[str]:
+    """Command-line overrides `--section.key=value` for mtds/pretrain.py."""
+    return [f"--{section}.{k}={'none' if v is None else str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in values.items()]
+
+
+TINY_GPT = flags("model", {"preset": "none", **TINY_SHAPE})
 
 
 def tiny_gpt_args(tiny_data: dict, run_dir, ds: str, *extra: str) -> list[str]:
@@ -120,12 +147,22 @@ def write_ds_config(path: str, stage: int = 2, micro: int = 4, accum: int = 1, p
 DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+def free_port() -> str:
+    """A TCP port free now, for a launcher's rendezvous: the suite runs tests side by side
+    (pytest-xdist), so no two runs may share a fixed port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def run_pretrain(args: list[str], ranks: int = 0, timeout: float = 600, env: dict | None = None,
                  cwd: str = ROOT) -> subprocess.CompletedProcess:
     """Run the real entry point: `python mtds/pretrain.py` (ranks=0) or the deepspeed launcher."""
     if ranks:
         cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", str(ranks),
-               "--master_port", str(29500 + os.getpid() % 1000), PRETRAIN, *args]
+               "--master_port", free_port(), PRETRAIN, *args]
     else:
         cmd = [sys.executable, PRETRAIN, *args]
     # Not the rendezvous of a world this test process made for itself (mtds.load_trained sets it).

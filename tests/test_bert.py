@@ -7,16 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from mtds.config import build_config
+from helpers import tiny_cfg
 
 SEQ = 64
 
 
 def tiny_bert_config(binary_head: bool = True, pair: str | None = None, **data):
-    model = {"preset": "bert-tiny", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
-             "max_position_embeddings": SEQ}
     pair = pair or ("sop" if binary_head else "none")
-    return build_config({"model": model, "task": {"pair": pair}, "data": data})
+    return tiny_cfg("bert", max_position_embeddings=SEQ, task={"pair": pair}, data=data)
 
 
 def build(binary_head: bool = True, vocab: int = 512, seed: int = 0):

@@ -15,16 +15,12 @@ import sys
 
 import pytest
 
-from helpers import ROOT, run_pretrain, scalars, write_ds_config
+from helpers import ROOT, ok, run_pretrain, scalars, write_ds_config
 
 pytestmark = pytest.mark.slow
 
 # 34 documents: the default split's 0.1% test share would be empty (refused), so no test split.
 BERT = ["--model-type", "bert", "--data.seq_length=64", "--data.split=90,10,0", "--training.progress_bar=false"]
-
-
-def assert_ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +30,7 @@ def sentence_data(tiny_data, tmp_path_factory):
         [sys.executable, "-m", "data_tools.preprocess", "--input", tiny_data["corpus"], "--output-prefix",
          str(out / "tiny"), "--tokenizer-model", tiny_data["tokenizer_model"], "--split-sentences",
          "--workers", "1", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert_ok(proc)
+    ok(proc)
     prefix = str(out / "tiny_text_sentence")
     assert os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")
     return ["--data.paths", prefix, "--data.tokenizer_model", tiny_data["tokenizer_model"]]
@@ -49,7 +45,7 @@ def test_bert_tiny_learns_masked_lm_and_logs_both_heads(sentence_data, tmp_path)
     proc = run_pretrain(["--deepspeed_config", ds, *BERT, *sentence_data, "--run-dir", str(run),
                          "--training.train_iters=300", "--training.log_interval=25",
                          "--training.eval_interval=150", "--training.eval_iters=4"])
-    assert_ok(proc)
+    ok(proc)
     assert "model: bert" in proc.stdout and "iter    300/300" in proc.stdout
     s = scalars(str(run))
     for split in ("train", "val"):
@@ -87,7 +83,7 @@ def test_bert_nsp_two_ranks_zero3_saves_and_resumes_on_the_same_curve(sentence_d
               "--model.hidden_dropout=0.1", "--model.attention_dropout=0.1", "--task.pair=nsp"]
     first = tmp_path / "first"
     proc = run_pretrain([*common, "--run-dir", str(first), "--training.save_interval=3"], ranks=2)
-    assert_ok(proc)
+    ok(proc)
     assert "ZeRO 3 | world 2 | global batch 4" in proc.stdout
     assert {"iter_0000003", "iter_0000006", "latest"} <= set(os.listdir(first / "checkpoints"))
 
@@ -95,7 +91,7 @@ def test_bert_nsp_two_ranks_zero3_saves_and_resumes_on_the_same_curve(sentence_d
     shutil.copytree(first / "checkpoints/iter_0000003", second / "checkpoints/iter_0000003")
     (second / "checkpoints/latest").write_text("iter_0000003")
     proc = run_pretrain([*common, "--run-dir", str(second), "--load", str(second)], ranks=2)
-    assert_ok(proc)
+    ok(proc)
     assert "at iteration 3, 12 samples consumed" in proc.stdout
     a, b = scalars(str(first)), scalars(str(second))
     assert [step for step, _ in b["train/mlm_loss"]] == [4, 5, 6]

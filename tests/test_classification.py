@@ -12,17 +12,12 @@ import pytest
 import torch
 
 ATOL = 1e-5  # fp32: our SDPA attention and HF's eager attention sum in other orders (measured ~1e-6)
-TINY = {"preset": "bert-tiny", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2,
-        "max_position_embeddings": 64}
-
-
 def cls_cfg(tiny_data, run_dir, prefixes=None, seq_length=64, **task):
-    from mtds.config import build_config
+    from helpers import tiny_cfg
 
-    return build_config({"model": {"model_type": "bert_cls", **TINY}, "task": task,
-                         "data": {"paths": prefixes or [tiny_data["cls_prefix"]], "split": "80,20,0",
-                                  "tokenizer_model": tiny_data["tokenizer_model"], "seq_length": seq_length},
-                         "training": {"run_dir": str(run_dir)}})
+    return tiny_cfg("bert_cls", task=task, training={"run_dir": str(run_dir)},
+                    data={"paths": prefixes or [tiny_data["cls_prefix"]], "split": "80,20,0",
+                          "tokenizer_model": tiny_data["tokenizer_model"], "seq_length": seq_length})
 
 
 def write_jsonl(path, rows) -> str:
@@ -274,9 +269,9 @@ def test_fine_tuning_a_pretrained_bert_classifies_code_and_prose_well_above_the_
 
     from transformers import AutoModelForSequenceClassification
 
-    from helpers import ROOT, ok, run_pretrain, scalars, write_ds_config
+    from helpers import ROOT, flags, ok, run_pretrain, scalars, tiny_model, write_ds_config
 
-    shape = [f"--model.{k}={v}" for k, v in TINY.items()] + ["--data.seq_length=64", "--training.progress_bar=false"]
+    shape = flags("model", tiny_model("bert")) + ["--data.seq_length=64", "--training.progress_bar=false"]
     ds = write_ds_config(str(tmp_path / "ds.json"), micro=8, warmup=10, lr=2e-3, precision="fp32")
     ok(run_pretrain(["--deepspeed_config", ds, "--model-type", "bert", *shape, "--data.paths", tiny_data["sentence_prefix"],
                      "--data.tokenizer_model", tiny_data["tokenizer_model"], "--data.split=90,10,0",

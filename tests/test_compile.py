@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import tiny_cfg
 from mtds.config import build_config
 
 SEQ, VOCAB = 32, 256
@@ -16,8 +17,7 @@ def tiny_gpt(seed: int = 0):
     from mtds.kinds import build_model
 
     seed_everything(seed)
-    cfg = build_config(overrides={"model": {"preset": "gpt-tiny", "num_layers": 3, "hidden_size": 64,
-                                            "num_attention_heads": 4, "max_position_embeddings": SEQ}})
+    cfg = tiny_cfg(num_layers=3, num_attention_heads=4, max_position_embeddings=SEQ)
     return build_model(cfg, VOCAB, "fp32", on_gpu=False)
 
 

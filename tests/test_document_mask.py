@@ -11,11 +11,10 @@ ATOL = 1e-5  # fp32: SDPA with a mask and with is_causal sum in other orders
 @pytest.fixture(scope="module")
 def model(world_of_one):
     """A tiny random-weight GPT (RoPE) in fp32 and eval mode."""
-    from mtds.config import build_config
+    from helpers import tiny_cfg
     from mtds.kinds import build_model
 
-    cfg = build_config({"model": {"preset": None, "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
-                                  "num_query_groups": 2, "max_position_embeddings": 64}})
+    cfg = tiny_cfg(num_attention_heads=4, num_query_groups=2)
     torch.manual_seed(0)
     m = build_model(cfg, 512, "fp32", on_gpu=False).eval()  # the tiny_data tokenizer's 512
     with torch.no_grad():

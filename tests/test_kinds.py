@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT
+from helpers import ROOT, tiny_cfg
 from mtds.kinds import KINDS  # torch-free: safe at collection
 
 PACKAGES = ("mtds", "data_tools")
@@ -227,21 +227,12 @@ def test_data_tools_imports_nothing_from_mtds():
 LAYOUT_PREFIX = {"document": "prefix", "sentence": "sentence_prefix", "sft": "sft_prefix", "cls": "cls_prefix",
                  "span": "t5_prefix"}
 LAYOUT_TOKENIZER = {"span": "t5_tokenizer_model"}
-TINY = {"preset": "none", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "max_position_embeddings": 32}
-
-
-def tiny_cfg(kind: str, tiny_data, run_dir, **model):
-    from mtds.config import build_config
-    from mtds.kinds import KINDS
-
-    family = KINDS[kind].family
-    shape = {**family.presets[family.default_preset], **TINY, **model}  # the family's architecture, tiny
+def kind_cfg(kind: str, tiny_data, run_dir):
+    """A tiny model of `kind` (32 positions) on tiny_data's pair of the layout its task reads."""
     layout = KINDS[kind].task.data_layout
     prefix, tokenizer = tiny_data[LAYOUT_PREFIX[layout]], tiny_data[LAYOUT_TOKENIZER.get(layout, "tokenizer_model")]
-    return build_config({"model": {"model_type": kind, **shape},
-                         "data": {"paths": [prefix], "tokenizer_model": tokenizer,
-                                  "split": "90,10,0", "num_workers": 0},
-                         "training": {"run_dir": str(run_dir)}})
+    return tiny_cfg(kind, max_position_embeddings=32, training={"run_dir": str(run_dir)},
+                    data={"paths": [prefix], "tokenizer_model": tokenizer, "split": "90,10,0", "num_workers": 0})
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -254,7 +245,7 @@ def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, wo
     from mtds.models.common import count_parameters
     from mtds.data.tokenizer import SentencePieceTokenizer
 
-    cfg = tiny_cfg(kind, tiny_data, tmp_path)
+    cfg = kind_cfg(kind, tiny_data, tmp_path)
     family, task = cfg.kind.family, cfg.kind.task
     sources = resolve_sources(cfg, cfg.kind.task.data_layout)
     tokenizer = SentencePieceTokenizer(sources.tokenizer_model)

@@ -7,10 +7,9 @@ import os
 import pytest
 import torch
 
-from helpers import ROOT
+from helpers import ROOT, TINY_SHAPE
 
-MOE = {"preset": "gpt-moe-tiny", "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
-       "max_position_embeddings": 32}
+MOE = {"preset": "gpt-moe-tiny", **TINY_SHAPE, "num_attention_heads": 4, "max_position_embeddings": 32}
 
 
 def _cfg(**model):

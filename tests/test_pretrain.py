@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import PRETRAIN, ROOT, TINY_GPT, run_pretrain, scalars, write_ds_config
+from helpers import PRETRAIN, ROOT, TINY_GPT, free_port, ok, run_pretrain, scalars, write_ds_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +20,6 @@ def tiny_args(tiny_data, run_dir, *extra):
             "--training.progress_bar=false", *extra]
 
 
-def assert_ok(proc):
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
 def test_readme_command_trains_default_gpt(tmp_path):
     """`deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json` with no data flags:
     builds the stdlib corpus, trains the default tiny GPT, validation loss falls, TensorBoard has
@@ -32,10 +28,10 @@ def test_readme_command_trains_default_gpt(tmp_path):
     import subprocess
 
     proc = subprocess.run(
-        [ds_launcher, "--master_port", "29911", PRETRAIN, "--deepspeed_config", os.path.join(ROOT, "ds_configs/zero2.json"),
+        [ds_launcher, "--master_port", free_port(), PRETRAIN, "--deepspeed_config", os.path.join(ROOT, "ds_configs/zero2.json"),
          "--training.train_iters=120", "--training.eval_interval=60", "--training.progress_bar=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert_ok(proc)
+    ok(proc)
     assert os.path.isfile(tmp_path / "data/stdlib/stdlib_text_document.idx")
     run_dir = tmp_path / "runs/default"
     s = scalars(str(run_dir))
@@ -62,7 +58,7 @@ def test_two_cpu_ranks_train_with_each_zero_stage(tiny_data, tmp_path, stage, co
     proc = run_pretrain(["--deepspeed_config", ds, *tiny_args(tiny_data, tmp_path / "run", "--training.train_iters=6",
                                                              "--training.eval_interval=6",
                                                              f"--training.compile={compile_mode}")], ranks=2)
-    assert_ok(proc)
+    ok(proc)
     out = proc.stdout
     assert ("torch.compile: each of the 2 transformer layers" in out) == (compile_mode == "layers")
     assert f"ZeRO {stage} | world 2 | global batch 8" in out
@@ -77,7 +73,7 @@ def test_train_save_resume_continues_at_saved_position(tiny_data, tmp_path):
     run = tmp_path / "run"
     first = run_pretrain(["--deepspeed_config", ds, *tiny_args(tiny_data, run, "--training.train_iters=8",
                                                                "--training.save_interval=4", "--training.eval_interval=8")])
-    assert_ok(first)
+    ok(first)
     assert sorted(f for f in os.listdir(run / "checkpoints") if f.startswith(("iter_", "latest"))) == [
         "iter_0000004", "iter_0000008", "latest"]
     # Resume from iteration 4, as if the run had died after its first save.
@@ -85,7 +81,7 @@ def test_train_save_resume_continues_at_saved_position(tiny_data, tmp_path):
     (run / "checkpoints/latest").write_text("iter_0000004")
     second = run_pretrain(["--deepspeed_config", ds, "--load", str(run),
                            *tiny_args(tiny_data, run, "--training.train_iters=8", "--training.eval_interval=8")])
-    assert_ok(second)
+    ok(second)
     assert "resumed from" in second.stdout and "at iteration 4, 16 samples consumed" in second.stdout
     assert "iter      6/8" in second.stdout and "iter      2/8" not in second.stdout
     state = json.load(open(run / "config.json"))

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from helpers import PRETRAIN, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
+from helpers import PRETRAIN, free_port, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +132,7 @@ def test_sigterm_to_one_rank_all_ranks_save_and_exit_zero(tiny_data, tmp_path):
     ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
     run = tmp_path / "run"
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    proc = start([launcher, "--num_gpus", "2", "--master_port", "29733", PRETRAIN,
+    proc = start([launcher, "--num_gpus", "2", "--master_port", free_port(), PRETRAIN,
                   *args_for(tiny_data, run, ds, "--training.train_iters=100000", "--training.eval_interval=100000",
                             "--data.num_workers=1")])
     wait_for_line(proc, "iter      3/")
@@ -395,7 +395,7 @@ def test_a_killed_rank_ends_the_job_within_a_minute_naming_it(tiny_data, tmp_pat
     connection must not be the only clue: its one line names the rank that died."""
     ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, precision="fp32")
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    proc = start([launcher, "--num_gpus", "2", "--master_port", "29741", PRETRAIN,
+    proc = start([launcher, "--num_gpus", "2", "--master_port", free_port(), PRETRAIN,
                   *args_for(tiny_data, tmp_path / "run", ds, "--training.train_iters=100000",
                             "--training.eval_interval=100000")])
     wait_for_line(proc, "iter      3/")

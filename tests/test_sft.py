@@ -19,12 +19,11 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 @pytest.fixture(scope="module")
 def model(world_of_one):
     """A tiny random-weight GPT (RoPE) in fp32 and eval mode, for the tiny corpus's 512 tokens."""
-    from mtds.config import build_config
+    from helpers import tiny_cfg
     from mtds.kinds import build_model
 
-    cfg = build_config({"model": {"model_type": "gpt_sft", "preset": None, "num_layers": 2, "hidden_size": 64,
-                                  "num_attention_heads": 4, "num_query_groups": 2, "max_position_embeddings": 64},
-                        "data": {"paths": ["unused"], "tokenizer_model": "unused"}})
+    cfg = tiny_cfg("gpt_sft", num_attention_heads=4, num_query_groups=2,
+                   data={"paths": ["unused"], "tokenizer_model": "unused"})
     torch.manual_seed(0)
     m = build_model(cfg, 512, "fp32", on_gpu=False).eval()
     with torch.no_grad():
@@ -34,14 +33,11 @@ def model(world_of_one):
 
 
 def sft_cfg(tiny_data, run_dir, seq_length=64, **task):
-    from mtds.config import build_config
+    from helpers import tiny_cfg
 
-    return build_config({"model": {"model_type": "gpt_sft", "preset": None, "num_layers": 2, "hidden_size": 64,
-                                   "num_attention_heads": 4, "max_position_embeddings": 64},
-                         "task": task,
-                         "data": {"paths": [tiny_data["sft_prefix"]], "tokenizer_model": tiny_data["tokenizer_model"],
-                                  "split": "90,10,0", "seq_length": seq_length},
-                         "training": {"run_dir": str(run_dir)}})
+    return tiny_cfg("gpt_sft", num_attention_heads=4, task=task, training={"run_dir": str(run_dir)},
+                    data={"paths": [tiny_data["sft_prefix"]], "tokenizer_model": tiny_data["tokenizer_model"],
+                          "split": "90,10,0", "seq_length": seq_length})
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ the default corpus that learns, resumes bit for bit, evaluates, fills spans and 
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
+from helpers import DIST_ENV, ROOT, flags, free_port, ok, run_pretrain, scalars, tiny_gpt_args, tiny_model, write_ds_config
 
 from mtds.config import build_config
 from mtds.errors import ConfigError
@@ -22,10 +22,7 @@ TP2 = ["--model.tensor_model_parallel_size=2"]
 # Equality with TP=1 is a claim about the math, so dropout is off (its random streams differ by
 # layout); resume, which replays the same layout, runs with dropout on.
 COMMON = [f"--training.train_iters={STEPS}", "--training.eval_interval=5", "--training.save_interval=5"]
-BERT = ["--model.model_type=bert", "--model.preset=none", "--model.num_layers=2", "--model.hidden_size=64",
-        "--model.num_attention_heads=2", "--model.max_position_embeddings=64", "--data.seq_length=64",
-        "--model.position_embedding_type=learned_absolute", "--model.normalization=LayerNorm",
-        "--model.activation=gelu", "--model.tie_embeddings=true"]
+BERT = [*flags("model", tiny_model("bert")), "--data.seq_length=64"]
 
 
 def series(run_dir, tag: str) -> list[float]:
@@ -220,9 +217,8 @@ def test_forgetting_the_sequence_parallel_allreduce_leaves_partial_norm_gradient
     relative for the worst norm), with it they equal the sum over the tensor-parallel group."""
     out = tmp_path / "grads.json"
     cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--master_port",
-           str(29500 + (os.getpid() + 7) % 1000), os.path.join(ROOT, "tests", "tp_sequence_parallel_grads.py"), str(out)]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                            "MASTER_PORT")}
+           free_port(), os.path.join(ROOT, "tests", "tp_sequence_parallel_grads.py"), str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     ok(subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300))
     result = json.loads(out.read_text())
     print(result)  # the figure for the record (pytest -s)

@@ -28,8 +28,11 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json
 
+# Two pytest workers (pytest-xdist), a test module each at a time (--dist loadscope: a module's
+# fixtures, e.g. its shared training runs or the local SLURM cluster, are built once): much of a
+# test is process start-up and waiting, so two side by side fit 2 cores (bench/RESULTS.md).
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, ok, run_pretrain, scalars, write_ds_config
+from helpers import ROOT, TINY_SHAPE, flags, ok, run_pretrain, scalars, write_ds_config
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +37,15 @@ def sentence_data(tiny_data, tmp_path_factory):
 
 
 def test_bert_tiny_learns_masked_lm_and_logs_both_heads(sentence_data, tmp_path):
-    """bert-tiny (4 x 256), seq 64, micro-batch 8, 300 steps on one CPU rank: the MLM loss falls
+    """bert-tiny's architecture at 2 x 64 (35 s here; 4 x 256 took 137 s and learns no more than this
+    needs), seq 64, micro-batch 8, 300 steps on one CPU rank: the MLM loss falls
     and the MLM accuracy rises well above its step-0 value; TensorBoard has both losses and both
     accuracies for training and validation."""
-    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=8, warmup=10, lr=2e-3)
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=8, warmup=10, lr=3e-3)
     run = tmp_path / "run"
     proc = run_pretrain(["--deepspeed_config", ds, *BERT, *sentence_data, "--run-dir", str(run),
                          "--training.train_iters=300", "--training.log_interval=25",
-                         "--training.eval_interval=150", "--training.eval_iters=4"])
+                         "--training.eval_interval=150", "--training.eval_iters=4", *flags("model", TINY_SHAPE)])
     ok(proc)
     assert "model: bert" in proc.stdout and "iter    300/300" in proc.stdout
     s = scalars(str(run))
@@ -54,7 +55,7 @@ def test_bert_tiny_learns_masked_lm_and_logs_both_heads(sentence_data, tmp_path)
     val_mlm = [v for _, v in s["val/mlm_loss"]]
     val_acc = [v for _, v in s["val/mlm_acc"]]
     assert s["val/mlm_loss"][0][0] == 0 and len(val_mlm) == 3
-    # Step 0 is ln(512) = 6.24 with ~1/512 accuracy; 300 steps reach ~5.1 and ~4% (frequent tokens).
+    # Step 0 is ln(512) = 6.24 with ~1/512 accuracy; 300 steps reach ~5.0 and ~6% (frequent tokens).
     assert val_mlm[-1] < val_mlm[0] - 0.7, val_mlm
     assert val_acc[-1] > val_acc[0] + 0.015, val_acc
     step_s = [v for _, v in s["throughput/step_seconds"]]

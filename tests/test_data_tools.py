@@ -367,7 +367,9 @@ def test_interrupted_preprocess_leaves_no_pair(tok, tmp_path, big_jsonl, sp, sig
     tmp_bin = None
     while time.time() < deadline and proc.poll() is None:
         tmp_bin = [f for f in os.listdir(tmp_path) if f.startswith("o_text_document.bin.tmp-")]
-        if tmp_bin and os.path.getsize(tmp_path / tmp_bin[0]) > 1_000_000:
+        # The first tokens are on disk: interrupt now, early in a run of seconds (at 1 MB a loaded
+        # machine once let it finish and publish before the signal landed).
+        if tmp_bin and os.path.getsize(tmp_path / tmp_bin[0]) > 0:
             break
         time.sleep(0.05)
     assert proc.poll() is None and tmp_bin, "preprocess finished before it could be interrupted"
@@ -480,6 +482,15 @@ def test_default_dataset_is_idempotent(tmp_path, corpus_jsonl, tok):
     assert {f: os.path.getmtime(out / f) for f in mtimes} == mtimes
     assert os.path.isfile(str(out / "stdlib_text_sentence.idx"))
     inspect_data.verify_pair(r2["prefix"])
+    # T5's layout: another tokenizer, with sentinels, and its _sentence data; the others untouched
+    t5 = default_dataset.build_default_dataset(out, vocab_size=400, sentinel_tokens=16, quiet=True)
+    assert (t5["prefix"], t5["tokenizer_model"]) == (str(out / "stdlib_t5_text_sentence"), str(out / "tokenizer_t5.model"))
+    inspect_data.verify_pair(t5["prefix"])
+    assert {f: os.path.getmtime(out / f) for f in mtimes} == mtimes
+    import sentencepiece
+
+    t5_sp = sentencepiece.SentencePieceProcessor(model_file=t5["tokenizer_model"])
+    assert t5_sp.piece_to_id("<extra_id_15>") != t5_sp.unk_id()
 
 
 @pytest.mark.slow

@@ -276,6 +276,29 @@ def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, wo
         assert all(torch.equal(back[k], sd[k]) for k in back), arch.ARCHITECTURE
 
 
+@pytest.mark.parametrize("kind", ["gpt", "bert", "t5"])
+def test_the_default_corpus_is_built_in_the_layout_the_task_reads(kind, tiny_data, tmp_path, monkeypatch):
+    """No data.paths: mtds.data.sources builds the default corpus in the task's data layout (its real
+    build is minutes of sentence splitting on 2 cores, so the builder is replaced by one that records
+    what it was asked and hands back tiny_data's pair; tests/test_data_tools.py builds each layout)."""
+    import data_tools.default_dataset
+    from data_tools.spm import DEFAULT_SENTINEL_TOKENS
+    from mtds.data.sources import resolve_sources
+
+    asked = []
+
+    def build(out_dir, quiet=False, **layout):
+        asked.append(layout)
+        return {"prefix": tiny_data["prefix"], "tokenizer_model": tiny_data["tokenizer_model"]}
+
+    monkeypatch.setattr(data_tools.default_dataset, "build_default_dataset", build)
+    cfg = tiny_cfg(kind, data={"default_dir": str(tmp_path), "split": "90,10,0"})
+    sources = resolve_sources(cfg, cfg.kind.task.data_layout)
+    assert sources.prefixes == [tiny_data["prefix"]]
+    expected = {"gpt": (False, 0), "bert": (True, 0), "t5": (True, DEFAULT_SENTINEL_TOKENS)}[kind]
+    assert asked and all((a["split_sentences"], a["sentinel_tokens"]) == expected for a in asked)
+
+
 # -- saved configs ---------------------------------------------------------------------------------
 def test_format_1_run_configs_migrate_to_the_task_section():
     from mtds.config import build_config, from_dict, resolved_dict

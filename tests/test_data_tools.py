@@ -362,14 +362,15 @@ def test_interrupted_preprocess_leaves_no_pair(tok, tmp_path, big_jsonl, sp, sig
     out = tmp_path / "o"
     proc = subprocess.Popen([sys.executable, "-m", "data_tools.preprocess", "--input", big_jsonl, "--output-prefix",
                              str(out), "--tokenizer-model", tok, "--workers", "2", "--quiet"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # a shell's background job (`make test &`) inherits SIGINT ignored, and Python
+                            # then installs no KeyboardInterrupt: give the child Ctrl-C's default back
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     tmp_bin = None
     while time.time() < deadline and proc.poll() is None:
         tmp_bin = [f for f in os.listdir(tmp_path) if f.startswith("o_text_document.bin.tmp-")]
-        # The first tokens are on disk: interrupt now, early in a run of seconds (at 1 MB a loaded
-        # machine once let it finish and publish before the signal landed).
-        if tmp_bin and os.path.getsize(tmp_path / tmp_bin[0]) > 0:
+        if tmp_bin and os.path.getsize(tmp_path / tmp_bin[0]) > 1_000_000:
             break
         time.sleep(0.05)
     assert proc.poll() is None and tmp_bin, "preprocess finished before it could be interrupted"

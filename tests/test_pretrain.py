@@ -23,13 +23,13 @@ def tiny_args(tiny_data, run_dir, *extra):
 def test_readme_command_trains_default_gpt(tmp_path):
     """`deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json` with no data flags:
     builds the stdlib corpus, trains the default tiny GPT, validation loss falls, TensorBoard has
-    the scalars. Shortened to 120 iterations (the README's run does 300)."""
+    the scalars. Shortened to 60 iterations (the README's run does 300: `make demo`, bench/RESULTS.md)."""
     ds_launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     import subprocess
 
     proc = subprocess.run(
         [ds_launcher, "--master_port", free_port(), PRETRAIN, "--deepspeed_config", os.path.join(ROOT, "ds_configs/zero2.json"),
-         "--training.train_iters=120", "--training.eval_interval=60", "--training.progress_bar=false"],
+         "--training.train_iters=60", "--training.eval_interval=30", "--training.progress_bar=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     ok(proc)
     assert os.path.isfile(tmp_path / "data/stdlib/stdlib_text_document.idx")
@@ -45,11 +45,11 @@ def test_readme_command_trains_default_gpt(tmp_path):
     val = [v for _, v in s["val/loss"]]
     assert s["val/loss"][0][0] == 0 and len(val) == 3
     assert val[-1] < val[0] - 2.0, f"validation loss did not fall clearly: {val}"
-    assert s["data/consumed_tokens"][-1][1] == 120 * 8 * 256
-    resolved = json.load(open(run_dir / "checkpoints/iter_0000120/mtds_config.json"))
+    assert s["data/consumed_tokens"][-1][1] == 60 * 8 * 256
+    resolved = json.load(open(run_dir / "checkpoints/iter_0000060/mtds_config.json"))
     assert resolved["deepspeed"]["train_batch_size"] == 8 and resolved["world_size"] == 1
     assert resolved["run"]["model"]["num_layers"] == 4 and "deepspeed" in resolved["versions"]
-    assert open(run_dir / "checkpoints/latest").read() == "iter_0000120"
+    assert open(run_dir / "checkpoints/latest").read() == "iter_0000060"
 
 
 def test_two_cpu_ranks_train_with_zero2_and_compiled_layers(tiny_data, tmp_path):

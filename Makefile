@@ -32,7 +32,7 @@ demo: venv
 # fixtures, e.g. its shared training runs or the local SLURM cluster, are built once): much of a
 # test is process start-up and waiting, so two side by side fit 2 cores (bench/RESULTS.md).
 test: venv
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" tests

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 ATOL = 1e-5  # fp32: our SDPA attention and HF's eager attention sum in other orders (measured ~1e-6)
+
+
 def cls_cfg(tiny_data, run_dir, prefixes=None, seq_length=64, **task):
     from helpers import tiny_cfg
 

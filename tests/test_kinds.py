@@ -227,6 +227,8 @@ def test_data_tools_imports_nothing_from_mtds():
 LAYOUT_PREFIX = {"document": "prefix", "sentence": "sentence_prefix", "sft": "sft_prefix", "cls": "cls_prefix",
                  "span": "t5_prefix"}
 LAYOUT_TOKENIZER = {"span": "t5_tokenizer_model"}
+
+
 def kind_cfg(kind: str, tiny_data, run_dir):
     """A tiny model of `kind` (32 positions) on tiny_data's pair of the layout its task reads."""
     layout = KINDS[kind].task.data_layout

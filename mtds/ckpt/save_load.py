@@ -21,8 +21,8 @@ import torch
 from mtds.ckpt import manifest
 from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, MODEL_STATES, complete_tags, read_config, tag_for
 from mtds.ckpt.resume import check_compatible
-from mtds.parallel.process_groups import barrier, gather_to_rank0, is_rank0
 from mtds.errors import ConfigError, TrainingStopped
+from mtds.parallel.process_groups import barrier, gather_to_rank0, is_rank0
 
 
 def _atomic_write(path: str, text: str) -> None:
@@ -96,7 +96,7 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
     return tag
 
 
-def publish_weights(run_dir: str, state: dict, record: dict, log=print) -> str:
+def publish_weights(run_dir: str, state: dict, record: dict) -> str:
     """A weights-only checkpoint `iter_0000000` (one process, no DeepSpeed engine: a Hugging Face
     import), published as `save` publishes: written under `<tag>.tmp` in ZeRO-0's layout (the model
     states file mtds.ckpt.consolidate reads), hashed into its manifest, renamed when complete, and

@@ -14,6 +14,7 @@ from mtds.data.splits import check_splits
 from mtds.errors import ConfigError
 from mtds.parallel.process_groups import barrier, is_rank0
 
+
 @dataclass
 class DataSources:
     prefixes: list[str]

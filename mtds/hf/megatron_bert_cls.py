@@ -19,6 +19,7 @@ SEQ2SEQ_LM = False
 
 model_config = None  # export only: mtds.import_hf does not read this architecture
 
+
 def unsupported(m, heads: dict) -> str | None:
     """None if the classifier exports, else what does not fit."""
     if not heads.get("class_labels"):

@@ -30,6 +30,7 @@ Flan-T5's, is a gated tanh GELU, which mtds's activations do not include.)"""
 
 model_config = None  # export only: mtds.import_hf does not read this architecture
 
+
 def unsupported(m, heads: dict) -> str | None:
     """None if the model exports as HF T5, else what does not fit."""
     if m.position_embedding_type != "relative":

@@ -19,14 +19,15 @@ def weight_decay_groups(model) -> list[dict]:
 
 def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_gpu: bool, log=print,
                  init_from: tuple[str, dict] | None = None):
-    """(DeepSpeed engine, parameter count): the model of `kind` (the run's, mtds/kinds.py), seeded, its weights from `init_from`
-    (checkpoint dir, saved config) if given, compiled as configured. Call after
-    mtds.parallel.process_groups.init_distributed (megatron-core layers look up their process groups)."""
+    """(DeepSpeed engine, parameter count): the model of `kind` (the run's, handed over by the wiring),
+    seeded, its weights from `init_from` (checkpoint dir, saved config) if given, compiled as
+    configured. Call after mtds.parallel.process_groups.init_distributed (megatron-core layers look
+    up their process groups)."""
     import deepspeed
 
-    from mtds.train.compile import compile_engine, compile_layers
     from mtds.parallel.process_groups import seed_everything
     from mtds.parallel.tensor_parallel import DeepSpeedMPU, allreduce_sequence_parallel_grads, parameter_count
+    from mtds.train.compile import compile_engine, compile_layers
 
     seed_everything(cfg.training.seed)
     model = kind.family.build(cfg.model, vocab_size, precision(ds_cfg), on_gpu, **kind.task.model_heads(cfg.task))

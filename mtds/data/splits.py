@@ -46,7 +46,11 @@ def shared_dataset_fields(cfg, sources, tokenizer) -> dict:
                          sources.identity_key()) if cfg.data.index_cache else None
     if cache is not None:
         from mtds.ckpt.safe_loading import check_index_cache
+        from mtds.parallel.process_groups import barrier
 
         check_index_cache(cache)  # megatron-core unpickles these files (allow_pickle=True)
+        # Every rank checks before any rank writes: a rank still checking once read a file rank 0 was
+        # writing for this run, refused it, and stopped (TP=2 BERT on a loaded machine).
+        barrier()
     return dict(random_seed=cfg.data.seed, sequence_length=cfg.seq_length, **data, path_to_cache=cache,
                 tokenizer=tokenizer)

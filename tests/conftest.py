@@ -6,9 +6,18 @@ import os
 
 import pytest
 
-from helpers import DIST_ENV, build_tiny_data
+from helpers import DIST_ENV, USED_PORTS, build_tiny_data, release_shm_buffers
 
 _SESSION_DIST_ENV = {k: os.environ.get(k) for k in DIST_ENV}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_deepspeed_buffers_left():
+    """Every launcher run of this process (worker) is over at the end of the session: remove the
+    /dev/shm buffers DeepSpeed left under their ports (helpers.release_shm_buffers says why)."""
+    yield
+    for port in USED_PORTS:
+        release_shm_buffers(port)
 
 
 @pytest.fixture(scope="session")

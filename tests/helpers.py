@@ -147,6 +147,9 @@ def write_ds_config(path: str, stage: int = 2, micro: int = 4, accum: int = 1, p
 DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+USED_PORTS: list[str] = []  # this process's launcher ports, whose DeepSpeed buffers conftest removes
+
+
 def free_port() -> str:
     """A TCP port free now, for a launcher's rendezvous: the suite runs tests side by side
     (pytest-xdist), so no two runs may share a fixed port."""
@@ -154,21 +157,40 @@ def free_port() -> str:
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
+        USED_PORTS.append(str(s.getsockname()[1]))
+        return USED_PORTS[-1]
+
+
+def release_shm_buffers(port: str) -> None:
+    """Remove the shared-memory buffers DeepSpeed's CPU communication leaves in /dev/shm after a run
+    (66 MB per rank, named by the rendezvous port; it never removes them). With a new port per run
+    they add up: 21 GB of a 24 GB machine after a session of suites, and the OOM killer took pytest's
+    workers. Call only once every process of that run has ended."""
+    import glob
+
+    for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*"):
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
 
 
 def run_pretrain(args: list[str], ranks: int = 0, timeout: float = 600, env: dict | None = None,
                  cwd: str = ROOT) -> subprocess.CompletedProcess:
     """Run the real entry point: `python mtds/pretrain.py` (ranks=0) or the deepspeed launcher."""
+    port = free_port()
     if ranks:
         cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", str(ranks),
-               "--master_port", free_port(), PRETRAIN, *args]
+               "--master_port", port, PRETRAIN, *args]
     else:
         cmd = [sys.executable, PRETRAIN, *args]
     # Not the rendezvous of a world this test process made for itself (mtds.load_trained sets it).
     inherited = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     full_env = {**inherited, "PYTHONWARNINGS": "ignore", **(env or {})}
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    finally:
+        release_shm_buffers(port)
 
 
 def scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:

@@ -5,7 +5,10 @@ them. What we add here is what DeepSpeed does not do for the user:
 - one source of truth for batch sizes: `train_batch_size` is derived from the micro-batch,
   gradient accumulation and data-parallel size (DeepSpeed asks for all three to agree and fails with
   an assertion about their product when they don't);
-- the LR scheduler's `total_num_steps` is filled from the run's iteration count when absent;
+- the LR scheduler's `total_num_steps` is filled from the run's iteration count when absent, and
+  mtds's own schedule (`"type": "WarmupStableDecay"`, mtds/train/lr_schedule.py: linear warmup
+  with no step at LR 0, then constant and/or cosine / linear / 1-sqrt decay) is checked here and run
+  by mtds, since DeepSpeed has none like it;
 - typos in top-level keys are errors (DeepSpeed silently ignores unknown keys);
 - on a CPU-only machine fp16, which DeepSpeed refuses there, is switched to bf16 with one line,
   and bf16 to fp32 where the CPU has no bf16 instructions (mtds.cpu_compat.has_native_bf16:
@@ -20,6 +23,7 @@ import json
 import os
 
 from mtds.config import ConfigError
+from mtds.train.lr_schedule import SCHEDULE_TYPE, resolve_scheduler
 
 # Top-level keys DeepSpeed 0.19 reads (a subset that covers training configs). A key close to
 # one of these is a typo and an error; other unknown keys only warn, since DeepSpeed grows.
@@ -125,7 +129,9 @@ def resolve_ds_config(
         set_precision(cfg, "fp32")
 
     sched = cfg.get("scheduler")
-    if isinstance(sched, dict) and sched.get("type") in LR_SCHEDULERS_WITH_TOTAL:
+    if isinstance(sched, dict) and sched.get("type") == SCHEDULE_TYPE:
+        resolve_scheduler(sched, path, train_iters)
+    elif isinstance(sched, dict) and sched.get("type") in LR_SCHEDULERS_WITH_TOTAL:
         params = sched.setdefault("params", {})
         steps = params.get("total_num_steps", "auto")
         if steps == "auto":

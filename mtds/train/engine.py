@@ -1,6 +1,7 @@
 """The model and its DeepSpeed engine: seeded, weights from `init_from` if given, sequence-parallel
 gradient hooks, compiled as configured, then `deepspeed.initialize` (ZeRO, optimizer, precision,
-LR schedule, clipping: all from the DeepSpeed JSON). bench/ reuses `build_engine`.
+LR schedule, clipping: all from the DeepSpeed JSON; mtds runs the WarmupStableDecay schedule itself,
+mtds/train/lr_schedule.py). bench/ reuses `build_engine`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_g
     from mtds.parallel.process_groups import seed_everything
     from mtds.parallel.tensor_parallel import DeepSpeedMPU, allreduce_sequence_parallel_grads, parameter_count
     from mtds.train.compile import compile_engine, compile_layers
+    from mtds.train.lr_schedule import deepspeed_arguments, describe_scheduler
 
     seed_everything(cfg.training.seed)
     model = kind.family.build(cfg.model, vocab_size, precision(ds_cfg), on_gpu, **kind.task.model_heads(cfg.task))
@@ -41,8 +43,11 @@ def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_g
     if cfg.training.compile == "layers":
         n = compile_layers(kind.family.transformer_layers(model))  # compiles lazily, on the first forward
         log(f"torch.compile: each of the {n} transformer layers (training.compile=layers)")
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_cfg,
-                                           mpu=DeepSpeedMPU())
+    # mtds's own LR schedule (WarmupStableDecay) is handed over as an object; DeepSpeed's types stay in the JSON.
+    ds_config, lr_scheduler = deepspeed_arguments(ds_cfg, log=log)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=weight_decay_groups(model), config=ds_config,
+                                           lr_scheduler=lr_scheduler, mpu=DeepSpeedMPU())
+    log(describe_scheduler(engine, ds_cfg))
     if cfg.training.compile == "model":
         compile_engine(engine)
         log("torch.compile: the whole model, DeepSpeed's engine.compile() (training.compile=model)")

@@ -41,12 +41,20 @@ def branch_at(run_dir, tag: str, new_dir) -> None:
 
 
 # -- exact resume ------------------------------------------------------------------------------
+# 6 steps: linear warmup 2 (peak 3e-3, write_ds_config's), constant 2, linear decay 2 to 0.1 x peak;
+# the split runs resume at step 3, in the constant phase (mtds/train/lr_schedule.py's closed form).
+WSD_2_2 = {"type": "WarmupStableDecay", "params": {"warmup_num_steps": 2, "decay_num_steps": 2,
+                                                  "decay_style": "linear", "min_lr_ratio": 0.1}}
+WSD_2_2_LRS = [3e-3 * f for f in (1 / 2, 1, 1, 1, 0.1 + 0.9 * (1 - 1 / 2), 0.1)]
+
+
 @pytest.mark.parametrize("ranks,stage", [(0, 2), (2, 1), (2, 3)], ids=["1rank-zero2", "2ranks-zero1", "2ranks-zero3"])
 def test_resume_is_bitwise_identical(tiny_data, tmp_path, ranks, stage):
     """fp32, dropout 0.1, gradient accumulation 2. torch Adam because DeepSpeed's fused CPU Adam
-    is not bit-reproducible after a load (~1e-7 relative; ../shared/DESIGN.md)."""
+    is not bit-reproducible after a load (~1e-7 relative; ../shared/DESIGN.md). The LR schedule is
+    mtds's warmup-stable-decay: the logged LR of each step is its closed form, resumed or not."""
     ds = write_ds_config(str(tmp_path / "ds.json"), stage=stage, micro=2, accum=2, precision="fp32",
-                         torch_adam=True)
+                         torch_adam=True, scheduler=WSD_2_2)
     common = ["--training.train_iters=6", "--training.eval_interval=3", "--model.hidden_dropout=0.1",
               "--model.attention_dropout=0.1"]
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -64,6 +72,9 @@ def test_resume_is_bitwise_identical(tiny_data, tmp_path, ranks, stage):
     expected, got = train_losses(straight), train_losses(split)
     assert [s for s, _ in expected] == [1, 2, 3, 4, 5, 6] and expected[-1][1] < expected[0][1]  # it trains
     assert got == (expected if ranks == 0 else expected[3:])  # bitwise: same floats at the same iterations
+    lrs = {run: sorted(scalars(str(run))["train/lr"]) for run in (straight, split)}
+    assert lrs[straight] == [(s, pytest.approx(lr, rel=1e-6)) for s, lr in enumerate(WSD_2_2_LRS, start=1)]
+    assert lrs[split] == (lrs[straight] if ranks == 0 else lrs[straight][3:])
     a, b = final_weights(straight, "iter_0000006"), final_weights(split, "iter_0000006")
     assert a.keys() == b.keys()
     for name in a:

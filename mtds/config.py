@@ -140,7 +140,9 @@ class DataConfig:
     seed: int = 1234
     allow_other_data: bool = False
     """Resume even though the data differs from the checkpoint's (other prefixes, or files rebuilt
-    with other content): the data position (consumed samples) then counts into the new data."""
+    with other content) or a changed key moves the order of its samples (data.seed, data.split,
+    data.weights, the sequence length, train_iters x global batch: mtds.ckpt.resume.order_changes):
+    the data position (consumed samples) then counts into the new data or order."""
     num_workers: int = 1
     """DataLoader worker processes per rank (0 = load in the training process)."""
     document_mask: bool = False
@@ -164,14 +166,17 @@ class TrainingConfig:
     save_interval: int | None = None
     """Save every N iterations (and always at the end); None = only at the end."""
     keep_last: int = 2
-    """Complete checkpoints to keep; older ones are deleted after a new one is published."""
+    """Complete checkpoints to keep (the newest saves); older ones are deleted after a new one is published."""
     run_dir: str = "runs/default"
-    """Checkpoints, TensorBoard events, resolved config and logs go here."""
+    """Checkpoints, TensorBoard events, resolved config and logs go here. One run per directory: a run
+    that would save among another run's checkpoints (no `load`, or `load` naming another directory)
+    is refused."""
     load: str | None = None
     """Resume from the latest complete checkpoint in this directory (usually run_dir)."""
     load_tag: str | None = None
     """Resume from this checkpoint of `load` (e.g. iter_0000040, the one before a damaged one)
-    instead of the newest. For one resume: drop it again, or a requeued job goes back to it."""
+    instead of the newest. In `load`'s own run dir this rolls the run back: newer checkpoints are moved
+    to checkpoints/abandoned/ (kept). For one resume: drop it again, or a requeued job goes back to it."""
     init_from: str | None = None
     """Start from the weights of this run dir's newest complete checkpoint (any ZeRO stage and world
     size): iteration, data position, optimizer state and LR schedule start fresh (fine-tuning).

@@ -4,10 +4,16 @@ Layout under <run_dir>/checkpoints:
     iter_0000100/            a complete checkpoint (DeepSpeed shards + mtds_config.json + rng_rank*.pt)
     iter_0000200.tmp/        a save in progress (or killed mid-way): never loaded
     latest                   text file naming the newest complete tag (DeepSpeed's own format)
+    abandoned/iter_0000300/  a checkpoint of an abandoned timeline: newer than the one a run was
+                             rolled back to (training.load_tag), moved aside, never loaded or deleted
 
 A tag is complete when its directory holds mtds_config.json and has its final name: a save is
 renamed from `<tag>.tmp` only after every rank finished writing (see save_load.py). Training
 resumes and the tools read checkpoints through `find` alone.
+
+One timeline per folder: no complete tag is newer than the newest save. A resume from an older tag
+moves the newer ones aside (`abandon_newer`), so `latest` names the newest save, tag order is save
+order, and `keep_last` never deletes the saves of the timeline the run is on.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import re
 TAG_RE = re.compile(r"^iter_(\d{7,})$")
 CONFIG_FILE = "mtds_config.json"
 LATEST_FILE = "latest"
+ABANDONED_DIR = "abandoned"
 MODEL_STATES = "mp_rank_00_model_states.pt"  # DeepSpeed's ZeRO-0 model file (rank 0 of TP 1)
 
 
@@ -74,3 +81,43 @@ def find(run_dir: str, tag: str | None = None, log=None) -> str | None:
             log(f"warning: {latest_file} names {named!r}, which is not a complete checkpoint; "
                 "using the newest complete one")
     return os.path.join(root, tags[-1]) if tags else None
+
+
+def iteration_of(tag: str) -> int:
+    return int(TAG_RE.match(tag).group(1))
+
+
+def write_latest(root: str, tag: str) -> None:
+    """Point `latest` at `tag` atomically (a reader sees the old name or the new one, never half)."""
+    path = os.path.join(root, LATEST_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(tag)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def abandon_newer(root: str, tag: str) -> list[str]:
+    """Move every complete checkpoint newer than `tag` into `<root>/abandoned/` and point `latest` at
+    `tag`; returns the tags moved (oldest first), for the caller's log line.
+
+    Why: a run resumed from an older tag (a rollback) starts a new timeline. Left in place, the newer
+    tags of the old one would be kept by `keep_last` (which keeps the highest iterations) while the
+    new saves were deleted, and `latest` would send the next resume back to the old timeline. Moved,
+    never deleted: a rollback is undone by moving them back. A name taken in abandoned/ by an
+    earlier rollback gets a suffix (`iter_0000300.2`).
+    """
+    newer = [t for t in complete_tags(root) if iteration_of(t) > iteration_of(tag)]
+    if not newer:
+        return []
+    aside = os.path.join(root, ABANDONED_DIR)
+    os.makedirs(aside, exist_ok=True)
+    write_latest(root, tag)  # first: a kill mid-way must not leave `latest` naming a moved tag
+    for t in newer:
+        target, n = os.path.join(aside, t), 1
+        while os.path.exists(target):
+            n += 1
+            target = os.path.join(aside, f"{t}.{n}")
+        os.replace(os.path.join(root, t), target)
+    return newer

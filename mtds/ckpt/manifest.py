@@ -13,7 +13,16 @@ hands its checkpoint engine), still in that rank's page cache, and rank 0 writes
 A checkpoint is hashed at most once per process: what this process wrote or verified is
 remembered (`_known`), so `keep_last` pruning re-reads nothing it already knows.
 
-Checkpoints without a manifest (earlier mtds versions) load unverified, with a note.
+What is refused and what is only named:
+- a listed file missing, of another size or with another hash: refused (a damaged checkpoint);
+- no manifest.json, where the checkpoint's mtds_config.json says one was written (every save of this
+  version names it there: `named_in`): refused, as a damaged checkpoint;
+- no manifest.json in a checkpoint whose config names none (saved before mtds wrote manifests):
+  loads unverified, with a note;
+- a `.pt` file the manifest does not list: refused, naming it; DeepSpeed finds its shard files by name
+  pattern (`*mp_rank_*_model_states.pt`), so a file copied in after the save could be loaded;
+- any other file the manifest does not list (a note someone left, a filesystem's own file): loads,
+  with a warning naming it; nothing reads it.
 """
 
 from __future__ import annotations
@@ -23,22 +32,31 @@ import json
 import mmap
 import os
 
+from mtds.ckpt.layout import CONFIG_FILE
 from mtds.errors import LoadError
 
 MANIFEST_FILE = "manifest.json"
 HASH = "xxh3_128"
 _CHUNK = 8 << 20  # 8 MiB per update: large enough that the hash, not Python, sets the pace
 
+RECORD_KEY = "manifest"  # in mtds_config.json: the checkpoint was saved with a manifest (named_in)
 VERIFIED, UNVERIFIED, DAMAGED = "verified", "unverified (no manifest)", "damaged"
 _known: dict[str, str | Damaged] = {}  # realpath -> state, or the Damaged error found; per process
 
 
 class Damaged(LoadError):
-    """A file of a checkpoint differs from its manifest; `path` names it."""
+    """A file of a checkpoint differs from its manifest; `path` names it. `fix`: what to do, where
+    it is not loading the previous checkpoint (check_before_load says that one otherwise)."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, fix: str | None = None):
         super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
+        self.path, self.reason, self.fix = path, reason, fix
+
+
+def named_in(record: dict) -> dict:
+    """The saved-run record to write as a checkpoint's mtds_config.json, naming its manifest: a
+    checkpoint whose config names one and that has none is refused, not loaded unverified."""
+    return {**record, RECORD_KEY: MANIFEST_FILE}
 
 
 def hash_file(path: str) -> dict:
@@ -120,7 +138,9 @@ def check_before_load(ckpt_dir: str, go_back: str | None, log=print, hashes: boo
         verified = verify(ckpt_dir) if hashes else True
     except Damaged as e:
         earlier = _previous_tag(ckpt_dir)
-        if earlier is None:
+        if e.fix is not None:
+            fix = e.fix
+        elif earlier is None:
             fix = "there is no earlier complete checkpoint: restore this one from a copy"
         elif go_back is None:
             fix = f"restore it from a copy (the previous complete checkpoint is {earlier})"
@@ -128,7 +148,12 @@ def check_before_load(ckpt_dir: str, go_back: str | None, log=print, hashes: boo
             fix = f"the previous complete checkpoint is {earlier}: " + go_back.format(tag=earlier)
         raise LoadError(f"{e}; {fix}") from None
     if not verified:
-        log(f"note: {ckpt_dir} has no {MANIFEST_FILE} (saved by an earlier mtds version): loading it unverified")
+        log(f"note: {ckpt_dir} has no {MANIFEST_FILE} (saved before mtds wrote manifests): loading it unverified")
+    elif hashes:
+        extra = unlisted(ckpt_dir)
+        if extra:
+            log(f"warning: {ckpt_dir} holds {len(extra)} file(s) its {MANIFEST_FILE} does not list, not written by the "
+                f"save and not loaded: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
     check_checkpoint(ckpt_dir)
 
 
@@ -178,9 +203,18 @@ def _check(ckpt_dir: str) -> str | Damaged:
     return _known[key]
 
 
+def unlisted(ckpt_dir: str) -> list[str]:
+    """Files under ckpt_dir (relative, sorted) that its manifest does not list; [] without one."""
+    manifest = _read(ckpt_dir)
+    return [] if manifest is None else [rel for rel in _files(ckpt_dir) if rel not in manifest["files"]]
+
+
 def _verify(ckpt_dir: str) -> str:
     manifest = _read(ckpt_dir)
     if manifest is None:
+        if _names_a_manifest(ckpt_dir):
+            raise Damaged(os.path.join(ckpt_dir, MANIFEST_FILE), "missing, though this checkpoint was saved with one "
+                          f"(its {CONFIG_FILE} names it): its files cannot be verified")
         return UNVERIFIED
     if manifest.get("hash") != HASH:
         raise Damaged(os.path.join(ckpt_dir, MANIFEST_FILE), f"hash {manifest.get('hash')!r} unknown to this "
@@ -194,7 +228,23 @@ def _verify(ckpt_dir: str) -> str:
             raise Damaged(path, f"truncated or changed: {size} bytes, {want['bytes']} when saved")
         if hash_file(path)[HASH] != want[HASH]:
             raise Damaged(path, "damaged: its content changed since it was saved (hash differs from manifest.json)")
+    planted = [rel for rel in _files(ckpt_dir) if rel.endswith(".pt") and rel not in manifest["files"]]
+    if planted:
+        shown = ", ".join(planted[:3]) + (f" and {len(planted) - 3} more" if len(planted) > 3 else "")
+        raise Damaged(os.path.join(ckpt_dir, planted[0]),
+                      f"not listed in manifest.json (not written by the save; DeepSpeed finds shard files by name, "
+                      f"so it could load it): {shown}",
+                      fix="move the unlisted .pt files out of the checkpoint; what the save wrote is all listed")
     return VERIFIED
+
+
+def _names_a_manifest(ckpt_dir: str) -> bool:
+    """Whether the checkpoint's mtds_config.json says a manifest was written (named_in)."""
+    try:
+        with open(os.path.join(ckpt_dir, CONFIG_FILE)) as f:
+            return json.load(f).get(RECORD_KEY) == MANIFEST_FILE
+    except (OSError, ValueError, AttributeError):
+        return False  # no readable config: not a checkpoint this version wrote; the loaders say what is wrong
 
 
 def _read(ckpt_dir: str) -> dict | None:

@@ -1,8 +1,10 @@
 """Checks before a resume, before DeepSpeed starts: is there a checkpoint, does it fit this model,
-and can DeepSpeed load it at this world size and ZeRO stage."""
+can DeepSpeed load it at this world size and ZeRO stage, and does the run go on reading the
+training samples in the order the checkpoint's run would have."""
 
 from __future__ import annotations
 
+import math
 import os
 
 from mtds.ckpt.layout import checkpoint_root, complete_tags, find, read_config
@@ -14,7 +16,8 @@ from mtds.kinds import KINDS
 
 # [model] keys a resumed run may change: they change no parameter. Every other model key (and the
 # padded vocabulary) must match; [task] keys must match unless the task lists them in its
-# Task.changeable_on_resume. [data] and [training] differences are allowed and logged.
+# Task.changeable_on_resume. [data] and [training] differences are allowed and logged, except those
+# that change the order of the training samples (order_changes).
 # The tensor-parallel size and sequence parallelism change how parameters are split, not the
 # parameters: plan_resume decides whether a checkpoint of another tensor-parallel size can load.
 CHANGEABLE_MODEL_KEYS = ("preset", "hidden_dropout", "attention_dropout", "init_method_std", "recompute_activations",
@@ -41,6 +44,7 @@ def check_compatible(saved: dict, current: dict, log=print) -> None:
     if bad:
         raise ConfigError("checkpoint does not fit this model: " + "; ".join(bad))
     _check_data(saved, current, log)
+    check_data_order(saved, current, log)
     for item in allowed:
         log(f"note: config differs from the checkpoint's (allowed): {item}")
 
@@ -70,6 +74,114 @@ def _check_data(saved: dict, current: dict, log) -> None:
         return
     raise ConfigError(f"training.load: {what}; resume on the data it trained on, or set "
                       "data.allow_other_data=true to resume on this data anyway")
+
+
+# Which sample comes next: the sampler (mtds.data.loader.ResumableBatchSampler) reads the training set
+# in its own order from consumed_samples on, so the order must not move under a resume. megatron-core's
+# datasets (GPT, BERT, T5; mtds's SFT and classification sets likewise) draw their shuffles from
+# data.seed, cut samples at the sequence length, blend by data.weights and train on the documents of
+# data.split's first part (all of data.paths with data.valid_paths). How many samples the set is built
+# for (train_iters x global batch) sets GPTDataset's epoch count, on which its whole shuffle depends,
+# and BERT/T5's one global shuffle; SFT and classification shuffle per epoch and keep their order. That
+# one is therefore checked, not assumed: every run records samples of its order (loader.order_probes,
+# `train_order` in mtds_config.json), and a resume that changes the count compares them. The batch size
+# alone changes nothing (the same samples, grouped otherwise); data.paths are checked by content
+# (_check_data); [task] keys by Task.changeable_on_resume.
+
+
+def order_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(changes that move the training order, notes on changes checked to keep it) between a
+    checkpoint's record and this run's. `current["train_order"]` is absent before the datasets
+    exist: a changed sample count is then decided later (by the load's check_compatible), unless
+    the checkpoint has no order probes to compare with."""
+    old_run, new_run = migrate(saved.get("run", {})), current.get("run", {})
+    old, new = old_run.get("data", {}), new_run.get("data", {})
+    changes, kept = [], []
+    if "seed" in old and old["seed"] != new.get("seed"):
+        changes.append(f"data.seed: {old['seed']} -> {new.get('seed')} (every shuffle is drawn from it)")
+    old_seq, new_seq = _seq_length(old_run), _seq_length(new_run)
+    if old_seq is not None and old_seq != new_seq:
+        changes.append(f"sequence length: {old_seq} -> {new_seq} (samples are cut at it)")
+    if "weights" in old and _normalized(old["weights"]) != _normalized(new.get("weights")):
+        changes.append(f"data.weights: {old['weights']} -> {new.get('weights')} (the blend's order)")
+    if "valid_paths" in old and bool(old["valid_paths"]) != bool(new.get("valid_paths")):
+        changes.append(f"data.valid_paths: {old['valid_paths']} -> {new.get('valid_paths')} (the training documents: "
+                       "all of data.paths with it, the first part of data.split without)")
+    elif "split" in old and not new.get("valid_paths") and not _same_training_part(old["split"], new.get("split")):
+        changes.append(f"data.split: {old['split']!r} -> {new.get('split')!r} (another set of training documents; "
+                       "validation documents may train)")
+    n_old, n_new = _sample_count(saved), _sample_count(current)
+    if n_old is not None and n_new is not None and n_old != n_new:
+        what = (f"training set size {n_old} -> {n_new} samples (train_iters x global batch: "
+                f"{saved['train_iters']} x {_batch(saved)} -> {current['train_iters']} x {_batch(current)})")
+        old_probes, new_probes = saved.get("train_order"), current.get("train_order")
+        if old_probes is None:
+            changes.append(f"{what}: megatron-core's shuffle may depend on it, and the checkpoint has no samples of its "
+                           "order to compare with (saved before mtds recorded them)")
+        elif new_probes is not None:
+            differ = _first_difference(old_probes, new_probes, min(n_old, n_new))
+            if differ is None:
+                kept.append(f"{what}: the order of the first {min(n_old, n_new)} samples is unchanged (compared)")
+            else:
+                changes.append(f"{what}: the dataset's shuffle depends on it (sample {differ} differs)")
+    return changes, kept
+
+
+def check_data_order(saved: dict, current: dict, log=print) -> None:
+    """Refuse a resume whose config changes which training sample comes next (order_changes), naming
+    the keys and the ways on; with data.allow_other_data it resumes in the new order, with a note."""
+    changes, kept = order_changes(saved, current)
+    for item in kept:
+        log(f"note: {item}")
+    if not changes:
+        return
+    what = "; ".join(changes)
+    if current.get("run", {}).get("data", {}).get("allow_other_data"):
+        log(f"note: the training samples' order differs from the checkpoint's ({what}); resuming in the new order "
+            "(data.allow_other_data=true)")
+        return
+    raise ConfigError(f"training.load: this config changes the order of the training samples after the checkpoint, "
+                      f"so some would repeat and some never be read: {what}; keep the checkpoint's values, start a new "
+                      "run from its weights with --training.init_from and another --run-dir (the data order and "
+                      "optimizer start fresh), or set data.allow_other_data=true to resume in the new order")
+
+
+def _seq_length(run: dict) -> int | None:
+    """The sequence length a run cut samples at (data.seq_length, else the model's positions)."""
+    return run.get("data", {}).get("seq_length") or run.get("model", {}).get("max_position_embeddings")
+
+
+def _normalized(weights) -> list[float] | None:
+    return None if not weights else [round(float(w) / sum(map(float, weights)), 12) for w in weights]
+
+
+def _same_training_part(old: str, new: str | None) -> bool:
+    """Whether two data.split strings give training the same documents: megatron-core's training
+    part is the first round(w * n) documents, w the first weight normalized."""
+    def first(split):
+        weights = [float(w) for w in str(split).replace("/", ",").split(",")]
+        return weights[0] / sum(weights)
+
+    return new is not None and math.isclose(first(old), first(new), rel_tol=1e-9)
+
+
+def _batch(record: dict) -> int | None:
+    return record.get("deepspeed", {}).get("train_batch_size")
+
+
+def _sample_count(record: dict) -> int | None:
+    """How many samples the run built its training set for: train_iters x global batch."""
+    iters, batch = record.get("train_iters"), _batch(record)
+    return None if iters is None or batch is None else iters * batch
+
+
+def _first_difference(old: dict, new: dict, below: int) -> int | None:
+    """The first probe position under `below` that both recorded and whose samples differ."""
+    a, b = old.get("probes", {}), new.get("probes", {})
+    for pos in sorted(int(p) for p in set(a) & set(b)):
+        if pos < below and a[str(pos)] != b[str(pos)]:
+            return pos
+    return None
 
 
 def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_back_to_fp32: bool = False,

@@ -4,7 +4,12 @@ Why not DeepSpeed's `latest`: rank 0 writes it without waiting for the other ran
 a kill mid-save can leave it naming a partial checkpoint. We save under `<tag>.tmp` with
 save_latest=False; rank 0 writes mtds_config.json (what makes a tag complete, see layout.py),
 each rank hashes the files it wrote, rank 0 gathers the hashes into manifest.json (manifest.py),
-renames the directory and replaces `latest` atomically.
+renames the directory and replaces `latest` atomically. mtds_config.json names the manifest, so a
+checkpoint of this version found without one is refused rather than loaded unverified.
+
+One timeline per checkpoints folder (layout.abandon_newer): a save moves aside any tag newer than
+itself, so `latest` names the newest save and `keep_last`, which keeps the highest iterations,
+keeps the newest saves.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import numpy as np
 import torch
 
 from mtds.ckpt import manifest
-from mtds.ckpt.layout import CONFIG_FILE, LATEST_FILE, MODEL_STATES, complete_tags, read_config, tag_for
+from mtds.ckpt.layout import (ABANDONED_DIR, CONFIG_FILE, LATEST_FILE, MODEL_STATES, abandon_newer, complete_tags,
+                               read_config, tag_for, write_latest)
 from mtds.ckpt.resume import check_compatible
 from mtds.errors import ConfigError, TrainingStopped
 from mtds.parallel.process_groups import barrier, gather_to_rank0, is_rank0
@@ -78,7 +84,7 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         torch.save(rng_state(), written[-1])
         if is_rank0():
             written.append(os.path.join(tmp_dir, CONFIG_FILE))
-            _atomic_write(written[-1], json.dumps(resolved, indent=2))
+            _atomic_write(written[-1], json.dumps(manifest.named_in(resolved), indent=2))
         hashes = gather_to_rank0(manifest.hash_files(tmp_dir, written))  # also: every rank's files are on disk
         if is_rank0():
             manifest.write(tmp_dir, {rel: entry for part in hashes for rel, entry in part.items()})
@@ -86,10 +92,14 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         _stop_if_storage_failed(e, root, tmp_dir)
         raise
     if is_rank0():
-        shutil.rmtree(final_dir, ignore_errors=True)
+        shutil.rmtree(final_dir, ignore_errors=True)  # this timeline's own save of this iteration (a finished run resumed)
         os.replace(tmp_dir, final_dir)
         manifest.remember_verified(final_dir)
-        _atomic_write(os.path.join(root, LATEST_FILE), tag)
+        moved = abandon_newer(root, tag)  # none after a resume's plan moved them (mtds.train.plan): a safeguard
+        if moved:
+            log(f"note: {', '.join(moved)} (newer than this save, another timeline) moved to "
+                f"{os.path.join(root, ABANDONED_DIR)}; kept, never loaded")
+        write_latest(root, tag)
         _prune(root, keep_last, log)
         log(f"saved checkpoint {final_dir}")
     barrier()
@@ -108,14 +118,14 @@ def publish_weights(run_dir: str, state: dict, record: dict) -> str:
     os.makedirs(tmp_dir)
     try:
         torch.save({"module": state}, os.path.join(tmp_dir, MODEL_STATES))
-        _atomic_write(os.path.join(tmp_dir, CONFIG_FILE), json.dumps(record, indent=2))
+        _atomic_write(os.path.join(tmp_dir, CONFIG_FILE), json.dumps(manifest.named_in(record), indent=2))
         manifest.write(tmp_dir, {})  # content hashes, checked by training.init_from and the tools
     except (OSError, RuntimeError) as e:
         _stop_if_storage_failed(e, root, tmp_dir)
         raise
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(tmp_dir, final_dir)
-    _atomic_write(os.path.join(root, LATEST_FILE), tag)
+    write_latest(root, tag)
     return final_dir
 
 
@@ -155,6 +165,9 @@ _warned_damaged: set[str] = set()
 
 def _prune(root: str, keep_last: int, log=print) -> None:
     """Keep the newest `keep_last` checkpoints that are not damaged and delete every older one.
+
+    Newest by iteration is newest by save: no tag newer than the last save is left in `root`
+    (layout.abandon_newer), and abandoned/ is never pruned.
 
     A damaged checkpoint (files that differ from its manifest) neither counts as kept nor makes a
     good one go: with iter_4 damaged and keep_last=2, [2, 4, 5] keeps 5 and 2 (and leaves 4, for a

@@ -1,5 +1,6 @@
 """Feeding the trainer: a batch sampler that shards by data-parallel rank and resumes at a
-consumed-sample count, the DataLoader around it, and the fixed evaluation batches.
+consumed-sample count, the DataLoader around it, the fixed evaluation batches, and samples of the
+training order that a resume compares (`order_probes`).
 
 megatron-core ships the datasets but not the sampler (that lives in Megatron-LM's training
 scripts), so `ResumableBatchSampler` is ours.
@@ -8,8 +9,10 @@ scripts), so `ResumableBatchSampler` is ours.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 
+import numpy as np
 import torch
 
 
@@ -92,3 +95,37 @@ def fixed_eval_batches(dataset, iters: int, micro_batch: int, dp_rank: int, dp_s
     n = min(len(dataset), iters * micro_batch * dp_size)
     sampler = ResumableBatchSampler(n, 0, micro_batch, dp_rank, dp_size)
     return build_loader(dataset, sampler, 0)
+
+
+# The ids that identify a sample's text, by the key each task's dataset gives them: GPT and SFT
+# "tokens", T5 "text_enc", BERT and classification "text". Masks and labels are left out: a
+# task option may change them (causal_lm's eod_mask_loss) without moving the order.
+_TEXT_KEYS = ("tokens", "text_enc", "text")
+
+
+def probe_positions(n: int) -> list[int]:
+    """Sample positions under n to fingerprint: 0 and about two per doubling (1, 2, 4, 5, 8, 11,
+    16, ...): ~60 for a billion samples, the same positions whatever n is, so runs built for
+    different sample counts can be compared where both have samples."""
+    out, k = {0}, 0
+    while int(2 ** (k / 2)) < n:
+        out.add(int(2 ** (k / 2)))
+        k += 1
+    return sorted(p for p in out if p < n)
+
+
+def order_probes(dataset, num_samples: int) -> dict:
+    """`train_order` of the saved-run record: a hash of the text of the training set's sample at
+    each probe position. A resume that changes the set's sample count (mtds.ckpt.resume.order_changes)
+    compares them: the order is kept where every common position holds the same sample."""
+    n = min(num_samples, len(dataset))
+    return {"samples": num_samples, "probes": {str(p): _text_hash(dataset[p]) for p in probe_positions(n)}}
+
+
+def _text_hash(sample: dict) -> str:
+    key = next((k for k in _TEXT_KEYS if k in sample), None)
+    values = [sample[key]] if key else [sample[k] for k in sorted(sample)]  # a dataset of another kind: all of it
+    h = hashlib.blake2b(digest_size=8)
+    for v in values:
+        h.update(np.ascontiguousarray(np.asarray(v), dtype=np.int64).tobytes())
+    return h.hexdigest()

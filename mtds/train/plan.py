@@ -68,6 +68,13 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
                                   tag=t.load_tag, tensor=parallel.tensor)
         if resume_from is None:
             log(f"note: no complete checkpoint under {t.load}; starting from scratch")
+    check_not_overwriting(t.run_dir, resume_from)
+    if resume_from:  # the config keys that move the data order, before any checkpoint is read or hashed
+        from mtds.ckpt.layout import read_config
+        from mtds.ckpt.resume import check_data_order
+
+        here = {"run": resolved_dict(cfg), "deepspeed": ds_cfg, "train_iters": train_iters}
+        check_data_order(read_config(resume_from), here, log=lambda *_: None)  # its notes come with the load
     init_from = None
     if t.init_from and resume_from is None:  # a requeued fine-tuning job resumes instead
         from mtds.ckpt.init_from import plan_init
@@ -85,6 +92,8 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
                           (init_from and init_from[0], None)):
         if ckpt:
             check_before_load(ckpt, go_back, log, hashes=hashed)
+    if resume_from and hashed:
+        start_timeline_at(resume_from, t.run_dir, log)
     if cfg.data.paths:  # the user's data is checked now; the default corpus is built after init (rank 0)
         plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
     return plan
@@ -102,6 +111,43 @@ def check_run_dir(run_dir: str, load: str | None) -> None:
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"training.run_dir={run_dir!r} is not writable ({e.strerror}); choose another") from None
+
+
+def check_not_overwriting(run_dir: str, resume_from: str | None) -> None:
+    """A run may save into a run dir that holds checkpoints only by resuming from one of them.
+
+    Why: a fresh run (no --load, or a --load that found nothing) or a resume from another run dir
+    would save its own iterations among the older run's: `save` replaces a tag of the same
+    iteration, `keep_last` deletes the older run's by number, and TensorBoard and mtds.plot draw
+    both runs as one curve.
+    """
+    from mtds.ckpt.layout import complete_tags
+
+    root = os.path.join(run_dir, "checkpoints")
+    tags = complete_tags(root)
+    if not tags or (resume_from and os.path.realpath(os.path.dirname(resume_from)) == os.path.realpath(root)):
+        return
+    doing = f"resumes from {resume_from}" if resume_from else "starts from scratch"
+    raise ConfigError(f"training.run_dir={run_dir!r} already holds a run's checkpoints (newest {tags[-1]}) and this run "
+                      f"{doing}, which would overwrite them; resume that run with --load {run_dir}, or give this run "
+                      "another --run-dir")
+
+
+def start_timeline_at(resume_from: str, run_dir: str, log=print) -> None:
+    """Resuming a run dir from a checkpoint older than its newest (training.load_tag, a rollback):
+    the newer ones are moved into checkpoints/abandoned/ (mtds.ckpt.layout.abandon_newer), so this
+    run's saves are the ones `keep_last` keeps and `latest`, and so the next --load, names."""
+    from mtds.ckpt.layout import ABANDONED_DIR, abandon_newer
+
+    root, tag = os.path.split(os.path.normpath(resume_from))
+    if os.path.realpath(root) != os.path.realpath(os.path.join(run_dir, "checkpoints")):
+        return  # resumed into another run dir (an empty one: check_not_overwriting)
+    moved = abandon_newer(root, tag)
+    if moved:
+        log(f"note: resuming from {tag}, older than the run's newest checkpoint: {', '.join(moved)} moved to "
+            f"{os.path.join(root, ABANDONED_DIR)} (kept, never loaded: move them back to undo); `latest` names "
+            f"{tag} and then this run's saves (drop training.load_tag from a job that may be requeued, or it rolls "
+            "back again)")
 
 
 def data_and_tokenizer(cfg: RunConfig):

@@ -61,6 +61,9 @@ def train(plan: Plan, log=print) -> int:
     sizes = [plan.train_iters * global_batch, eval_samples, eval_samples]
     family, task = cfg.kind.family, cfg.kind.task  # the wiring hands the kind's hooks on (mtds/kinds.py)
     datasets = task.build_datasets(cfg, sources, plan.tokenizer, sizes, parallel.data)
+    from mtds.data.loader import order_probes
+
+    resolved["train_order"] = order_probes(datasets[0], sizes[0])  # saved with each checkpoint, for the resume check
     metrics = Metrics(cfg.training.run_dir, rank == 0, plan.train_iters, cfg.training.progress_bar)
     from mtds.kinds import forward_step
 

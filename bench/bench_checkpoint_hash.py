@@ -119,8 +119,8 @@ def main(argv=None) -> int:
     cfg = run_config(a.preset)
     engine, n_params = build_engine(cfg, cfg.kind, ds_cfg, a.vocab, False, log=quiet)
     batch = synthetic_batches(1, 1, 128, a.vocab, engine.device)[0]
-    loss, _ = forward_step(engine, batch, engine.device)
-    engine.backward(loss)
+    sums, _ = forward_step(engine, batch, engine.device)
+    engine.backward(sums["lm"] / batch["loss_mask"].sum())  # the per-token mean
     engine.step()  # the Adam moments exist from here on: a full-size optimizer shard
     resolved = {"bench": "checkpoint hash", "preset": a.preset}
     state = {"iteration": 1, "consumed_samples": 1, "consumed_tokens": 128}

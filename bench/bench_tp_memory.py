@@ -131,7 +131,8 @@ def measure(stage: int, cfg, vocab: int, seq: int) -> dict:
     numel_local = sum(getattr(p, "ds_numel", p.numel()) for p in module_params)  # the rank's TP shard, whole
 
     batch = synthetic_batches(1, 1, seq, vocab, engine.device)[0]
-    loss, _ = forward_step(engine, batch, engine.device)
+    sums, _ = forward_step(engine, batch, engine.device)
+    loss = sums["lm"] / batch["loss_mask"].sum()  # the per-token mean
     engine.backward(loss)
     ledger.add("grads", [p.grad for p in module_params])
     ledger.add("grads", _flat(getattr(opt, "averaged_gradients", None)))

@@ -85,8 +85,8 @@ class EngineTimer:
 def bare_steps(engine, batch, steps: int) -> list[tuple[float, float]]:
     timer = EngineTimer(engine)
     for _ in range(steps + 1):
-        loss, _ = timer.forward(engine, batch, engine.device)
-        engine.backward(loss)
+        sums, _ = timer.forward(engine, batch, engine.device)
+        engine.backward(sums["lm"] / batch["loss_mask"].sum())  # the per-token mean
         engine.step()
     timer.marks.append((time.perf_counter(), timer.inside))  # closes the last step
     timer.restore()
@@ -109,7 +109,9 @@ def trainer_steps(engine, batch, steps: int, micro: int, seq: int, log_interval:
     metrics = Metrics(run_dir, True, steps + 1, False)
     quiet = lambda *a, **k: None  # noqa: E731
     metrics.print = quiet
-    trainer = Trainer(cfg, engine, (train_ds, None, None), {"bench": True}, timer.forward, metrics,
+    from mtds.tasks.causal_lm import count_targets
+
+    trainer = Trainer(cfg, engine, (train_ds, None, None), {"bench": True}, timer.forward, count_targets, metrics,
                       parallel=ParallelSizes(world=1), rank=0, train_iters=steps + 1, flops_per_token=1.0,
                       peak_tflops=None, log=quiet)
     trainer.save = lambda: None  # the end-of-run checkpoint is not part of the loop

@@ -99,8 +99,8 @@ def profile_step(preset: str, variant: str, micro: int, seq: int, vocab: int) ->
     batches = synthetic_batches(2, micro, seq, vocab, engine.device)
 
     def step(i):
-        loss, _ = forward_step(engine, batches[i % 2], engine.device)
-        engine.backward(loss)
+        sums, _ = forward_step(engine, batches[i % 2], engine.device)
+        engine.backward(sums["lm"] / batches[i % 2]["loss_mask"].sum())  # the per-token mean
         engine.step()
 
     for i in range(4):

@@ -202,7 +202,8 @@ def run_deepspeed(preset, variant, micro, seq, vocab, warmup, steps) -> dict:
     for i in range(warmup + steps):
         if i >= warmup:
             clock.mark()
-        loss, _ = forward_step(engine, batches[i % len(batches)], device)
+        sums, _ = forward_step(engine, batches[i % len(batches)], device)
+        loss = sums["lm"] / batches[i % len(batches)]["loss_mask"].sum()  # the per-token mean
         engine.backward(loss)
         engine.step()
         losses[i] = loss.detach()

@@ -6,7 +6,7 @@
 Uses the training loop's own code path: the same dataset builder (the run's task's
 build_datasets, with the run's split, seed and sequence length), the same fixed evaluation batches
 (mtds.data.loader.fixed_eval_batches) and the same forward step (the task's forward_step). With the
-defaults (the run's data, --split valid, the run's eval_iters x world size micro-batches of the
+defaults (the run's data, --split valid, the run's eval_iters x data-parallel size micro-batches of the
 run's micro-batch size) it reproduces the `val/loss` the training run logged for the same weights
 (exactly for fp32 runs; bf16 runs evaluated their bf16 weights, this tool uses the fp32 master copy).
 
@@ -63,22 +63,19 @@ def check_split_not_empty(prefixes: list[str], split: str, which: str) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, forward, device, progress: bool = True) -> dict[str, float]:
-    """Mean loss (and extra metrics) over the loader's micro-batches, exactly as Trainer.evaluate."""
+def evaluate(model: torch.nn.Module, loader, forward, count_targets, device, progress: bool = True) -> dict[str, float]:
+    """Loss (and extra metrics) per target over the loader's micro-batches, exactly as Trainer.evaluate."""
     from tqdm import tqdm
 
-    total, count, extra = torch.zeros((), device=device), 0, {}
-    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, file=sys.stderr):
-        loss, metrics = forward(model, batch, device)
-        total += loss.float()
-        for k, v in metrics.items():
-            extra[k] = extra.get(k, 0) + v.float()
-        count += 1
+    from mtds.train.reduction import evaluation_means
+
+    batches = tqdm(loader, desc="evaluate", unit="batch", disable=not progress, file=sys.stderr)
+    loss, extra, count = evaluation_means(model, batches, forward, count_targets, device, None)
     if count == 0:
         raise LoadError("the evaluation split has no full micro-batch; lower --micro-batch or use --split all")
-    loss = (total / count).item()
+    loss = loss.item()
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "batches": count,
-            **{k: (v / count).item() for k, v in extra.items()}}
+            **{k: v.item() for k, v in extra.items()}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the run's own training data)")
     p.add_argument("--split", choices=tuple(SPLITS), default="valid",
                    help="which part of the data (the run's train/valid/test split string); all = every document")
-    p.add_argument("--eval-iters", type=int, help="micro-batches to evaluate (default: the run's eval_iters x world size)")
+    p.add_argument("--eval-iters", type=int, help="micro-batches to evaluate (default: the run's eval_iters x data-parallel size)")
     p.add_argument("--micro-batch", type=int, help="samples per micro-batch (default: the run's)")
     p.add_argument("--device", default=default_device())
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
@@ -112,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     saved = run.saved
     cfg = eval_config(run.cfg, a.load, a.data, a.split)
     micro = a.micro_batch or saved["deepspeed"]["train_micro_batch_size_per_gpu"]
-    iters = a.eval_iters or cfg.training.eval_iters * int(saved.get("world_size", 1))
+    # Training validated eval_iters micro-batches per data-parallel rank; tensor-parallel ranks of one
+    # replica read the same ones (runs saved before "parallel" was recorded were data-parallel only).
+    data_parallel = int(saved.get("parallel", {}).get("data", saved.get("world_size", 1)))
+    iters = a.eval_iters or cfg.training.eval_iters * data_parallel
     n = iters * micro
     own = saved["data_sources"]
     sources = DataSources(cfg.data.paths or own["prefixes"], cfg.data.weights if cfg.data.paths else own["weights"],
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             raise LoadError("the evaluation split has no full micro-batch; lower --micro-batch or use --split all")
     else:
         forward = functools.partial(task.forward_step, opts=cfg.task)
-        result = evaluate(run.model, loader, forward, torch.device(a.device), progress=not a.no_progress)
+        count = functools.partial(task.count_targets, opts=cfg.task)
+        result = evaluate(run.model, loader, forward, count, torch.device(a.device), progress=not a.no_progress)
     result.update(split=a.split, samples=result["batches"] * micro, tokens=result["batches"] * micro * cfg.seq_length,
                   checkpoint=run.ckpt_dir, data=shown)
     if a.json:

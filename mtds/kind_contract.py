@@ -46,7 +46,7 @@ class Family:
     """Optional `before_backward(engine)`: called before every DeepSpeed backward (the GPT family sets
     megatron-core's MoE auxiliary-loss gradient scale there)."""
     micro_batch_metrics: Callable | None = None
-    """Optional `micro_batch_metrics(model) -> dict`: metrics of the micro-batch just run, merged into
+    """Optional `micro_batch_metrics(model) -> {name: (sum, count)}`: metrics of the micro-batch just run, merged into
     the task's (`mtds.kinds.forward_step`; the GPT family's MoE load balance)."""
 
 
@@ -73,8 +73,13 @@ class Task:
     build_datasets: Callable
     """`build_datasets(cfg, sources, tokenizer, sizes, dp_size) -> (train, valid, test)`."""
     forward_step: Callable
-    """`forward_step(model, batch, device, opts) -> (loss, metrics)`: one micro-batch to a scalar loss
-    and detached metrics (logged as `train/<name>`, `val/<name>`)."""
+    """`forward_step(model, batch, device, opts) -> (losses, metrics)`: one micro-batch to its loss
+    parts `{part: fp32 scalar}`, each the per-target loss SUMMED over the micro-batch's targets (never a
+    mean: the trainer divides by the whole step's count, mtds.train.reduction), and detached metrics
+    `{name: (sum, count)}` (logged as `train/<name>`, `val/<name>`: sum / count over the step)."""
+    count_targets: Callable
+    """`count_targets(batch, opts) -> {part: n}`: the targets of each loss part in a micro-batch, read
+    from the batch alone (before any forward: the step's counts weigh its first backward)."""
     next_token_logits: Callable | None = None
     """Optional `next_token_logits(model, context)`: `mtds.generate` works for tasks that have it."""
     seq2seq_logits: Callable | None = None
@@ -86,7 +91,7 @@ class Task:
     """Optional `flops_args(opts, seq_length) -> dict`: more arguments for the family's
     `flops_per_token` (T5: the decoder's length; a BERT classifier: no LM head)."""
     summarize: Callable | None = None
-    """Optional `summarize(means) -> dict`: turns averaged parts ("_"-prefixed metrics) into the metrics
+    """Optional `summarize(means) -> dict`: turns reduced parts ("_"-prefixed metrics) into the metrics
     logged in training and validation (classification: per-class counts -> macro-F1 over every sample)."""
     report: Callable | None = None
     """Optional `report(model, loader, device, opts) -> (metrics, lines)`: `mtds.evaluate` calls it

@@ -50,12 +50,18 @@ def build_model(cfg, vocab_size: int, precision: str, on_gpu: bool):
 
 
 def forward_step(cfg):
-    """The run's forward step `(model, batch, device) -> (loss, metrics)`: its task's, plus the
+    """The run's forward step `(model, batch, device) -> (loss sums, metrics)`: its task's, plus the
     family's per-micro-batch metrics where it has them (an MoE GPT's load balance)."""
     task, family_metrics = cfg.kind.task, cfg.kind.family.micro_batch_metrics
 
     def forward(model, batch, device):
-        loss, metrics = task.forward_step(model, batch, device, cfg.task)
-        return (loss, {**metrics, **family_metrics(model)}) if family_metrics is not None else (loss, metrics)
+        losses, metrics = task.forward_step(model, batch, device, cfg.task)
+        return (losses, {**metrics, **family_metrics(model)}) if family_metrics is not None else (losses, metrics)
 
     return forward
+
+
+def count_targets(cfg):
+    """The run's `count_targets(batch) -> {part: n}`: its task's, with the run's `[task]` options."""
+    task = cfg.kind.task
+    return lambda batch: task.count_targets(batch, cfg.task)

@@ -51,6 +51,15 @@ def tiny_gpt_args(tiny_data: dict, run_dir, ds: str, *extra: str) -> list[str]:
             "--training.log_interval=1", "--training.eval_iters=1", "--training.progress_bar=false", *extra]
 
 
+def micro_batch_loss(task, model, batch, device="cpu", opts=None):
+    """(loss, {metric: value}) of one micro-batch as a one-micro-batch step weighs it: each loss part's
+    sum over its targets divided by their count (mtds.train.reduction), metrics sum / count."""
+    sums, metrics = task.forward_step(model, batch, device, opts)
+    counts = task.count_targets(batch, opts)
+    loss = sum(s / max(int(counts[p]), 1) for p, s in sums.items())
+    return loss, {k: total / count for k, (total, count) in metrics.items()}
+
+
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     """The process, after asserting it exited 0 (its output tails as the message)."""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

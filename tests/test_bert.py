@@ -86,12 +86,13 @@ def fake_batch(b: int = 4, vocab: int = 512, seed: int = 0) -> dict:
 
 
 def test_forward_step_loss_is_mlm_plus_sop_and_mlm_matches_megatrons_own_loss(world_of_one):
-    from mtds.tasks.masked_lm import forward_step as bert_forward
+    from mtds.tasks.masked_lm import Options, count_targets, forward_step as bert_forward
 
     model = build(True)
     batch = fake_batch()
     with torch.no_grad():
-        loss, metrics = bert_forward(model, batch, torch.device("cpu"))
+        losses, metrics = bert_forward(model, batch, torch.device("cpu"))
+        counts = count_targets(batch)
         # Independent reference: BertModel's own per-token LM loss (megatron's vocab-parallel
         # cross entropy), averaged over masked positions, and plain CE on the binary logits.
         per_token, sop_logits = model(batch["text"], batch["padding_mask"], tokentype_ids=batch["types"],
@@ -99,17 +100,18 @@ def test_forward_step_loss_is_mlm_plus_sop_and_mlm_matches_megatrons_own_loss(wo
         mask = batch["loss_mask"].float()
         ref_mlm = (per_token * mask).sum() / mask.sum()
         ref_sop = torch.nn.functional.cross_entropy(sop_logits, batch["is_random"])
-    assert set(metrics) == {"mlm_loss", "mlm_acc", "sop_loss", "sop_acc"}
-    torch.testing.assert_close(metrics["mlm_loss"], ref_mlm, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(metrics["sop_loss"], ref_sop, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(loss, ref_mlm + ref_sop, rtol=1e-5, atol=1e-5)
-    assert 0.0 <= metrics["mlm_acc"] <= 1.0 and metrics["sop_acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
-    assert not any(v.requires_grad for v in metrics.values())
+    # Sums over the targets and their counts: the masked tokens, and the samples for the pair loss.
+    assert set(losses) == set(counts) == {"mlm", "sop"} and counts["sop"] == 4 and counts["mlm"] == mask.sum()
+    torch.testing.assert_close(losses["mlm"] / counts["mlm"], ref_mlm, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(losses["sop"] / counts["sop"], ref_sop, rtol=1e-5, atol=1e-5)
+    assert set(metrics) == {"mlm_acc", "sop_acc"} and metrics["sop_acc"][1] == 4
+    assert 0.0 <= metrics["mlm_acc"][0] <= mask.sum() and metrics["mlm_acc"][1] == mask.sum()
+    assert not any(v.requires_grad for v, _ in metrics.values())
 
 
 def test_forward_step_accuracy_counts_argmax_hits_on_masked_positions_only(world_of_one):
     """A model whose logits are one-hot on the labels at masked positions scores mlm_acc 1."""
-    from mtds.tasks.masked_lm import forward_step as bert_forward
+    from mtds.tasks.masked_lm import Options, count_targets, forward_step as bert_forward
 
     batch = fake_batch()
 
@@ -123,19 +125,19 @@ def test_forward_step_accuracy_counts_argmax_hits_on_masked_positions_only(world
             sop = torch.nn.functional.one_hot(1 - batch["is_random"], 2).float()  # always wrong
             return logits, sop
 
-    _, metrics = bert_forward(Oracle(), batch, torch.device("cpu"))
-    assert metrics["mlm_acc"] == 1.0 and metrics["sop_acc"] == 0.0
-    assert metrics["mlm_loss"] < 1e-3
+    losses, metrics = bert_forward(Oracle(), batch, torch.device("cpu"))
+    (hits, masked), (sop_hits, _) = metrics["mlm_acc"], metrics["sop_acc"]
+    assert hits == masked == batch["loss_mask"].sum() and sop_hits == 0.0
+    assert losses["mlm"] / masked < 1e-3
 
 
 def test_forward_step_without_binary_head_reports_mlm_only(world_of_one):
-    from mtds.tasks.masked_lm import forward_step as bert_forward
+    from mtds.tasks.masked_lm import Options, count_targets, forward_step as bert_forward
 
     model = build(False)
     with torch.no_grad():
-        loss, metrics = bert_forward(model, fake_batch(), torch.device("cpu"))
-    assert set(metrics) == {"mlm_loss", "mlm_acc"}
-    torch.testing.assert_close(loss, metrics["mlm_loss"])
+        losses, metrics = bert_forward(model, fake_batch(), torch.device("cpu"), Options(pair="none"))
+    assert set(metrics) == {"mlm_acc"} and set(losses) == set(count_targets(fake_batch(), Options(pair="none"))) == {"mlm"}
 
 
 # -- dataset -------------------------------------------------------------------------------

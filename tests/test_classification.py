@@ -189,12 +189,12 @@ def test_macro_f1_and_the_per_class_table_count_every_sample():
     assert result["majority_acc"] == 0.5 and result["per_class"]["a"] == {
         "precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8), "support": 3}
     assert lines[0].split() == ["class", "precision", "recall", "f1", "support"] and lines[-1].split()[-1] == "6"
-    # The training loop's path: forward_step's counts averaged over the two micro-batches, then
+    # The training loop's path: forward_step's counts summed over the two micro-batches, then
     # summarize, give the same macro-F1 (a mean of the two micro-batch F1s would not).
     from mtds.tasks.classification import forward_step, summarize
 
     steps = [forward_step(model, b, "cpu")[1] for b in batches]
-    means = {k: (steps[0][k] + steps[1][k]) / 2 for k in steps[0]}
+    means = {k: (steps[0][k][0] + steps[1][k][0]) / (steps[0][k][1] + steps[1][k][1]) for k in steps[0]}
     logged = summarize(means)
     assert set(logged) == {"acc", "macro_f1"} and logged["macro_f1"].item() == pytest.approx(macro_f1(conf).item())
     per_batch = [macro_f1(confusion(pred[i:i + 3], labels[i:i + 3], 3)).item() for i in (0, 3)]

@@ -84,7 +84,9 @@ def test_the_dataset_and_forward_step_use_the_mask(model, tiny_data, tmp_path):
     positions, and the task's forward step gives the loss of the documents computed one by one."""
     from mtds.config import build_config
     from mtds.data.sources import resolve_sources
-    from mtds.tasks.causal_lm import build_datasets, forward_step
+    from helpers import micro_batch_loss
+    from mtds.tasks import causal_lm
+    from mtds.tasks.causal_lm import build_datasets
     from mtds.data.tokenizer import SentencePieceTokenizer
 
     cfg = build_config(overrides={"data": {"paths": tiny_data["prefix"], "tokenizer_model": tiny_data["tokenizer_model"],
@@ -99,7 +101,7 @@ def test_the_dataset_and_forward_step_use_the_mask(model, tiny_data, tmp_path):
     cut = int((batch["tokens"][0, :-8] == tok.eod).nonzero()[-1]) + 1  # first position of the next document
     assert (batch["tokens"][0, :cut - 1] != tok.eod).all()
     assert batch["position_ids"][0, cut] == 0
-    loss, _ = forward_step(model, batch, "cpu")
+    loss, _ = micro_batch_loss(causal_lm, model, batch)
     with torch.no_grad():  # the same tokens as two separate sequences
         parts = []
         for lo, hi in ((0, cut), (cut, 64)):

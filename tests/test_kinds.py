@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, tiny_cfg
+from helpers import ROOT, micro_batch_loss, tiny_cfg
 from mtds.kinds import KINDS  # torch-free: safe at collection
 
 PACKAGES = ("mtds", "data_tools")
@@ -258,8 +258,9 @@ def test_every_kind_builds_trains_a_step_and_round_trips_its_hf_mapping(kind, wo
     torch.manual_seed(0)
     vocab = cfg.model.padded_vocab_size(tokenizer.vocab_size)
     model = build_model(cfg, vocab, "fp32", on_gpu=False)
-    loss, metrics = task.forward_step(model, batch, torch.device("cpu"), cfg.task)
+    loss, metrics = micro_batch_loss(task, model, batch, torch.device("cpu"), cfg.task)
     assert loss.ndim == 0 and torch.isfinite(loss) and all(torch.isfinite(v) for v in metrics.values())
+    assert set(task.forward_step(model, batch, "cpu", cfg.task)[0]) == set(task.count_targets(batch, cfg.task))
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert family.flops_per_token(cfg.model, count_parameters(model), cfg.seq_length, vocab) > 0

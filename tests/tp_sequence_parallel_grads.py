@@ -14,14 +14,14 @@ import torch
 from mtds.config import build_config
 from mtds.parallel.process_groups import init_distributed, seed_everything
 from mtds.kinds import build_model
-from mtds.tasks.causal_lm import forward_step
+from mtds.tasks import causal_lm
 from mtds.parallel.tensor_parallel import allreduce_sequence_parallel_grads
 
 
 def norm_grads(model, batch) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
-    loss, _ = forward_step(model, batch, "cpu")
-    loss.backward()
+    sums, _ = causal_lm.forward_step(model, batch, "cpu")
+    (sums["lm"] / batch["loss_mask"].sum()).backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if getattr(p, "sequence_parallel", False)}
 
 

@@ -116,8 +116,8 @@ def before_backward(engine) -> None:
 def micro_batch_metrics(model) -> dict:
     """MoE: per layer, the share of the routed tokens its busiest expert received (1/experts when
     balanced, 1 when the router collapsed), and in training the load-balancing loss averaged over
-    layers (1.0 = tokens spread evenly; megatron-core computes it only with gradients on).
-    {} for a dense model."""
+    layers (1.0 = tokens spread evenly; megatron-core computes it only with gradients on). Each is
+    (value, 1): logged as the mean over micro-batches. {} for a dense model."""
     import torch
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker
 
@@ -127,11 +127,11 @@ def micro_batch_metrics(model) -> dict:
     metrics = {}
     tracked = get_moe_layer_wise_logging_tracker().get("load_balancing_loss")
     if tracked is not None and torch.is_grad_enabled():
-        metrics["moe_load_balancing_loss"] = tracked["values"].float().mean()  # [num_layers] -> mean
+        metrics["moe_load_balancing_loss"] = (tracked["values"].float().mean(), 1)  # [num_layers] -> mean
         clear_aux_losses_tracker()  # (zeroes the tracked values in place: read them first)
     for i, layer in enumerate(layers):
         routed, layer.mlp.router.mtds_routed = layer.mlp.router.mtds_routed, None
-        metrics[f"moe_max_expert_share/layer{i}"] = routed.max() / routed.sum()
+        metrics[f"moe_max_expert_share/layer{i}"] = (routed.max() / routed.sum(), 1)
     return metrics
 
 

@@ -67,8 +67,13 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     return BlendedMegatronDatasetBuilder(dataset, sizes, lambda: True, config).build()
 
 
+def count_targets(batch: dict, opts: Options | None = None) -> dict:
+    """{"lm": tokens the loss mask lets in} of a micro-batch (mtds.train.reduction: per-token losses)."""
+    return {"lm": batch["loss_mask"].sum()}
+
+
 def forward_step(model, batch: dict, device, opts: Options | None = None):
-    """Next-token loss averaged over unmasked tokens. Batch tensors are [b, s]. Returns (loss, {})."""
+    """Next-token loss summed over the unmasked tokens. Batch tensors are [b, s]. Returns ({"lm": sum}, {})."""
     tokens = batch["tokens"].to(device, non_blocking=True)
     labels = batch["labels"].to(device, non_blocking=True)
     loss_mask = batch["loss_mask"].to(device, non_blocking=True).float()
@@ -77,8 +82,7 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
     mask = None if mask is None else mask.to(device, non_blocking=True)
     # With labels, GPTModel returns the per-token cross entropy [b, s] (fp32).
     per_token = model(tokens, position_ids, mask, labels=labels)
-    loss = (per_token.float() * loss_mask).sum() / loss_mask.sum().clamp(min=1)
-    return loss, {}
+    return {"lm": (per_token.float() * loss_mask).sum()}, {}
 
 
 def next_token_logits(model, context):
@@ -92,5 +96,5 @@ def next_token_logits(model, context):
 TASK = Task(
     name="causal_lm", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
-    forward_step=forward_step, next_token_logits=next_token_logits,
+    forward_step=forward_step, count_targets=count_targets, next_token_logits=next_token_logits,
 )

@@ -4,14 +4,13 @@ Data: what `python -m data_tools.classify` writes, a token prefix `..._cls_docum
 with its side files `..._cls_document_labels.npy` (class id per sample) and `_labels.json` (the
 label set). Samples are framed `[CLS] a [SEP] (b [SEP])` and padded to data.seq_length
 (mtds.data.cls_dataset). Model: megatron-core BertModel's encoder and Pooler plus a classification head
-(mtds.models.bert_classifier). Loss = mean cross entropy over the micro-batch; metrics acc and macro_f1.
+(mtds.models.bert_classifier). Loss = cross entropy per sample, over the whole optimizer step (a
+per-sample objective; the language-model tasks are per token); metrics acc and macro_f1.
 Start from a pretrained BERT with `training.init_from=RUN_DIR` (same family, weights only; the
 classification head starts fresh and is named in a `note:` line).
 
-Training logs `val/macro_f1` as the mean over the evaluation micro-batches of each micro-batch's
-macro-F1 (the trainer averages per-batch metrics; F1 does not decompose that way), so it reads a
-little low on small batches; `python -m mtds.evaluate` gives the exact macro-F1 over all samples
-and a per-class table (`report`).
+Training logs `val/macro_f1` over all the evaluated samples at once (`summarize`, from the summed
+per-class counts); `python -m mtds.evaluate` gives the same and a per-class table (`report`).
 """
 
 from __future__ import annotations
@@ -158,26 +157,33 @@ def logits_and_labels(model, batch: dict, device):
     return model(tokens, padding_mask, tokentype_ids=types).float(), labels
 
 
+def count_targets(batch: dict, opts: Options | None = None) -> dict:
+    """{"cls": samples} of a micro-batch: classification is a per-sample objective (mtds.train.reduction)."""
+    return {"cls": len(batch["label"])}
+
+
 def forward_step(model, batch: dict, device, opts: Options | None = None):
-    """Cross entropy of the classification head; metric acc, and per class c the counts `_tp/c`,
-    `_true/c`, `_pred/c` of this micro-batch, which `summarize` turns into macro_f1."""
+    """Cross entropy of the classification head summed over the samples; metric acc, and per class c
+    the counts `_tp/c`, `_true/c`, `_pred/c` over the samples, which `summarize` turns into macro_f1."""
     import torch.nn.functional as F
 
     logits, labels = logits_and_labels(model, batch, device)
-    loss = F.cross_entropy(logits, labels)
+    loss = F.cross_entropy(logits, labels, reduction="sum")
     pred = logits.detach().argmax(-1)
     conf = confusion(pred, labels, logits.shape[1]).float()
-    metrics = {"acc": (pred == labels).float().mean()}
-    for c in range(logits.shape[1]):
-        metrics[f"_tp/{c}"], metrics[f"_true/{c}"], metrics[f"_pred/{c}"] = conf[c, c], conf[c].sum(), conf[:, c].sum()
-    return loss, metrics
+    n = len(labels)
+    metrics = {"acc": ((pred == labels).float().sum(), n)}
+    for c in range(logits.shape[1]):  # each a fraction of the samples, so their ratios are ratios of counts
+        metrics[f"_tp/{c}"], metrics[f"_true/{c}"], metrics[f"_pred/{c}"] = (
+            (conf[c, c], n), (conf[c].sum(), n), (conf[:, c].sum(), n))
+    return {"cls": loss}, metrics
 
 
 def summarize(means: dict) -> dict:
-    """The logged metrics from the averaged ones: macro_f1 from the per-class counts. The trainer
-    averages every metric over the same number of micro-batches (and ranks), so ratios of the mean
-    counts are ratios of the total counts: macro-F1 over all the samples averaged, exactly as
-    `report` (mtds.evaluate) computes it, not a mean of per-micro-batch F1s."""
+    """The logged metrics from the reduced ones: macro_f1 from the per-class counts. Each count is a
+    fraction of the same samples (summed over micro-batches and ranks, then divided), so ratios of
+    them are ratios of the total counts: macro-F1 over all the samples at once, exactly as `report`
+    (mtds.evaluate) computes it, not a mean of per-micro-batch F1s."""
     import torch
 
     out = {k: v for k, v in means.items() if not k.startswith("_")}
@@ -251,5 +257,5 @@ def report(model, loader, device, opts: Options) -> tuple[dict, list[str]]:
 TASK = Task(
     name="classification", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
-    forward_step=forward_step, flops_args=flops_args, summarize=summarize, report=report,
+    forward_step=forward_step, count_targets=count_targets, flops_args=flops_args, summarize=summarize, report=report,
 )

@@ -1,7 +1,7 @@
 """Masked language modelling with an optional sentence-pair head: BERT pretraining on `_sentence`
 data (megatron-core BERTMaskedWordPieceDataset; mtds.data.nsp_dataset for next-sentence pairs).
 
-Loss = MLM loss (mean over the masked tokens) + the pair loss (cross entropy of the binary head):
+Loss = MLM loss (per masked token) + the pair loss (cross entropy of the binary head, per pair):
 sentence order (`task.pair="sop"`, the default), next sentence (`"nsp"`), or none. Metrics
 mlm_loss, mlm_acc and <pair>_loss, <pair>_acc.
 """
@@ -171,11 +171,20 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     return BlendedMegatronDatasetBuilder(dataset, sizes, lambda: True, config).build()
 
 
-def forward_step(model, batch: dict, device, opts: Options | None = None):
-    """MLM loss (mean over masked positions) + pair loss (binary-head cross entropy).
+def count_targets(batch: dict, opts: Options | None = None) -> dict:
+    """{"mlm": masked tokens[, <pair>: sentence pairs]} of a micro-batch: the MLM loss is per masked
+    token over the step, the pair loss per pair (mtds.train.reduction)."""
+    pair = (opts or Options()).pair
+    counts = {"mlm": batch["loss_mask"].sum()}
+    if pair != "none":
+        counts[pair] = len(batch["is_random"])
+    return counts
 
-    Returns (loss, {mlm_loss, mlm_acc[, <pair>_loss, <pair>_acc]}) with detached metrics.
-    """
+
+def forward_step(model, batch: dict, device, opts: Options | None = None):
+    """MLM cross entropy summed over the masked positions, and the pair loss (binary-head cross
+    entropy) summed over the samples: ({"mlm": sum[, <pair>: sum]}, {mlm_acc[, <pair>_acc]}) with
+    detached (hits, count) metrics. The trainer logs the parts as mlm_loss and <pair>_loss."""
     import torch.nn.functional as F
 
     tokens = batch["text"].to(device, non_blocking=True)  # [b, s]
@@ -195,22 +204,20 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
 
     masked_logits = gather_from_tensor_model_parallel_region(logits[loss_mask]).float()  # [n_masked, V]
     targets = labels[loss_mask]
-    mlm_loss = F.cross_entropy(masked_logits, targets)
-    metrics = {"mlm_loss": mlm_loss.detach(),
-               "mlm_acc": (masked_logits.detach().argmax(-1) == targets).float().mean()}
+    losses = {"mlm": F.cross_entropy(masked_logits, targets, reduction="sum")}
+    metrics = {"mlm_acc": ((masked_logits.detach().argmax(-1) == targets).float().sum(), targets.numel())}
     if not with_pair:
-        return mlm_loss, metrics
+        return losses, metrics
     pair = (opts or Options()).pair
     pair_labels = batch["is_random"].to(device, non_blocking=True).long()  # [b], 1 = swapped / random B
     pair_logits = binary_logits.float()  # [b, 2]
-    pair_loss = F.cross_entropy(pair_logits, pair_labels)
-    metrics[f"{pair}_loss"] = pair_loss.detach()
-    metrics[f"{pair}_acc"] = (pair_logits.detach().argmax(-1) == pair_labels).float().mean()
-    return mlm_loss + pair_loss, metrics
+    losses[pair] = F.cross_entropy(pair_logits, pair_labels, reduction="sum")
+    metrics[f"{pair}_acc"] = ((pair_logits.detach().argmax(-1) == pair_labels).float().sum(), pair_labels.numel())
+    return losses, metrics
 
 
 TASK = Task(
     name="masked_lm", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
-    forward_step=forward_step,
+    forward_step=forward_step, count_targets=count_targets,
 )

@@ -3,7 +3,9 @@
 Data: what `python -m data_tools.sft` writes, a token prefix `..._sft_document` (data.paths) with
 its loss-mask side file `..._sft_document_loss_mask`. Samples are packed into sequences of
 data.seq_length, each attending only to itself (mtds.data.sft_dataset). Loss = mean next-token cross
-entropy over the target tokens the mask lets in (assistant content and its end-of-turn token).
+entropy over the target tokens the mask lets in (assistant content and its end-of-turn token),
+per token over the whole optimizer step (mtds.train.reduction), so packed or not, the same samples
+give the same loss.
 Start from a pretrained GPT with `training.init_from=RUN_DIR` (same family, weights only).
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 from mtds.errors import ConfigError
 from mtds.kind_contract import Task
-from mtds.tasks.causal_lm import forward_step, next_token_logits  # the same loss and generation as pretraining
+from mtds.tasks.causal_lm import count_targets, forward_step, next_token_logits  # pretraining's loss and generation
 
 DATA_LAYOUT = "sft"
 """preprocess output this task reads: data_tools.sft's `_sft_document` token prefix + loss-mask side file."""
@@ -115,5 +117,5 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
 TASK = Task(
     name="sft", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
-    forward_step=forward_step, next_token_logits=next_token_logits,
+    forward_step=forward_step, count_targets=count_targets, next_token_logits=next_token_logits,
 )

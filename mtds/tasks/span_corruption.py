@@ -149,9 +149,14 @@ def build_datasets(cfg, sources, tokenizer, sizes: list, dp_size: int):
     return BlendedMegatronDatasetBuilder(T5MaskedWordPieceDataset, sizes, lambda: True, config).build()
 
 
+def count_targets(batch: dict, opts: Options | None = None) -> dict:
+    """{"lm": decoder target tokens} of a micro-batch (mtds.train.reduction: per-token losses)."""
+    return {"lm": batch["loss_mask"].sum()}
+
+
 def forward_step(model, batch: dict, device, opts: Options | None = None):
-    """Cross entropy over the target tokens. Returns (loss, {token_acc}) with detached metrics (the
-    trainer logs the loss itself)."""
+    """Cross entropy summed over the target tokens. Returns ({"lm": sum}, {token_acc: (hits, targets)})
+    with detached metrics."""
     import torch.nn.functional as F
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
@@ -162,8 +167,9 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
     logits = seq2seq_logits(model, enc, dec, batch["enc_mask"].to(device, non_blocking=True))  # [b, s_dec, V / TP]
     target_logits = gather_from_tensor_model_parallel_region(logits[loss_mask]).float()  # [n_targets, V]
     targets = labels[loss_mask]
-    loss = F.cross_entropy(target_logits, targets)
-    return loss, {"token_acc": (target_logits.detach().argmax(-1) == targets).float().mean()}
+    loss = F.cross_entropy(target_logits, targets, reduction="sum")
+    hits = (target_logits.detach().argmax(-1) == targets).float().sum()
+    return {"lm": loss}, {"token_acc": (hits, targets.numel())}
 
 
 def seq2seq_logits(model, encoder_ids, decoder_ids, encoder_padding=None):
@@ -202,5 +208,6 @@ def render_generation(prompt: str, new_ids: list[int], tokenizer) -> str:
 TASK = Task(
     name="span_corruption", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
-    forward_step=forward_step, seq2seq_logits=seq2seq_logits, render_generation=render_generation, flops_args=flops_args,
+    forward_step=forward_step, count_targets=count_targets, seq2seq_logits=seq2seq_logits,
+    render_generation=render_generation, flops_args=flops_args,
 )

@@ -65,11 +65,12 @@ def train(plan: Plan, log=print) -> int:
 
     resolved["train_order"] = order_probes(datasets[0], sizes[0])  # saved with each checkpoint, for the resume check
     metrics = Metrics(cfg.training.run_dir, rank == 0, plan.train_iters, cfg.training.progress_bar)
-    from mtds.kinds import forward_step
+    from mtds.kinds import count_targets, forward_step
 
     # A task whose model sees more than seq_length tokens per sample says so (T5: the decoder's length).
     flops_args = task.flops_args(cfg.task, cfg.seq_length) if task.flops_args is not None else {}
-    trainer = Trainer(cfg, engine, datasets, resolved, forward_step(cfg), metrics, parallel=parallel, rank=rank,
+    trainer = Trainer(cfg, engine, datasets, resolved, forward_step(cfg), count_targets(cfg), metrics,
+                      parallel=parallel, rank=rank,
                       train_iters=plan.train_iters,
                       flops_per_token=family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size, **flops_args),
                       peak_tflops=cfg.training.tflops_peak or device_peak_tflops(precision(ds_cfg)),

@@ -2,7 +2,8 @@
 
 DeepSpeed owns the optimizer step, gradient accumulation boundaries, loss scaling, clipping
 and the LR schedule; this loop only feeds micro-batches and decides when to log, evaluate,
-save and stop. Host/device syncs: one small all-reduce per iteration (stop flags: signal,
+save and stop. Losses are per token over the whole step (mtds.train.reduction). Host/device
+syncs: two small all-reduces per iteration (the step's target counts; stop flags: signal,
 time limit, non-finite loss — so every rank stops at the same step, before a bad step is
 applied) plus the log steps.
 """
@@ -20,6 +21,8 @@ from mtds.ckpt import save_load as checkpoint
 from mtds.data.loader import ResumableBatchSampler, build_loader, fixed_eval_batches, loader_batches
 from mtds.errors import TrainingStopped
 from mtds.train.metrics import Metrics, Throughput, format_eta, memory_stats
+from mtds.train.reduction import (Totals, data_parallel_group, evaluation_means, loss_of_parts, step_target_counts,
+                                  sum_over_ranks)
 from mtds.parallel.sizes import ParallelSizes
 
 
@@ -31,10 +34,12 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, cfg, engine, datasets, resolved, forward, metrics: Metrics, *, parallel: ParallelSizes, rank,
-                 train_iters, flops_per_token, peak_tflops, before_backward=None, summarize=None, log=print):
-        """`forward(model, batch, device) -> (loss, metrics)` is the task's forward step; the loop
-        never looks inside a batch, so every kind shares it. The kind's optional hooks come the same
+    def __init__(self, cfg, engine, datasets, resolved, forward, count_targets, metrics: Metrics, *,
+                 parallel: ParallelSizes, rank, train_iters, flops_per_token, peak_tflops, before_backward=None,
+                 summarize=None, log=print):
+        """`forward(model, batch, device) -> (loss sums, metric sums)` is the task's forward step and
+        `count_targets(batch) -> {part: n}` its target count (mtds.train.reduction: per-token losses);
+        the loop never looks inside a batch, so every kind shares it. The kind's optional hooks come the same
         way (mtds/kind_contract.py): `before_backward(engine)`, the family's, is called before every
         backward (MoE: the aux loss's gradient scale); `summarize(means) -> metrics`, the task's, turns
         averaged parts ("_"-prefixed metrics) into the metrics it logs (classification: per-class
@@ -45,6 +50,9 @@ class Trainer:
         self._summarize = summarize
         self.parallel = parallel
         self.dp_rank, self.dp_size = parallel.data_rank(rank), parallel.data
+        self.dp_group = data_parallel_group()
+        self.count_targets = count_targets
+        self.step_lr = engine.get_lr()[0]  # the LR of the latest step (logged as train/lr)
         self.train_iters = train_iters
         self.micro = engine.train_micro_batch_size_per_gpu()
         self.accum = engine.gradient_accumulation_steps()
@@ -99,36 +107,46 @@ class Trainer:
         sig, late, bad = flags.tolist()
         return int(sig), bool(late), bool(bad)
 
-    def train_step(self, batches) -> tuple[torch.Tensor, dict]:
-        """One optimizer step = `accum` micro-batches. Returns detached mean loss and metrics."""
-        total = torch.zeros((), device=self.device)
-        extra: dict[str, torch.Tensor] = {}
-        for micro_step in range(self.accum):
-            waited = time.perf_counter()
-            batch = next(batches)  # blocks only if the loader workers fell behind
-            self._data_wait += time.perf_counter() - waited
-            loss, metrics = self.forward(self.engine, batch, self.device)
+    def train_step(self, batches) -> tuple[dict[str, torch.Tensor], Totals]:
+        """One optimizer step = `accum` micro-batches. Returns this rank's share of each loss part
+        (summed over the data-parallel ranks it is the step's per-token mean; mtds.train.reduction)
+        and the step's metric totals."""
+        micro_batches = []
+        waited = time.perf_counter()
+        for _ in range(self.accum):  # the whole step first: its target counts weigh every micro-batch
+            micro_batches.append(next(batches))  # blocks only if the loader workers fell behind
+        self._data_wait += time.perf_counter() - waited
+        counts = step_target_counts(self.count_targets, micro_batches, self.device, self.dp_group)
+        shares: dict[str, torch.Tensor] = {}
+        metrics = Totals()
+        for micro_step, batch in enumerate(micro_batches):
+            sums, batch_metrics = self.forward(self.engine, batch, self.device)
+            parts = {p: s / counts[p] for p, s in sums.items()}  # this micro-batch's part of the step's mean
+            loss = sum(parts.values())
             if self._before_backward is not None:
                 self._before_backward(self.engine)
-            self.engine.backward(loss)
-            total += loss.detach()
-            for k, v in metrics.items():
-                extra[k] = extra.get(k, 0) + v.detach()
+            # DeepSpeed divides a backward's loss by the accumulation steps (not with scale_wrt_gas=False)
+            # and averages gradients over the data-parallel ranks: the loss is already a share of the
+            # whole step's mean, so the rank average is undone by the factor dp.
+            self.engine.backward(loss * self.dp_size, scale_wrt_gas=False)
+            for p, v in parts.items():
+                shares[p] = shares.get(p, 0) + v.detach()
+            metrics.add_metrics(batch_metrics)
             if micro_step < self.accum - 1:
                 self.engine.step()  # not a boundary: DeepSpeed only accumulates
-        mean = total / self.accum
-        sig, late, bad = self._stop_flags(mean)
+        sig, late, bad = self._stop_flags(sum(shares.values()))
         if bad:
             raise TrainingStopped(
                 f"non-finite training loss at iteration {self.state.iteration + 1}; the optimizer step was not "
                 "applied and nothing was saved. Lower the LR, raise warmup, or use bf16; resume from the last checkpoint."
             )
         skipped_before = self.engine.skipped_steps
+        self.step_lr = self.engine.get_lr()[0]  # the LR this step uses (the schedule advances in step())
         self.engine.step()  # the boundary: optimizer step, LR schedule, zero grads
         self._check_overflow_streak(self.engine.skipped_steps > skipped_before)
         # All-reduced: a rank that got no signal itself stops with the others, at the same step.
         self._stop_request = signal.Signals(sig).name if sig else ("time limit" if late else None)
-        return mean, {k: v / self.accum for k, v in extra.items()}
+        return shares, metrics
 
     def _check_overflow_streak(self, skipped: bool) -> None:
         """DeepSpeed skips a step whose gradients are not finite (fp16 overflow, and under ZeRO
@@ -160,21 +178,21 @@ class Trainer:
         if self.state.iteration == 0:
             self.evaluate()  # the step-0 validation loss: the baseline the curve falls from
         clock = Throughput()
-        window_loss, window_extra, window_iters = torch.zeros((), device=self.device), {}, 0
+        window_parts, window_metrics, window_iters = {}, Totals(), 0
         while self.state.iteration < self.train_iters:
-            loss, extra = self.train_step(batches)
+            shares, metrics = self.train_step(batches)
             self.state.iteration += 1
             self.state.consumed_samples += self.global_batch
             self.state.consumed_tokens += self.global_batch * self.seq
-            window_loss += loss
-            for k, v in extra.items():
-                window_extra[k] = window_extra.get(k, 0) + v
+            for p, v in shares.items():
+                window_parts[p] = window_parts.get(p, 0) + v
+            for name in metrics.sums:
+                window_metrics.add(name, metrics.sums[name], metrics.counts[name])
             window_iters += 1
             it = self.state.iteration
             if it % t.log_interval == 0 or it == self.train_iters:
-                self._log(window_loss / window_iters, {k: v / window_iters for k, v in window_extra.items()},
-                          window_iters, clock.window())
-                window_loss, window_extra, window_iters = torch.zeros((), device=self.device), {}, 0
+                self._log(window_parts, window_metrics, window_iters, clock.window())
+                window_parts, window_metrics, window_iters = {}, Totals(), 0
             self.metrics.advance(it)
             if it % t.eval_interval == 0 or it == self.train_iters:
                 self.evaluate()
@@ -192,7 +210,7 @@ class Trainer:
     # -- logging and evaluation ------------------------------------------------------------
     def _optimizer_stats(self) -> dict[str, float]:
         e = self.engine
-        stats = {"train/lr": e.get_lr()[0], "train/skipped_steps": float(e.skipped_steps)}
+        stats = {"train/lr": self.step_lr, "train/skipped_steps": float(e.skipped_steps)}
         norm = e.get_global_grad_norm()
         if norm is not None:
             stats["train/grad_norm"] = float(norm)
@@ -203,12 +221,13 @@ class Trainer:
                 stats["train/loss_scale"] = float(scale)
         return stats
 
-    def _log(self, loss, extra, iters, seconds) -> None:
-        if torch.distributed.is_initialized():  # mean over ranks (= over data-parallel replicas at TP 1)
-            packed = torch.stack([loss] + [extra[k] for k in sorted(extra)])
-            torch.distributed.all_reduce(packed)
-            packed /= self.parallel.world
-            loss, extra = packed[0], dict(zip(sorted(extra), packed[1:]))
+    def _log(self, parts: dict, metrics: Totals, iters: int, seconds: float) -> None:
+        """`parts`: this rank's shares of each loss part summed over the window's steps; the logged
+        loss is the mean over those steps of each step's per-token loss."""
+        names = sorted(parts)
+        part_means = dict(zip(names, sum_over_ranks(torch.stack([parts[p] for p in names]), self.dp_group) / iters))
+        loss, extra = loss_of_parts(part_means)
+        extra.update(metrics.means(self.dp_group))
         extra = self._summarize(extra) if self._summarize is not None else extra
         tokens_per_sec = iters * self.global_batch * self.seq / seconds
         tflops = self.flops_per_token * tokens_per_sec / self.parallel.world / 1e12  # per device
@@ -256,21 +275,10 @@ class Trainer:
         if loader is None or len(loader.batch_sampler) == 0:
             return None
         self.engine.eval()
-        total, count, extra = torch.zeros((), device=self.device), 0, {}
-        for batch in loader:
-            loss, metrics = self.forward(self.engine, batch, self.device)
-            total += loss.float()
-            for k, v in metrics.items():
-                extra[k] = extra.get(k, 0) + v.float()
-            count += 1
+        val_loss_t, extra, _ = evaluation_means(self.engine, loader, self.forward, self.count_targets, self.device,
+                                                self.dp_group)
         self.engine.train()
-        keys = sorted(extra)
-        packed = torch.stack([total / count] + [extra[k] / count for k in keys])
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(packed)
-            packed /= self.parallel.world
-        val_loss = packed[0].item()
-        extra = dict(zip(keys, packed[1:]))
+        val_loss = val_loss_t.item()
         extra = self._summarize(extra) if self._summarize is not None else extra
         keys = list(extra)
         values = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0)),

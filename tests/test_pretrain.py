@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -46,6 +47,13 @@ def test_readme_command_trains_default_gpt(tmp_path):
     assert s["val/loss"][0][0] == 0 and len(val) == 3
     assert val[-1] < val[0] - 2.0, f"validation loss did not fall clearly: {val}"
     assert s["data/consumed_tokens"][-1][1] == 60 * 8 * 256
+    # The LR each logged step used: the shipped schedule's closed form (warmup 30 steps to 1e-3,
+    # cosine to 1e-4 at step 60), from step 1 on (mtds/train/lr_schedule.py).
+    closed = [1e-3 * (i / 30 if i <= 30 else 0.1 + 0.9 * (1 + math.cos(math.pi * (i - 30) / 30)) / 2)
+              for i in range(1, 61)]
+    assert [(step, pytest.approx(closed[step - 1], rel=1e-6)) for step, _ in s["train/lr"]] == s["train/lr"]
+    assert [step for step, _ in s["train/lr"]] == list(range(10, 61, 10))
+    assert "lr: linear warmup 30 steps to 0.001, cosine decay to 0.0001 over steps 31-60 (WarmupStableDecay)" in proc.stdout
     resolved = json.load(open(run_dir / "checkpoints/iter_0000060/mtds_config.json"))
     assert resolved["deepspeed"]["train_batch_size"] == 8 and resolved["world_size"] == 1
     assert resolved["run"]["model"]["num_layers"] == 4 and "deepspeed" in resolved["versions"]

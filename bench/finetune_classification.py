@@ -25,7 +25,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
-DS = "ds_configs/bert_zero2.json"  # micro-batch 16, Adam 5e-4, warmup 30, WarmupDecayLR (bf16 -> fp32 on AVX2)
+DS = "ds_configs/bert_zero2.json"  # micro-batch 16, Adam 5e-4, linear warmup 30 + linear decay (bf16 -> fp32 on AVX2)
 
 
 def run(cmd: list[str]) -> str:

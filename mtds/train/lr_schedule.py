@@ -17,9 +17,10 @@ T total steps, D decay steps and floor m (`min_lr_ratio`):
     f(p) = (1 + cos(pi p)) / 2  (cosine),  1 - p  (linear),  1 - sqrt(p)  (1-sqrt)
 
 D is `decay_num_steps`, or round(`decay_fraction` * T), or, given neither, T - W (no stable phase:
-the classic warmup + cosine/linear decay). The checkpoint keeps only how many steps are done: the
-schedule comes from the JSON, so a run resumed with a longer `train_iters` re-plans its decay (and
-says so); WSD's stable phase is what lets a run be extended that way.
+the classic warmup + cosine/linear decay). A resume continues the checkpoint's step count, but the
+schedule comes from this run's JSON (the saved one is only compared, for a note), so a run resumed
+with a longer `train_iters` re-plans its decay and says so; WSD's stable phase is what lets a run
+be extended that way.
 
 Torch-free: mtds.ds_config validates the JSON with it before torch is imported.
 """

@@ -4,7 +4,8 @@ gradients each step applies (tests/test_per_token_loss.py). In-process in a worl
 
     deepspeed --num_gpus 2 tests/per_token_steps.py CASES.pt OUT.pt MICRO ACCUM
 
-CASES.pt: {name: (run config dict, [sample dicts of tensors])}; OUT.pt (rank 0): {name: result}.
+CASES.pt: {name: (run config dict, [sample dicts of tensors])}; OUT.pt (rank 0): {name: result} and
+"dropout_by_rank": each rank's next dropout masks after the engine was built.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def run_steps(config: dict, samples: list[dict], micro: int, accum: int) -> dict
            "gradient_clipping": CLIP, "zero_optimization": {"stage": 0}}
     ds = resolve_ds_config(raw, "per_token.json", world, STEPS, False, log=lambda *_: None)
     engine, _ = build_engine(cfg, cfg.kind, ds, VOCAB, False, log=lambda *_: None)
+    dropout = dropout_masks()
     grads = []
     boundary_step = engine.step
 
@@ -62,7 +64,22 @@ def run_steps(config: dict, samples: list[dict], micro: int, accum: int) -> dict
         step_shares, _ = trainer.train_step(batches)
         shares.append({p: v.item() for p, v in step_shares.items()})
     weights = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
-    return {"grads": grads, "weights": weights, "shares": shares}
+    return {"grads": grads, "weights": weights, "shares": shares, "dropout": dropout}
+
+
+def dropout_masks() -> dict:
+    """The masks this rank's next dropouts would draw: hidden dropout (the default stream) and
+    attention dropout (megatron's tracker stream), without using up the streams training reads."""
+    from megatron.core import tensor_parallel
+
+    tracker = tensor_parallel.get_cuda_rng_tracker()
+    saved_default, saved_tracker = torch.get_rng_state(), tracker.get_states()
+    hidden = torch.nn.functional.dropout(torch.ones(256), 0.5) > 0
+    with tracker.fork():
+        attention = torch.nn.functional.dropout(torch.ones(256), 0.5) > 0
+    torch.set_rng_state(saved_default)
+    tracker.set_states(saved_tracker)
+    return {"hidden": hidden, "attention": attention}
 
 
 def main(cases_path: str, out_path: str, micro: int, accum: int) -> None:
@@ -71,6 +88,9 @@ def main(cases_path: str, out_path: str, micro: int, accum: int) -> None:
     init_distributed()
     cases = torch.load(cases_path, weights_only=True)
     out = {name: run_steps(config, samples, micro, accum) for name, (config, samples) in cases.items()}
+    masks = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(masks, out[next(iter(out))]["dropout"])
+    out["dropout_by_rank"] = masks
     if torch.distributed.get_rank() == 0:
         torch.save(out, out_path)
 

@@ -172,6 +172,15 @@ def test_two_ranks_train_the_per_token_objective(name, two_ranks, references):
     assert_same_steps(two_ranks[name], references[name])
 
 
+def test_data_parallel_ranks_draw_their_own_dropout_masks(two_ranks):
+    """Each data-parallel rank drops other units (hidden dropout: the default stream; attention
+    dropout: megatron's tracker stream), after build_engine made the same initial weights on both."""
+    rank0, rank1 = two_ranks["dropout_by_rank"]
+    for stream in ("hidden", "attention"):
+        assert not torch.equal(rank0[stream], rank1[stream]), stream
+    # (the weights they start from are still the same: test_two_ranks_train_the_per_token_objective)
+
+
 def test_sft_packed_and_unpacked_give_the_same_loss_and_gradients(tiny_data, world_of_one):
     """The same chats, several to a sequence (pack=true, each attending only to itself) or one per
     sequence: the same per-token loss and gradients."""

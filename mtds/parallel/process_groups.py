@@ -105,6 +105,26 @@ def seed_everything(seed: int) -> None:
         tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
+def seed_per_data_rank(seed: int) -> None:
+    """Call once the model is built (its initial weights the same on every rank, from
+    `seed_everything`): reseed so that each data-parallel rank draws its own dropout masks (replicas
+    that drop the same units on every rank regularise like one). Ranks of one tensor-parallel group
+    share their data-parallel rank, so megatron's rules hold: the default stream agrees within the
+    group, the tracker's 'model-parallel-rng' stream differs per tensor-parallel rank. Data-parallel
+    rank 0 keeps the streams `seed_everything` set, so a one-rank run draws what it always drew.
+    The streams are saved per rank with each checkpoint (rng_rank*.pt): a resume continues them."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    if not parallel_state.model_parallel_is_initialized():
+        return
+    data_rank = parallel_state.get_data_parallel_rank()
+    if data_rank == 0:
+        return
+    rank_seed = (seed + 1_000_003 * data_rank) % 2**63  # far from seed + 2718 + tp_rank, the tracker's offsets
+    torch.manual_seed(rank_seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(rank_seed)
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -26,7 +26,7 @@ def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_g
     up their process groups)."""
     import deepspeed
 
-    from mtds.parallel.process_groups import seed_everything
+    from mtds.parallel.process_groups import seed_everything, seed_per_data_rank
     from mtds.parallel.tensor_parallel import DeepSpeedMPU, allreduce_sequence_parallel_grads, parameter_count
     from mtds.train.compile import compile_engine, compile_layers
     from mtds.train.lr_schedule import deepspeed_arguments, describe_scheduler
@@ -37,6 +37,7 @@ def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_g
         from mtds.ckpt.init_from import load_initial_weights
 
         load_initial_weights(model, *init_from, log=log)
+    seed_per_data_rank(cfg.training.seed)  # the weights are built: dropout masks now differ per data-parallel rank
     if model.config.sequence_parallel:
         allreduce_sequence_parallel_grads(model)
     n_params = parameter_count(model)

@@ -77,15 +77,20 @@ def test_flipped_bits_stop_the_resume_with_one_line_and_the_earlier_tag_resumes_
                       f"manifest.json); {GO_BACK}resume from it with --training.load_tag=iter_0000002"], errors
     assert "Traceback" not in refused.stderr
 
-    # With the flag it resumes there; saving iter_0000005 with keep_last=2 would once have deleted
-    # iter_0000002 and kept the damaged iter_0000004.
+    # With the flag it resumes there, a rollback: the newer (damaged) iter_0000004 is moved aside, kept,
+    # and saving iter_0000005 with keep_last=2 keeps iter_0000002 (pruning once deleted it and kept 4).
     resumed = ok(run_pretrain(resume_args(tiny_data, run, ds, "--training.load_tag=iter_0000002"), ranks=2))
     assert f"resumed from {run / 'checkpoints' / 'iter_0000002'} at iteration 2" in resumed.stdout
-    assert f"warning: {shard}: damaged" in resumed.stdout
     root = run / "checkpoints"
-    assert sorted(t for t in os.listdir(root) if t.startswith("iter_")) == ["iter_0000002", "iter_0000004",
-                                                                           "iter_0000005"]
+    assert (f"note: resuming from iter_0000002, older than the run's newest checkpoint: iter_0000004 moved to "
+            f"{root / 'abandoned'} (kept, never loaded" in resumed.stdout)
+    assert sorted(t for t in os.listdir(root) if t.startswith("iter_")) == ["iter_0000002", "iter_0000005"]
+    assert os.listdir(root / "abandoned") == ["iter_0000004"] and (root / "abandoned/iter_0000004" / shard.name).is_file()
     assert (root / "latest").read_text() == "iter_0000005"
+    # ... and a plain --load (a requeued job) resumes the new timeline
+    from mtds.ckpt.resume import plan_resume
+
+    assert plan_resume(str(run), 2, {"zero_optimization": {"stage": 2}}) == str(root / "iter_0000005")
 
 
 def test_a_truncated_shard_is_the_same_one_line(two_checkpoints, tiny_data, tmp_path, capsys, monkeypatch):
@@ -117,16 +122,51 @@ def test_generate_and_evaluate_refuse_a_damaged_checkpoint_naming_the_earlier_ta
                                         f"differs from manifest.json); {GO_BACK}load it with --tag iter_0000002")
 
 
-def test_a_checkpoint_without_a_manifest_loads_with_a_note(two_checkpoints, tmp_path, capsys):
+def test_a_checkpoint_saved_before_manifests_loads_with_a_note_and_one_of_this_version_without_one_is_refused(
+        two_checkpoints, tmp_path, capsys):
     from mtds.ckpt.consolidate import consolidated_state_dict
     from mtds.ckpt.layout import read_config
+    from mtds.errors import LoadError
 
     original = two_checkpoints[0] / "checkpoints" / "iter_0000004"
     _, ckpt = copy_of(two_checkpoints[0], tmp_path)
-    (ckpt / "manifest.json").unlink()  # as an mtds version before manifests saved it
+    (ckpt / "manifest.json").unlink()
     saved = read_config(str(ckpt))
+    assert saved["manifest"] == "manifest.json"  # every save names its manifest in mtds_config.json
+    with pytest.raises(LoadError) as e:
+        consolidated_state_dict(str(ckpt), saved)
+    assert str(e.value) == (f"{ckpt / 'manifest.json'}: missing, though this checkpoint was saved with one (its "
+                            f"mtds_config.json names it): its files cannot be verified; the previous complete checkpoint is "
+                            "iter_0000002: load it with --tag iter_0000002")
+
+    _, ckpt = copy_of(two_checkpoints[0], tmp_path / "older")  # a fresh copy (a process checks a checkpoint once)
+    (ckpt / "manifest.json").unlink()
+    del saved["manifest"]  # as an mtds version before manifests saved it
+    (ckpt / "mtds_config.json").write_text(json.dumps(saved))
     state = consolidated_state_dict(str(ckpt), saved)
-    assert (f"note: {ckpt} has no manifest.json (saved by an earlier mtds version): loading it unverified"
+    assert (f"note: {ckpt} has no manifest.json (saved before mtds wrote manifests): loading it unverified"
             in capsys.readouterr().err)
     expected = consolidated_state_dict(str(original), saved)
     assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+
+
+def test_files_the_manifest_does_not_list_are_named_and_a_pt_file_is_refused(two_checkpoints, tmp_path):
+    """DeepSpeed finds its shard files by name pattern, so a .pt file copied in after the save could
+    be loaded: refused. Another file (a note) is loaded past, with a warning naming it."""
+    from mtds.ckpt.manifest import check_before_load
+    from mtds.errors import LoadError
+
+    _, ckpt = copy_of(two_checkpoints[0], tmp_path)
+    (ckpt / "NOTES.txt").write_text("the run before the LR change")
+    lines = []
+    check_before_load(str(ckpt), None, lines.append)
+    assert lines == [f"warning: {ckpt} holds 1 file(s) its manifest.json does not list, not written by the save and "
+                     "not loaded: NOTES.txt"]
+
+    _, ckpt = copy_of(two_checkpoints[0], tmp_path / "second")
+    (ckpt / "mp_rank_01_model_states.pt").write_bytes((ckpt / "mp_rank_00_model_states.pt").read_bytes())
+    with pytest.raises(LoadError) as e:
+        check_before_load(str(ckpt), "resume from it with --training.load_tag={tag}")
+    assert str(e.value) == (f"{ckpt / 'mp_rank_01_model_states.pt'}: not listed in manifest.json (not written by the "
+                            "save; DeepSpeed finds shard files by name, so it could load it): mp_rank_01_model_states.pt; "
+                            "move the unlisted .pt files out of the checkpoint; what the save wrote is all listed")

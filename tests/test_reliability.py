@@ -171,8 +171,10 @@ def test_sigterm_to_one_rank_all_ranks_save_and_exit_zero(tiny_data, tmp_path):
     assert 3 <= saved_at < 100000
     assert sorted(f for f in os.listdir(run / "checkpoints" / tag) if f.startswith("rng_rank")) == [
         "rng_rank0.pt", "rng_rank1.pt"]
-    resumed = ok(run_pretrain(args_for(tiny_data, run, ds, f"--training.train_iters={saved_at + 2}",
-                                      "--training.eval_interval=100000", "--load", str(run)), ranks=2))
+    # The same run length (another would change the data order): exit_interval stops it 2 steps on.
+    resumed = ok(run_pretrain(args_for(tiny_data, run, ds, "--training.train_iters=100000",
+                                      f"--training.exit_interval={saved_at + 2}", "--training.eval_interval=100000",
+                                      "--load", str(run)), ranks=2))
     assert f"at iteration {saved_at}, {saved_at * 4} samples consumed" in resumed.stdout
     assert (run / "checkpoints/latest").read_text() == f"iter_{saved_at + 2:07d}"
 
@@ -199,8 +201,9 @@ def test_sigkill_during_save_never_publishes_a_partial_checkpoint(tiny_data, tmp
     assert partial, "the kill should have left the in-flight save's .tmp directory behind"
     assert (ckpts / latest / "mtds_config.json").is_file(), "latest must name a complete checkpoint"
     done = int(latest.split("_")[1])
-    resumed = ok(run_pretrain(args_for(tiny_data, run, ds, f"--training.train_iters={done + 3}",
-                                      "--training.eval_interval=100000", "--load", str(run))))
+    resumed = ok(run_pretrain(args_for(tiny_data, run, ds, "--training.train_iters=100000",
+                                      f"--training.exit_interval={done + 3}", "--training.eval_interval=100000",
+                                      "--load", str(run))))
     assert "warning: skipping partial checkpoint" in resumed.stdout
     assert f"resumed from {ckpts / latest} at iteration {done}" in resumed.stdout
 
@@ -229,6 +232,9 @@ def test_harmless_config_differences_are_logged_and_allowed(tiny_data, trained_r
                                     "--training.eval_interval=7")))
     assert "note: config differs from the checkpoint's (allowed): training.eval_interval: 2 -> 7" in proc.stdout
     assert "at iteration 2" in proc.stdout
+    # A longer run: its training set is built for more samples, and their order, compared, is the same.
+    assert ("note: training set size 4 -> 6 samples (train_iters x global batch: 2 x 2 -> 3 x 2): the order of the "
+            "first 4 samples is unchanged (compared)") in proc.stdout
 
 
 def test_non_finite_loss_stops_before_the_step_and_saves_nothing(tiny_data, tmp_path):

@@ -561,7 +561,8 @@ def test_plot_writes_png_of_logged_losses(runs, tmp_path, capsys):
 def to_format_1(resolved: dict) -> dict:
     """A resolved config as mtds wrote it before [task]: the objective's options in [model]/[data]."""
     old = json.loads(json.dumps(resolved))
-    old.pop("config_format", None)
+    for later in ("config_format", "manifest", "train_order"):  # keys of the record written since
+        old.pop(later, None)
     task = old["run"].pop("task")
     old["run"]["model"]["bert_binary_head"] = task.get("pair", "sop") != "none"
     old["run"]["data"]["masking_probability"] = task.get("masking_probability", 0.15)
@@ -607,12 +608,13 @@ def test_run_saved_in_config_format_1_still_resumes_evaluates_generates_and_expo
     rc, _, err = call(export_hf.main, ["--load", old_run, "--out", str(tmp_path / "hf")], capsys)
     assert rc == 0, err
 
-    # Resume one more iteration: the saved format-1 config is checked against this run's and loads.
+    # Resume: the saved format-1 config is checked against this run's and loads. At the same run length:
+    # a longer one changes the sample count, which a checkpoint without order probes cannot be checked for.
     spec = MODELS[name]
     ds = write_ds_config(str(tmp_path / "ds.json"), **spec["ds"])
     cmd = [sys.executable, PRETRAIN, "--deepspeed_config", ds, "--load", old_run, "--run-dir", old_run,
            f"--data.paths={tiny_data[spec.get('data', 'prefix')]}", f"--data.tokenizer_model={tiny_data['tokenizer_model']}",
-           *COMMON, *spec["args"], f"--training.train_iters={ITERS + 1}"]
+           *COMMON, *spec["args"]]
     if "valid" in spec:
         cmd.append(f"--data.valid_paths={tiny_data[spec['valid']]}")
     env = {**{k: v for k, v in os.environ.items() if k not in _DIST_ENV}, "PYTHONWARNINGS": "ignore"}

@@ -189,7 +189,7 @@ def verify(ckpt_dir: str) -> bool:
     """True if every file matches the manifest, False if there is none; raises Damaged otherwise."""
     found = _check(ckpt_dir)
     if isinstance(found, Damaged):
-        raise Damaged(found.path, found.reason)
+        raise Damaged(found.path, found.reason, found.fix)
     return found == VERIFIED
 
 

@@ -26,7 +26,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 demo: venv
-	$(BIN)/deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json
+	$(BIN)/deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json --run-dir runs/demo
 
 # Two pytest workers (pytest-xdist), a test module each at a time (--dist loadscope: a module's
 # fixtures, e.g. its shared training runs or the local SLURM cluster, are built once): much of a

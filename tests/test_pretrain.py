@@ -22,7 +22,7 @@ def tiny_args(tiny_data, run_dir, *extra):
 
 
 def test_readme_command_trains_default_gpt(tmp_path):
-    """`deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json` with no data flags:
+    """`deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json --run-dir runs/demo` with no data flags:
     builds the stdlib corpus, trains the default tiny GPT, validation loss falls, TensorBoard has
     the scalars. Shortened to 60 iterations (the README's run does 300: `make demo`, bench/RESULTS.md)."""
     ds_launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
@@ -30,11 +30,11 @@ def test_readme_command_trains_default_gpt(tmp_path):
 
     proc = subprocess.run(
         [ds_launcher, "--master_port", free_port(), PRETRAIN, "--deepspeed_config", os.path.join(ROOT, "ds_configs/zero2.json"),
-         "--training.train_iters=60", "--training.eval_interval=30", "--training.progress_bar=false"],
+         "--run-dir", "runs/demo", "--training.train_iters=60", "--training.eval_interval=30", "--training.progress_bar=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     ok(proc)
     assert os.path.isfile(tmp_path / "data/stdlib/stdlib_text_document.idx")
-    run_dir = tmp_path / "runs/default"
+    run_dir = tmp_path / "runs/demo"
     s = scalars(str(run_dir))
     for tag in ("train/loss", "train/lr", "train/grad_norm", "train/skipped_steps", "val/loss", "val/ppl",
                 "throughput/tokens_per_sec", "throughput/tflops_per_device", "throughput/data_wait_ms",
@@ -110,8 +110,8 @@ def test_config_errors_stop_before_deepspeed(tiny_data, tmp_path):
         (["--training.nope=1"], "error: unknown key training.nope"),
         (["--run-dir", tiny_data["corpus"]], "is a file; choose a directory"),
     ]
-    for extra, expected in cases:
-        proc = run_pretrain(["--deepspeed_config", ds, *extra])
+    for extra, expected in cases:  # a run dir of its own (the last --run-dir wins), not the checkout's runs/default
+        proc = run_pretrain(["--deepspeed_config", ds, "--run-dir", str(tmp_path / "run"), *extra])
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert expected in proc.stderr, proc.stderr[-2000:]
         assert len(proc.stderr.strip().splitlines()[-1]) > 10 and "Traceback" not in proc.stderr

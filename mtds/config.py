@@ -135,8 +135,10 @@ class DataConfig:
     """Index cache (sample/shuffle indices); None = <run_dir>/index_cache. Rank 0 builds it and
     the other ranks read it, so it must be on a filesystem every node sees."""
     index_cache: bool = True
-    """False: every rank computes the indices in memory, nothing cached (nodes without a shared
-    filesystem; cheap up to millions of samples: ~0.2 s for 200k)."""
+    """False: every rank computes the indices in memory, nothing written anywhere (nodes without a
+    shared filesystem, read-only data; cheap up to millions of samples: ~0.2 s for 200k). GPT kinds
+    only: megatron-core's BERT and T5 datasets always write theirs (keep it true, data.cache_dir on a
+    filesystem every node sees); SFT and classification build no index cache either way."""
     seed: int = 1234
     allow_other_data: bool = False
     """Resume even though the data differs from the checkpoint's (other prefixes, or files rebuilt
@@ -307,7 +309,12 @@ def _coerce(value, annotation, where: str):
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            if isinstance(value, str) and "e" in value.lower():  # 1e5 means 100000; 2.9e0 is not an integer
+                number = float(value)
+                if not number.is_integer():
+                    raise TypeError
+                return int(number)
+            return int(value)
         if tp is float:
             if isinstance(value, bool):
                 raise TypeError

@@ -51,20 +51,28 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    log = print if rank0 else (lambda *a, **k: None)
+    rank = int(os.environ.get("RANK", "0"))
+    log = print if rank == 0 else (lambda *a, **k: None)
+    planned = False
     try:
         args, cfg = parse_args(sys.argv[1:] if argv is None else argv)
         from mtds.train.plan import plan_run
         from mtds.train.run import train
 
-        return train(plan_run(cfg, args.deepspeed_config, log), log)
+        plan = plan_run(cfg, args.deepspeed_config, log)
+        planned = True
+        return train(plan, log)
     except (ConfigError, LoadError, TokenizerError, DataToolsError, TrainingStopped) as e:  # one line, no traceback
-        if rank0:
+        # The plan's checks read the same arguments and files on every rank, and a TrainingStopped is
+        # agreed by all-reduce: rank 0 speaks for all. Past the plan a rank may fail alone (its data
+        # shard, its checkpoint file): every other rank names itself too.
+        if rank == 0:
             print(f"error: {e}", file=sys.stderr)
+        elif planned and not isinstance(e, TrainingStopped):
+            print(f"error: rank {rank}: {e}", file=sys.stderr)
         return 3 if isinstance(e, TrainingStopped) else 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
-        if rank0:
+        if rank == 0:
             print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # unforeseen: the traceback, then one line naming the rank (the launcher stops the rest)

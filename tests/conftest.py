@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from helpers import DIST_ENV, USED_PORTS, build_tiny_data, release_shm_buffers
+from helpers import DIST_ENV, USED_PORTS, build_tiny_data, missing, release_shm_buffers
 
 _SESSION_DIST_ENV = {k: os.environ.get(k) for k in DIST_ENV}
 
@@ -18,6 +18,36 @@ def no_deepspeed_buffers_left():
     yield
     for port in USED_PORTS:
         release_shm_buffers(port)
+
+
+@pytest.fixture
+def read_only():
+    """`read_only(folder)`: make `folder` read-only for everyone, root included (CI runs as root,
+    which writes through permission bits): a read-only bind mount of it onto itself, undone after
+    the test. Not root: chmod 555 does it. Fails under CI if neither works."""
+    import subprocess
+
+    mounted, chmodded = [], []
+
+    def make(folder) -> None:
+        folder = str(folder)
+        if os.geteuid() != 0:
+            os.chmod(folder, 0o555)
+            chmodded.append(folder)
+            return
+        for cmd in (["mount", "--bind", folder, folder], ["mount", "-o", "remount,ro,bind", folder]):
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                if cmd[1] != "--bind":
+                    subprocess.run(["umount", folder], check=False)
+                missing(f"cannot make {folder} read-only ({' '.join(cmd)}: {proc.stderr.strip()})")
+        mounted.append(folder)
+
+    yield make
+    for folder in mounted:  # lazily: the test's datasets may still map files there
+        subprocess.run(["umount", "-l", folder], check=False)
+    for folder in chmodded:
+        os.chmod(folder, 0o755)
 
 
 @pytest.fixture(scope="session")

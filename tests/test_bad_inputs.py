@@ -60,6 +60,7 @@ SIMPLE_CASES = [
     # (id, extra argv, expected text in the error line)
     ("unknown-key", ["--training.train_iter=5"], "unknown key training.train_iter (did you mean 'train_iters'?)"),
     ("wrong-type", ["--training.train_iters=many"], "training.train_iters: expected int or none, got 'many'"),
+    ("not-integral", ["--training.train_iters=2.9e0"], "training.train_iters: expected int or none, got '2.9e0'"),
     ("blend-weights", ["--data.weights=heavy"], "data.weights: expected float, got 'heavy'"),
     ("blend-count", ["--data.weights=1,2"], "data.weights has 2 entries for 1 data.paths"),
     ("split-sum", ["--data.split=90,10"], "data.split='90,10': give three non-negative train,valid,test weights"),
@@ -77,6 +78,25 @@ def test_config_mistakes(case, capsys, tmp_path, name, extra, expected):
     assert case(*extra) == 2
     assert expected in error_line(capsys)
     assert nothing_written(tmp_path)
+
+
+def test_errors_past_the_plan_are_one_line_on_every_rank(case, capsys, monkeypatch):
+    """The plan's checks fail alike on every rank: rank 0 speaks for all. Past the plan a rank can
+    fail alone (its own data or checkpoint file), so a rank other than 0 names itself in its line.
+    (`train` stands in for such a failure: no real one is rank-specific on demand.)"""
+    import mtds.train.run
+    from mtds.errors import ConfigError
+
+    monkeypatch.setenv("RANK", "1")
+    assert case("--training.train_iter=5") == 2
+    assert capsys.readouterr().err == ""  # a plan error: said once, by rank 0
+
+    def fail_alone(plan, log):
+        raise ConfigError("data.paths: shard 3 unreadable")
+
+    monkeypatch.setattr(mtds.train.run, "train", fail_alone)
+    assert case() == 2
+    assert error_line(capsys) == "error: rank 1: data.paths: shard 3 unreadable"
 
 
 def test_missing_deepspeed_json(case, capsys, tmp_path):

@@ -1,5 +1,9 @@
 """ResumableBatchSampler: rank sharding and resuming at a consumed-sample count."""
 
+import os
+
+import pytest
+
 from mtds.data.loader import ResumableBatchSampler
 
 
@@ -26,23 +30,35 @@ def test_partial_last_global_batch_is_dropped():
     assert batches(10, 8, 2, 0, 2) == []
 
 
-def test_index_cache_off_builds_in_memory(tiny_data, tmp_path):
-    """data.index_cache=false (nodes without a shared filesystem): indices built, nothing cached."""
+def test_index_cache_off_builds_in_memory(tiny_data, tmp_path, read_only):
+    """data.index_cache=false (nodes without a shared filesystem, read-only data): every rank builds
+    the indices in memory and writes nothing, neither in the run dir nor next to the data (where
+    megatron-core puts a cache when given none), here on a read-only data folder."""
+    import shutil
+
     from mtds.config import build_config
     from mtds.data.sources import resolve_sources
     from mtds.tasks.causal_lm import build_datasets
     from mtds.data.tokenizer import SentencePieceTokenizer
 
+    data = tmp_path / "data"
+    data.mkdir()
+    for ext in (".bin", ".idx"):
+        shutil.copy(tiny_data["prefix"] + ext, data / ("tiny" + ext))
+    read_only(data)
+    with pytest.raises(OSError):  # read-only for this process too (root included)
+        (data / "probe").touch()
+
     def build(index_cache: bool, run_dir):
         cfg = build_config(overrides={
-            "data": {"paths": tiny_data["prefix"], "tokenizer_model": tiny_data["tokenizer_model"],
+            "data": {"paths": str(data / "tiny"), "tokenizer_model": tiny_data["tokenizer_model"],
                      "split": "90,10,0", "seq_length": "32", "index_cache": str(index_cache)},
             "training": {"run_dir": str(run_dir)}})
         sources = resolve_sources(cfg, cfg.kind.task.data_layout)
         return build_datasets(cfg, sources, SentencePieceTokenizer(sources.tokenizer_model), [64, 8, 0], 1)
 
-    cached, uncached = build(True, tmp_path / "a"), build(False, tmp_path / "b")
+    uncached, cached = build(False, tmp_path / "b"), build(True, tmp_path / "a")
     assert (tmp_path / "a" / "index_cache").is_dir()
-    assert not (tmp_path / "b").exists()
+    assert not (tmp_path / "b").exists() and sorted(os.listdir(data)) == ["tiny.bin", "tiny.idx"]
     for i in (0, 17, 63):  # same samples either way
         assert (cached[0][i]["tokens"] == uncached[0][i]["tokens"]).all()

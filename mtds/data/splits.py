@@ -42,9 +42,14 @@ def shared_dataset_fields(cfg, sources, tokenizer) -> dict:
         data = dict(blend_per_split=[(sources.prefixes, sources.weights), (sources.valid_prefixes, None), None])
     else:
         data = dict(blend=(sources.prefixes, sources.weights), split=split_string(cfg.data.split))
+    # data.index_cache=false: "", not None. megatron-core's GPTDataset replaces a None path_to_cache
+    # by a folder next to the data (<prefix dir>/cache/, unkeyed by content, unchecked, and fatal on
+    # read-only data); an empty path is falsy there, so every rank builds the indices in memory and
+    # nothing is written (gpt_dataset.py: `if not path_to_cache ...`; test_sampler.py guards it on a
+    # read-only data dir). The BERT/T5 datasets cannot: masked_lm/span_corruption refuse the setting.
     cache = os.path.join(cfg.data.cache_dir or os.path.join(cfg.training.run_dir, "index_cache"),
-                         sources.identity_key()) if cfg.data.index_cache else None
-    if cache is not None:
+                         sources.identity_key()) if cfg.data.index_cache else ""
+    if cache:
         from mtds.ckpt.safe_loading import check_index_cache
         from mtds.parallel.process_groups import barrier
 

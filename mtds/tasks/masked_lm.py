@@ -45,7 +45,17 @@ def validate(opts: Options, cfg) -> list[str]:
         errs.append(f"task.masking_probability={opts.masking_probability} must be in (0, 1)")
     if not 0 <= opts.short_seq_prob <= 1:
         errs.append(f"task.short_seq_prob={opts.short_seq_prob} must be in [0, 1]")
+    errs += index_cache_required(cfg)
     return errs
+
+
+def index_cache_required(cfg) -> list[str]:
+    """megatron-core's masked datasets (BERT here, T5's span corruption) always write their sample
+    index to a cache folder that every rank reads: data.index_cache=false cannot hold for them."""
+    if cfg.data.index_cache:
+        return []
+    return [f"data.index_cache=false: {cfg.model.model_type}'s megatron-core dataset always writes its sample index "
+            "to a cache that every rank reads; keep it true and set data.cache_dir to a folder every node sees"]
 
 
 def model_heads(opts: Options) -> dict:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from mtds.errors import ConfigError
 from mtds.kind_contract import Task
+from mtds.tasks.masked_lm import index_cache_required
 
 DATA_LAYOUT = "span"
 """`_sentence` data (`preprocess --split-sentences`) from a tokenizer with T5's sentinel tokens."""
@@ -59,6 +60,7 @@ def validate(opts: Options, cfg) -> list[str]:
         errs.append(f"task.max_span_length={opts.max_span_length} must be >= 1")
     if not 0 <= opts.short_seq_prob <= 1:
         errs.append(f"task.short_seq_prob={opts.short_seq_prob} must be in [0, 1]")
+    errs += index_cache_required(cfg)
     if errs:
         return errs
     masked = max_masked_tokens(opts, cfg.seq_length)

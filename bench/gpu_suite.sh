@@ -72,6 +72,7 @@ for stage in "$@"; do
       done ;;
     entry)  # the real entry point, default tiny model and default corpus (built here on first use)
       for cfg in zero2_fp16 zero2; do
+        rm -rf "/tmp/mtds_$cfg"  # this suite's own scratch run dir: a fresh run into a used one is refused
         /usr/bin/time -f "wall %e s" $py mtds/pretrain.py --deepspeed_config ds_configs/$cfg.json \
           --run-dir /tmp/mtds_$cfg --training.train_iters=200 --training.log_interval=50 \
           --training.eval_interval=100 --training.eval_iters=5 2>&1 | grep -v -i warn | tee -a "$OUT/entry.log"

@@ -88,6 +88,19 @@ def test_tp2_run_reports_its_layout_and_whole_model(gpt_runs):
 
 
 @pytest.mark.slow
+def test_evaluate_reads_the_batches_a_tp2_run_validated_on(gpt_runs):
+    """mtds.evaluate's default is eval_iters micro-batches per data-parallel replica, as training
+    read (tensor-parallel ranks share theirs): 1 here, not one per rank; and it reproduces the
+    run's last val/loss from the merged weights (fp32; 1e-5: TP=2 and one rank round differently)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    proc = ok(subprocess.run([sys.executable, "-m", "mtds.evaluate", "--load", str(gpt_runs["tp2-z2"]), "--json",
+                              "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300))
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["batches"] == 1  # eval_iters=1 x 1 data-parallel replica (world 2 = TP 2)
+    assert result["loss"] == pytest.approx(series(gpt_runs["tp2-z2"], "val/loss")[-1], rel=1e-5)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["tp2-z2", "tp2-z3", "tp2-z2-sp"])
 def test_merged_tp2_weights_equal_the_tp1_weights(gpt_runs, case):
     """The tools' merge of the TP shards (ZeRO-2 and -3 partitions too) gives the TP=1 run's

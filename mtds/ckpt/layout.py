@@ -11,9 +11,9 @@ A tag is complete when its directory holds mtds_config.json and has its final na
 renamed from `<tag>.tmp` only after every rank finished writing (see save_load.py). Training
 resumes and the tools read checkpoints through `find` alone.
 
-One timeline per folder: no complete tag is newer than the newest save. A resume from an older tag
-moves the newer ones aside (`abandon_newer`), so `latest` names the newest save, tag order is save
-order, and `keep_last` never deletes the saves of the timeline the run is on.
+One timeline per folder: no complete tag is newer than the newest save. A run resumed from an older
+tag moves the newer ones aside at its first save (`abandon_newer`), so `latest` names the newest
+save, tag order is save order, and `keep_last` never deletes the saves of the timeline the run is on.
 """
 
 from __future__ import annotations
@@ -98,6 +98,11 @@ def write_latest(root: str, tag: str) -> None:
     os.replace(tmp, path)
 
 
+def newer_tags(root: str, tag: str) -> list[str]:
+    """Complete tags under root of a higher iteration than `tag`, oldest first."""
+    return [t for t in complete_tags(root) if iteration_of(t) > iteration_of(tag)]
+
+
 def abandon_newer(root: str, tag: str) -> list[str]:
     """Move every complete checkpoint newer than `tag` into `<root>/abandoned/` and point `latest` at
     `tag`; returns the tags moved (oldest first), for the caller's log line.
@@ -108,7 +113,7 @@ def abandon_newer(root: str, tag: str) -> list[str]:
     never deleted: a rollback is undone by moving them back. A name taken in abandoned/ by an
     earlier rollback gets a suffix (`iter_0000300.2`).
     """
-    newer = [t for t in complete_tags(root) if iteration_of(t) > iteration_of(tag)]
+    newer = newer_tags(root, tag)
     if not newer:
         return []
     aside = os.path.join(root, ABANDONED_DIR)

@@ -8,8 +8,8 @@ renames the directory and replaces `latest` atomically. mtds_config.json names t
 checkpoint of this version found without one is refused rather than loaded unverified.
 
 One timeline per checkpoints folder (layout.abandon_newer): a save moves aside any tag newer than
-itself, so `latest` names the newest save and `keep_last`, which keeps the highest iterations,
-keeps the newest saves.
+itself (a rolled-back run's first save), so `latest` names the newest save and `keep_last`, which
+keeps the highest iterations, keeps the newest saves.
 """
 
 from __future__ import annotations
@@ -95,10 +95,12 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         shutil.rmtree(final_dir, ignore_errors=True)  # this timeline's own save of this iteration (a finished run resumed)
         os.replace(tmp_dir, final_dir)
         manifest.remember_verified(final_dir)
-        moved = abandon_newer(root, tag)  # none after a resume's plan moved them (mtds.train.plan): a safeguard
+        # A rollback's first save (training.load_tag older than the newest tag): the abandoned timeline's
+        # tags go aside now, not when the run starts, so a run that fails before saving changes nothing.
+        moved = abandon_newer(root, tag)
         if moved:
             log(f"note: {', '.join(moved)} (newer than this save, another timeline) moved to "
-                f"{os.path.join(root, ABANDONED_DIR)}; kept, never loaded")
+                f"{os.path.join(root, ABANDONED_DIR)}; kept, never loaded (move them back to undo)")
         write_latest(root, tag)
         _prune(root, keep_last, log)
         log(f"saved checkpoint {final_dir}")

@@ -93,7 +93,7 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
         if ckpt:
             check_before_load(ckpt, go_back, log, hashes=hashed)
     if resume_from and hashed:
-        start_timeline_at(resume_from, t.run_dir, log)
+        note_rollback(resume_from, t.run_dir, log)
     if cfg.data.paths:  # the user's data is checked now; the default corpus is built after init (rank 0)
         plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
     return plan
@@ -133,21 +133,22 @@ def check_not_overwriting(run_dir: str, resume_from: str | None) -> None:
                       "another --run-dir")
 
 
-def start_timeline_at(resume_from: str, run_dir: str, log=print) -> None:
+def note_rollback(resume_from: str, run_dir: str, log=print) -> None:
     """Resuming a run dir from a checkpoint older than its newest (training.load_tag, a rollback):
-    the newer ones are moved into checkpoints/abandoned/ (mtds.ckpt.layout.abandon_newer), so this
-    run's saves are the ones `keep_last` keeps and `latest`, and so the next --load, names."""
-    from mtds.ckpt.layout import ABANDONED_DIR, abandon_newer
+    say that the run's first save moves the newer ones into checkpoints/abandoned/ (it does it:
+    mtds.ckpt.save_load.save), so this run's saves are the ones `keep_last` keeps and `latest`,
+    and so the next --load, names. Until then nothing changes on disk: a run that fails first
+    leaves the run dir as it was."""
+    from mtds.ckpt.layout import ABANDONED_DIR, newer_tags
 
     root, tag = os.path.split(os.path.normpath(resume_from))
     if os.path.realpath(root) != os.path.realpath(os.path.join(run_dir, "checkpoints")):
         return  # resumed into another run dir (an empty one: check_not_overwriting)
-    moved = abandon_newer(root, tag)
-    if moved:
-        log(f"note: resuming from {tag}, older than the run's newest checkpoint: {', '.join(moved)} moved to "
-            f"{os.path.join(root, ABANDONED_DIR)} (kept, never loaded: move them back to undo); `latest` names "
-            f"{tag} and then this run's saves (drop training.load_tag from a job that may be requeued, or it rolls "
-            "back again)")
+    newer = newer_tags(root, tag)
+    if newer:
+        log(f"note: resuming from {tag}, older than the run's newest checkpoint: this run's first save moves "
+            f"{', '.join(newer)} to {os.path.join(root, ABANDONED_DIR)} (kept, never loaded) and `latest` then names "
+            "this run's saves (drop training.load_tag from a job that may be requeued, or it rolls back again)")
 
 
 def data_and_tokenizer(cfg: RunConfig):

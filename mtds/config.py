@@ -177,8 +177,8 @@ class TrainingConfig:
     """Resume from the latest complete checkpoint in this directory (usually run_dir)."""
     load_tag: str | None = None
     """Resume from this checkpoint of `load` (e.g. iter_0000040, the one before a damaged one)
-    instead of the newest. In `load`'s own run dir this rolls the run back: its first save moves the newer
-    checkpoints to checkpoints/abandoned/ (kept). For one resume: drop it again, or a requeued job goes back to it."""
+    instead of the newest. In `load`'s own run dir this rolls the run back: once loaded, the newer
+    checkpoints move to checkpoints/abandoned/ (kept). For one resume: drop it again, or a requeued job goes back to it."""
     init_from: str | None = None
     """Start from the weights of this run dir's newest complete checkpoint (any ZeRO stage and world
     size): iteration, data position, optimizer state and LR schedule start fresh (fine-tuning).

@@ -77,13 +77,13 @@ def test_flipped_bits_stop_the_resume_with_one_line_and_the_earlier_tag_resumes_
                       f"manifest.json); {GO_BACK}resume from it with --training.load_tag=iter_0000002"], errors
     assert "Traceback" not in refused.stderr
 
-    # With the flag it resumes there, a rollback: saving iter_0000005 moves the newer (damaged) iter_0000004
-    # aside, kept, and keep_last=2 keeps iter_0000002 (pruning once deleted it and kept 4).
+    # With the flag it resumes there, a rollback: the newer (damaged) iter_0000004 is moved aside, kept,
+    # and saving iter_0000005 with keep_last=2 keeps iter_0000002 (pruning once deleted it and kept 4).
     resumed = ok(run_pretrain(resume_args(tiny_data, run, ds, "--training.load_tag=iter_0000002"), ranks=2))
     assert f"resumed from {run / 'checkpoints' / 'iter_0000002'} at iteration 2" in resumed.stdout
     root = run / "checkpoints"
-    assert (f"note: resuming from iter_0000002, older than the run's newest checkpoint: this run's first save moves "
-            f"iter_0000004 to {root / 'abandoned'} (kept, never loaded)" in resumed.stdout)
+    assert (f"note: resumed from iter_0000002, older than the run's newest checkpoint: iter_0000004 moved to "
+            f"{root / 'abandoned'} (kept, never loaded" in resumed.stdout)
     assert sorted(t for t in os.listdir(root) if t.startswith("iter_")) == ["iter_0000002", "iter_0000005"]
     assert os.listdir(root / "abandoned") == ["iter_0000004"] and (root / "abandoned/iter_0000004" / shard.name).is_file()
     assert (root / "latest").read_text() == "iter_0000005"

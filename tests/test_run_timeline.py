@@ -53,7 +53,7 @@ def test_a_rollback_keeps_its_new_saves_moves_the_old_timeline_aside_and_the_nex
     keep_last=2. Pruning by iteration once deleted the new save at once, with the tag resumed from,
     and `latest` named a deleted tag, so the next --load went back to the abandoned timeline."""
     from mtds.ckpt.layout import find, read_config
-    from mtds.train.plan import note_rollback
+    from mtds.ckpt.save_load import start_timeline
 
     run, lines = tmp_path / "run", []
     root = run / "checkpoints"
@@ -61,28 +61,27 @@ def test_a_rollback_keeps_its_new_saves_moves_the_old_timeline_aside_and_the_nex
         save_at(engine, run, it, keep_last=3)
     assert tags(root) == ["iter_0000020", "iter_0000025", "iter_0000030"]
 
-    note_rollback(str(root / "iter_0000020"), str(run), lines.append)  # what plan_run says, rank 0
-    assert lines == [f"note: resuming from iter_0000020, older than the run's newest checkpoint: this run's first save "
-                     f"moves iter_0000025, iter_0000030 to {root / 'abandoned'} (kept, never loaded) and `latest` then "
-                     "names this run's saves (drop training.load_tag from a job that may be requeued, or it rolls back "
-                     "again)"]
-    assert tags(root) == ["iter_0000020", "iter_0000025", "iter_0000030"]  # nothing moves before the run saves
-
-    save_at(engine, run, 22, log=lines.append)
-    assert lines[-2] == (f"note: iter_0000025, iter_0000030 (newer than this save, another timeline) moved to "
-                         f"{root / 'abandoned'}; kept, never loaded (move them back to undo)")
-    assert tags(root) == ["iter_0000020", "iter_0000022"] and (root / "latest").read_text() == "iter_0000022"
+    start_timeline(str(root / "iter_0000020"), str(run), lines.append)  # mtds.train.run, once the resume loaded
+    assert lines == [f"note: resumed from iter_0000020, older than the run's newest checkpoint: iter_0000025, "
+                     f"iter_0000030 moved to {root / 'abandoned'} (kept, never loaded: move them back to undo); "
+                     "`latest` names iter_0000020 and then this run's saves (drop training.load_tag from a job that "
+                     "may be requeued, or it rolls back again)"]
+    assert tags(root) == ["iter_0000020"] and (root / "latest").read_text() == "iter_0000020"
     assert tags(root / "abandoned") == ["iter_0000025", "iter_0000030"]
-    for it in (24, 26):
+
+    save_at(engine, run, 27)  # past an abandoned tag's iteration: that one is not this timeline's
+    assert tags(root) == ["iter_0000020", "iter_0000027"] and (root / "latest").read_text() == "iter_0000027"
+    for it in (29, 31):
         save_at(engine, run, it)
-    assert tags(root) == ["iter_0000024", "iter_0000026"] and (root / "latest").read_text() == "iter_0000026"
+    assert tags(root) == ["iter_0000029", "iter_0000031"] and (root / "latest").read_text() == "iter_0000031"
     assert tags(root / "abandoned") == ["iter_0000025", "iter_0000030"]  # never pruned
     # The next --load (a requeued job) resumes the new timeline.
-    assert find(str(run)) == str(root / "iter_0000026") and read_config(find(str(run)))["saved_at"] == 26
+    assert find(str(run)) == str(root / "iter_0000031") and read_config(find(str(run)))["saved_at"] == 31
 
 
-def test_a_second_rollback_keeps_both_abandoned_copies_of_a_tag(engine, tmp_path):
-    """A name abandoned twice gets a suffix: nothing in abandoned/ is replaced."""
+def test_a_save_moves_newer_tags_aside_and_a_second_rollback_keeps_both_abandoned_copies_of_a_tag(engine, tmp_path):
+    """save() keeps `latest` the newest save by itself (a caller that did not start the timeline):
+    tags newer than the save go aside; a name abandoned twice gets a suffix, nothing is replaced."""
     run = tmp_path / "run"
     root = run / "checkpoints"
     for it in (4, 6, 5, 6, 3):

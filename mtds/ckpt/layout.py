@@ -12,8 +12,9 @@ renamed from `<tag>.tmp` only after every rank finished writing (see save_load.p
 resumes and the tools read checkpoints through `find` alone.
 
 One timeline per folder: no complete tag is newer than the newest save. A run resumed from an older
-tag moves the newer ones aside at its first save (`abandon_newer`), so `latest` names the newest
-save, tag order is save order, and `keep_last` never deletes the saves of the timeline the run is on.
+tag moves the newer ones aside once it has loaded (`abandon_newer`, called by save_load), so `latest`
+names the newest save, tag order is save order, and `keep_last` never deletes the saves of the
+timeline the run is on.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ each rank hashes the files it wrote, rank 0 gathers the hashes into manifest.jso
 renames the directory and replaces `latest` atomically. mtds_config.json names the manifest, so a
 checkpoint of this version found without one is refused rather than loaded unverified.
 
-One timeline per checkpoints folder (layout.abandon_newer): a save moves aside any tag newer than
-itself (a rolled-back run's first save), so `latest` names the newest save and `keep_last`, which
-keeps the highest iterations, keeps the newest saves.
+One timeline per checkpoints folder (layout.abandon_newer): a run resumed from a tag older than its
+run dir's newest (training.load_tag, a rollback) moves the newer ones aside once it has loaded
+(`start_timeline`), and a save moves aside any tag newer than itself, so `latest` names the newest
+save and `keep_last`, which keeps the highest iterations, keeps the newest saves.
 """
 
 from __future__ import annotations
@@ -95,9 +96,7 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         shutil.rmtree(final_dir, ignore_errors=True)  # this timeline's own save of this iteration (a finished run resumed)
         os.replace(tmp_dir, final_dir)
         manifest.remember_verified(final_dir)
-        # A rollback's first save (training.load_tag older than the newest tag): the abandoned timeline's
-        # tags go aside now, not when the run starts, so a run that fails before saving changes nothing.
-        moved = abandon_newer(root, tag)
+        moved = abandon_newer(root, tag)  # none after start_timeline: it keeps `latest` the newest save anyway
         if moved:
             log(f"note: {', '.join(moved)} (newer than this save, another timeline) moved to "
                 f"{os.path.join(root, ABANDONED_DIR)}; kept, never loaded (move them back to undo)")
@@ -106,6 +105,24 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         log(f"saved checkpoint {final_dir}")
     barrier()
     return tag
+
+
+def start_timeline(resume_from: str, run_dir: str, log=print) -> list[str]:
+    """After a resume has loaded (and passed its checks), on rank 0 before the first save: if the
+    checkpoint is older than its run dir's newest (training.load_tag, a rollback), move the newer
+    ones into checkpoints/abandoned/ (layout.abandon_newer) with a note, so this run's saves are the
+    ones `keep_last` keeps and `latest`, and so the next --load, names. Not earlier: a run refused
+    before it loaded leaves the run dir as it was. Returns the tags moved."""
+    root, tag = os.path.split(os.path.normpath(resume_from))
+    if os.path.realpath(root) != os.path.realpath(os.path.join(run_dir, "checkpoints")):
+        return []  # resumed into another run dir (an empty one: mtds.train.plan.check_not_overwriting)
+    moved = abandon_newer(root, tag)
+    if moved:
+        log(f"note: resumed from {tag}, older than the run's newest checkpoint: {', '.join(moved)} moved to "
+            f"{os.path.join(root, ABANDONED_DIR)} (kept, never loaded: move them back to undo); `latest` names "
+            f"{tag} and then this run's saves (drop training.load_tag from a job that may be requeued, or it rolls "
+            "back again)")
+    return moved
 
 
 def publish_weights(run_dir: str, state: dict, record: dict) -> str:

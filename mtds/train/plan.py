@@ -92,8 +92,6 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
                           (init_from and init_from[0], None)):
         if ckpt:
             check_before_load(ckpt, go_back, log, hashes=hashed)
-    if resume_from and hashed:
-        note_rollback(resume_from, t.run_dir, log)
     if cfg.data.paths:  # the user's data is checked now; the default corpus is built after init (rank 0)
         plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
     return plan
@@ -131,24 +129,6 @@ def check_not_overwriting(run_dir: str, resume_from: str | None) -> None:
     raise ConfigError(f"training.run_dir={run_dir!r} already holds a run's checkpoints (newest {tags[-1]}) and this run "
                       f"{doing}, which would overwrite them; resume that run with --load {run_dir}, or give this run "
                       "another --run-dir")
-
-
-def note_rollback(resume_from: str, run_dir: str, log=print) -> None:
-    """Resuming a run dir from a checkpoint older than its newest (training.load_tag, a rollback):
-    say that the run's first save moves the newer ones into checkpoints/abandoned/ (it does it:
-    mtds.ckpt.save_load.save), so this run's saves are the ones `keep_last` keeps and `latest`,
-    and so the next --load, names. Until then nothing changes on disk: a run that fails first
-    leaves the run dir as it was."""
-    from mtds.ckpt.layout import ABANDONED_DIR, newer_tags
-
-    root, tag = os.path.split(os.path.normpath(resume_from))
-    if os.path.realpath(root) != os.path.realpath(os.path.join(run_dir, "checkpoints")):
-        return  # resumed into another run dir (an empty one: check_not_overwriting)
-    newer = newer_tags(root, tag)
-    if newer:
-        log(f"note: resuming from {tag}, older than the run's newest checkpoint: this run's first save moves "
-            f"{', '.join(newer)} to {os.path.join(root, ABANDONED_DIR)} (kept, never loaded) and `latest` then names "
-            "this run's saves (drop training.load_tag from a job that may be requeued, or it rolls back again)")
 
 
 def data_and_tokenizer(cfg: RunConfig):

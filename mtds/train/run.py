@@ -77,6 +77,10 @@ def train(plan: Plan, log=print) -> int:
                       before_backward=family.before_backward, summarize=task.summarize, log=log)
     if plan.resume_from:
         trainer.resume(plan.resume_from)
+        if rank == 0:  # loaded and checked: a rollback's newer tags go aside before the first save (save_load)
+            from mtds.ckpt.save_load import start_timeline
+
+            start_timeline(plan.resume_from, cfg.training.run_dir, log)
     try:
         trainer.fit()
     finally:

@@ -69,7 +69,7 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
         if resume_from is None:
             log(f"note: no complete checkpoint under {t.load}; starting from scratch")
     check_not_overwriting(t.run_dir, resume_from)
-    if resume_from:  # the config keys that move the data order, before any checkpoint is read or hashed
+    if resume_from:  # the config keys that move the data order, before the checkpoint is hashed or DeepSpeed starts
         from mtds.ckpt.layout import read_config
         from mtds.ckpt.resume import check_data_order
 

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 from data_tools.errors import DataToolsError
 from data_tools.spm import TokenizerError
 from mtds.config import RunConfig, build_config, load_file, parse_overrides
-from mtds.errors import ConfigError, LoadError, TrainingStopped
+from mtds.errors import ConfigError, LoadError, TrainingStopped, print_error
 from mtds.kinds import KINDS
 from mtds.train.run_lock import release_run_dir_locks
 
@@ -52,24 +52,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
     rank = int(os.environ.get("RANK", "0"))
-    log = print if rank == 0 else (lambda *a, **k: None)
-    planned = False
+    log, planned = print if rank == 0 else (lambda *a, **k: None), False
     try:
         args, cfg = parse_args(sys.argv[1:] if argv is None else argv)
         from mtds.train.plan import plan_run
         from mtds.train.run import train
 
-        plan = plan_run(cfg, args.deepspeed_config, log)
-        planned = True
+        plan, planned = plan_run(cfg, args.deepspeed_config, log), True
         return train(plan, log)
     except (ConfigError, LoadError, TokenizerError, DataToolsError, TrainingStopped) as e:  # one line, no traceback
-        # The plan's checks read the same arguments and files on every rank, and a TrainingStopped is
-        # agreed by all-reduce: rank 0 speaks for all. Past the plan a rank may fail alone (its data
-        # shard, its checkpoint file): every other rank names itself too.
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
-        elif planned and not isinstance(e, TrainingStopped):
-            print(f"error: rank {rank}: {e}", file=sys.stderr)
+        print_error(e, rank, planned)  # rank 0's line, or another rank's past the plan
         return 3 if isinstance(e, TrainingStopped) else 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
         if rank == 0:

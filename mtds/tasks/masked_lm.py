@@ -33,8 +33,9 @@ class Options:
 
 
 PAIRS = ("sop", "nsp", "none")
-CHANGEABLE_ON_RESUME: tuple[str, ...] = ("masking_probability", "short_seq_prob")
-"""[task] keys a resumed run may change (they change no parameter; `pair` is the objective)."""
+CHANGEABLE_ON_RESUME: tuple[str, ...] = ("masking_probability",)
+"""[task] keys a resumed run may change (they change no parameter and not which sample comes next:
+`pair` is the objective, `short_seq_prob` lays the samples out)."""
 
 
 def validate(opts: Options, cfg) -> list[str]:

@@ -39,8 +39,9 @@ class Options:
     (every span one token long), so no sample is cut: 37 for a 128-token encoder at 15%."""
 
 
-CHANGEABLE_ON_RESUME: tuple[str, ...] = ("short_seq_prob",)
-"""[task] keys a resumed run may change (the other ones change what the model is trained to do)."""
+CHANGEABLE_ON_RESUME: tuple[str, ...] = ()
+"""[task] keys a resumed run may change: none (`short_seq_prob` lays the samples out, so a resume
+would read others; the rest change what the model is trained to do)."""
 
 
 def max_masked_tokens(opts: Options, seq_length: int) -> int:

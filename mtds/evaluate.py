@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the run's own training data)")
     p.add_argument("--split", choices=tuple(SPLITS), default="valid",
                    help="which part of the data (the run's train/valid/test split string); all = every document")
-    p.add_argument("--eval-iters", type=int, help="micro-batches to evaluate (default: the run's eval_iters x data-parallel size)")
+    p.add_argument("--eval-iters", type=int,
+                   help="micro-batches to evaluate (default: the run's eval_iters x data-parallel size)")
     p.add_argument("--micro-batch", type=int, help="samples per micro-batch (default: the run's)")
     p.add_argument("--device", default=default_device())
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")

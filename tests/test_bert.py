@@ -86,7 +86,7 @@ def fake_batch(b: int = 4, vocab: int = 512, seed: int = 0) -> dict:
 
 
 def test_forward_step_loss_is_mlm_plus_sop_and_mlm_matches_megatrons_own_loss(world_of_one):
-    from mtds.tasks.masked_lm import Options, count_targets, forward_step as bert_forward
+    from mtds.tasks.masked_lm import count_targets, forward_step as bert_forward
 
     model = build(True)
     batch = fake_batch()
@@ -111,7 +111,7 @@ def test_forward_step_loss_is_mlm_plus_sop_and_mlm_matches_megatrons_own_loss(wo
 
 def test_forward_step_accuracy_counts_argmax_hits_on_masked_positions_only(world_of_one):
     """A model whose logits are one-hot on the labels at masked positions scores mlm_acc 1."""
-    from mtds.tasks.masked_lm import Options, count_targets, forward_step as bert_forward
+    from mtds.tasks.masked_lm import forward_step as bert_forward
 
     batch = fake_batch()
 

@@ -348,6 +348,9 @@ def test_nsp_samples_are_framed_and_masked_like_sop(world_of_one, tiny_data, tmp
 def test_nsp_metrics_are_named_after_the_pair_objective(world_of_one):
     from mtds.tasks.masked_lm import Options, forward_step
 
+    from mtds.train.reduction import loss_of_parts
+
     with torch.no_grad():
-        _, metrics = forward_step(build(True), fake_batch(), torch.device("cpu"), Options(pair="nsp"))
-    assert set(metrics) == {"mlm_loss", "mlm_acc", "nsp_loss", "nsp_acc"}
+        losses, metrics = forward_step(build(True), fake_batch(), torch.device("cpu"), Options(pair="nsp"))
+    assert set(metrics) == {"mlm_acc", "nsp_acc"} and set(losses) == {"mlm", "nsp"}
+    assert set(loss_of_parts(losses)[1]) == {"mlm_loss", "nsp_loss"}  # what the trainer logs beside the loss

@@ -66,6 +66,10 @@ def read_hf_config(hf_dir: str) -> tuple[dict, object]:
     return hf, arch
 
 
+IMPORTED_SEQ_LENGTH = 4096
+"""The most data.seq_length an import writes into run_config.json (the model's own limit if lower)."""
+
+
 def run_config(hf: dict, arch, hf_dir: str) -> dict:
     """The run-config sections of the imported model: [model], [task], the tokenizer in [data]."""
     try:
@@ -75,7 +79,11 @@ def run_config(hf: dict, arch, hf_dir: str) -> dict:
                         "cannot be imported with it") from None
     # The table says what the network is; the kind is its family's pretraining one (gpt, bert).
     model_type = pretraining_kind(IMPORTABLE[arch.ARCHITECTURE][1])
-    return {"model": {"model_type": model_type, **model}, "task": task}
+    # data.seq_length defaults to max_position_embeddings: 131072 for Llama-3.x, which trains out of
+    # memory. The import writes a length a fine-tuning run can afford; the model still takes the long one.
+    positions = model.get("max_position_embeddings")
+    data = {"seq_length": min(positions, IMPORTED_SEQ_LENGTH)} if positions else {}
+    return {"model": {"model_type": model_type, **model}, "task": task, "data": data}
 
 
 def find_tokenizer(hf_dir: str) -> tuple[list[str], str]:
@@ -222,7 +230,7 @@ def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
     prepare_out_dir(out_dir)
     tok_dir = os.path.join(out_dir, "tokenizer")
     tok_model = tok_dir if tok_type == "HuggingFaceTokenizer" else os.path.join(tok_dir, "tokenizer.model")
-    sections["data"] = {"tokenizer_model": os.path.abspath(tok_model), "tokenizer_type": tok_type}
+    sections["data"].update(tokenizer_model=os.path.abspath(tok_model), tokenizer_type=tok_type)
     try:
         cfg = build_config({**sections, "training": {"run_dir": out_dir}})
     except ConfigError as e:
@@ -240,6 +248,10 @@ def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
     skip = check_tensors(found, wanted, cfg.model.tie_embeddings)
     for note in getattr(arch, "notes", lambda hf: [])(hf):
         log(f"note: {note}")
+    positions = cfg.model.max_position_embeddings
+    if sections["data"].get("seq_length", positions) < positions:
+        log(f"note: data.seq_length={sections['data']['seq_length']} in run_config.json (the model takes up to "
+            f"{positions}; activations grow with the length): give --data.seq_length to train longer")
 
     state = load_weights(shards, skip, rules)
     from mtds.hf.mapping import not_exported
@@ -268,7 +280,7 @@ def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
     final = publish_weights(out_dir, state, saved)
     log(f"imported {arch.ARCHITECTURE} from {hf_dir}: {saved['num_parameters'] / 1e6:.1f}M parameters, "
         f"{len(shards)} shard(s) -> {final}")
-    log(f"next: deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json --config "
+    log(f"next: deepspeed mtds/pretrain.py --deepspeed_config ds_configs/finetune_zero2.json --config "
         f"{os.path.join(out_dir, 'run_config.json')} --data.paths PREFIX --training.init_from {out_dir} "
         "--run-dir NEW_RUN_DIR")
     return final

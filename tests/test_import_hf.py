@@ -167,6 +167,7 @@ def test_import_writes_a_run_directory_the_tools_and_training_read(imported, hf_
     with open(os.path.join(run_dir, "run_config.json")) as f:
         sections = json.load(f)
     assert sections["model"]["num_query_groups"] == 2 and sections["data"]["tokenizer_type"] == "HuggingFaceTokenizer"
+    assert sections["data"]["seq_length"] == sections["model"]["max_position_embeddings"]  # short: its own
     assert imported["megatron_bert"][1].cfg.task.pair == "sop"  # two token types: the sentence-pair head
 
 
@@ -292,6 +293,17 @@ def test_an_occupied_output_directory_is_not_touched(hf_dirs, tmp_path, capsys):
 
 # -- continued pretraining ----------------------------------------------------------------------
 @pytest.mark.slow
+def test_a_long_context_model_imports_with_a_trainable_sequence_length(hf_dirs):
+    """Llama-3.x allows 131072 positions; data.seq_length defaults to that, which would train out of
+    memory: the import's run config says 4096 (IMPORTED_SEQ_LENGTH) and keeps the model's limit."""
+    from mtds.import_hf import IMPORTED_SEQ_LENGTH, read_hf_config, run_config
+
+    hf, arch = read_hf_config(hf_dirs["llama_gqa"])
+    sections = run_config({**hf, "max_position_embeddings": 131072}, arch, hf_dirs["llama_gqa"])
+    assert sections["data"] == {"seq_length": IMPORTED_SEQ_LENGTH} == {"seq_length": 4096}
+    assert sections["model"]["max_position_embeddings"] == 131072
+
+
 def test_continued_pretraining_starts_at_the_hf_models_loss_and_lowers_it(imported, hf_dirs, tiny_data, tmp_path):
     """20 fp32 steps from the imported Llama (training.init_from) on data preprocessed with the
     model's own HF tokenizer: the first logged loss is the HF model's loss on that first batch

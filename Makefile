@@ -14,13 +14,14 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	# The CPU wheel of torch lies on disk; installing it first keeps pip from pulling
-	# a multi-GB CUDA build for the torch range in pyproject.toml.
-	$(BIN)/pip install -q torch==2.13.0
+	# a multi-GB CUDA build for the torch range in pyproject.toml. On a GPU machine pass the
+	# PyTorch index of the driver's CUDA: make venv TORCH_INDEX=https://download.pytorch.org/whl/cu128
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[test]'
-	# Build DeepSpeed's JIT ops (CPU shm comm + fused Adam; ~2 min on 2 cores) once, here, so
-	# no training run or test pays for it or races another process building it.
-	$(BIN)/python -W ignore -c "from deepspeed.accelerator import get_accelerator as acc; \
-	  [acc().create_op_builder(op).load() for op in ('ShareMemCommBuilder', 'FusedAdamBuilder')]"
+	# Build DeepSpeed's JIT ops once, here, so no training run or test pays for it or races
+	# another process building it: only those of the detected accelerator (mtds/ops.py; CPU:
+	# shm comm + fused Adam, ~2 min on 2 cores; CUDA: FusedAdam if nvcc is there).
+	$(BIN)/python -W ignore -m mtds.ops
 	touch $@
 
 venv: $(BIN)/.installed

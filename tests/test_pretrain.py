@@ -58,6 +58,12 @@ def test_readme_command_trains_default_gpt(tmp_path):
     assert resolved["deepspeed"]["train_batch_size"] == 8 and resolved["world_size"] == 1
     assert resolved["run"]["model"]["num_layers"] == 4 and "deepspeed" in resolved["versions"]
     assert open(run_dir / "checkpoints/latest").read() == "iter_0000060"
+    # The run ends saying what it did and what comes next (mtds/train/run.py).
+    lines = proc.stdout.splitlines()
+    done = next(line for line in lines if line.startswith("done: "))
+    assert done.startswith("done: 60 iterations in ") and f"{60 * 8 * 256:,} tokens, validation loss {val[-1]:.4f}" in done
+    assert 'next: python -m mtds.generate --load runs/demo --prompt "..."' in lines
+    assert "next: tensorboard --logdir runs/demo/tensorboard" in lines
 
 
 def test_two_cpu_ranks_train_with_zero2_and_compiled_layers(tiny_data, tmp_path):

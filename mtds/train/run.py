@@ -82,7 +82,22 @@ def train(plan: Plan, log=print) -> int:
 
             start_timeline(plan.resume_from, cfg.training.run_dir, log)
     try:
-        trainer.fit()
+        state = trainer.fit()
     finally:
         metrics.close()
+    if state.iteration == plan.train_iters:  # finished (not a stop to resume): what to do with it
+        log(trainer.summary())
+        for command in next_commands(cfg.training.run_dir, generates=task.next_token_logits is not None
+                                     or task.seq2seq_logits is not None, exports=bool(family.hf_architectures)):
+            log(f"next: {command}")
     return 0
+
+
+def next_commands(run_dir: str, generates: bool, exports: bool) -> list[str]:
+    """The commands a finished run leads to, for its last lines."""
+    out = [f'python -m mtds.generate --load {run_dir} --prompt "..."'] if generates else []
+    out.append(f"python -m mtds.evaluate --load {run_dir}")
+    if exports:
+        out.append(f"python -m mtds.export_hf --load {run_dir} --out hf/{os.path.basename(os.path.normpath(run_dir))}")
+    out += [f"python -m mtds.plot {run_dir}", f"tensorboard --logdir {run_dir}/tensorboard"]
+    return out

@@ -53,6 +53,7 @@ class Trainer:
         self.dp_group = data_parallel_group()
         self.count_targets = count_targets
         self.step_lr = engine.get_lr()[0]  # the LR of the latest step (logged as train/lr)
+        self.last_val_loss: float | None = None  # for the end-of-run summary
         self.train_iters = train_iters
         self.micro = engine.train_micro_batch_size_per_gpu()
         self.accum = engine.gradient_accumulation_steps()
@@ -207,6 +208,13 @@ class Trainer:
         self.save()
         return self.state
 
+    def summary(self) -> str:
+        """The end-of-run line: iterations, wall time, tokens, the last validation loss."""
+        minutes = (time.time() - self.start_time) / 60
+        val = f", validation loss {self.last_val_loss:.4f}" if self.last_val_loss is not None else ""
+        return (f"done: {self.state.iteration} iterations in {minutes:.1f} min, "
+                f"{self.state.consumed_tokens:,} tokens{val}; checkpoints in {self.cfg.training.run_dir}/checkpoints")
+
     # -- logging and evaluation ------------------------------------------------------------
     def _optimizer_stats(self) -> dict[str, float]:
         e = self.engine
@@ -278,7 +286,7 @@ class Trainer:
         val_loss_t, extra, _ = evaluation_means(self.engine, loader, self.forward, self.count_targets, self.device,
                                                 self.dp_group)
         self.engine.train()
-        val_loss = val_loss_t.item()
+        val_loss = self.last_val_loss = val_loss_t.item()
         extra = self._summarize(extra) if self._summarize is not None else extra
         keys = list(extra)
         values = {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0)),

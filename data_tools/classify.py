@@ -1,4 +1,4 @@
-"""Tokenize labelled jsonl into Megatron `.bin`/`.idx` data for BERT sequence classification.
+"""Tokenize labelled jsonl (or parquet, Arrow) into Megatron `.bin`/`.idx` data for BERT sequence classification.
 
     python -m data_tools.classify --input train.jsonl --output-prefix data/mytask --tokenizer-model TOK \\
         [--tokenizer-type HuggingFaceTokenizer] [--label-set data/other_cls_document_labels.json]
@@ -18,7 +18,8 @@ output's label set (a separate validation file must number its classes the same 
 the set is every label seen, and a file with only one class is refused. Any bad line (malformed
 JSON, missing or empty text, missing label, a label that is not a string or int, mixed label
 types, a label outside --label-set) stops the run with one line naming FILE:LINE, and nothing is
-written (temp files, renamed only when complete); blank lines are skipped.
+written (temp files, renamed only when complete); blank lines are skipped. Parquet/Arrow rows (numbered from 0) are read as the same records from
+their `text`, `label` (and `text_pair`) columns; a null text_pair is no pair.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ import orjson
 
 from data_tools.errors import DataToolsError, run_cli
 from data_tools.hf_tokenizer import TOKENIZER_TYPES
-from data_tools.io_utils import atomic_outputs, check_input_files, check_output_prefix
-from data_tools.jsonl_reader import UnparsableLine, iter_chunks, load_json_line
+from data_tools.inputs import RecordChunk, input_bytes, iter_records, load_record, resolve_inputs
+from data_tools.io_utils import atomic_outputs, check_output_prefix
+from data_tools.jsonl_reader import UnparsableLine
+from data_tools.progress import Progress
 from data_tools.spm import TokenizerError
 
 
@@ -107,11 +110,14 @@ class _Encoder:
         return self.sp.encode(texts)
 
 
-def _record(raw: bytes, where: str) -> tuple[str, str | None, object]:
-    """(text, text_pair or None, label) of one line, or a one-line DataToolsError naming `where`."""
+RECORD_KEYS = ("text", "text_pair", "label")  # a parquet/Arrow file's other columns are not read
+
+
+def _record(chunk: RecordChunk, i: int, where: str) -> tuple[str, str | None, object]:
+    """(text, text_pair or None, label) of record i, or a one-line DataToolsError naming `where`."""
     fix = "fix the line (nothing was written)"
     try:
-        rec = load_json_line(raw)
+        rec = load_record(chunk, i)
     except UnparsableLine as e:
         raise DataToolsError(f"{where}: {e}; {fix}") from None
     if not isinstance(rec, dict):
@@ -136,11 +142,12 @@ def _shown(value) -> str:
 
 def classify_preprocess(input_paths: Sequence[str], output_prefix: str, tokenizer_model: str,
                         tokenizer_type: str = "auto", label_set: str | None = None,
-                        quiet: bool = False) -> ClassifySummary:
+                        quiet: bool = False, log_interval: float = 1.0) -> ClassifySummary:
     """Write the token pair, the class-id side file and the label set for `input_paths`; see the
-    module docstring. Raises DataToolsError (one line) for bad arguments and the first bad line."""
+    module docstring (inputs: jsonl, parquet, Arrow, folders, globs: data_tools.inputs). Raises DataToolsError (one line) for bad arguments and the first bad line."""
     t0 = time.perf_counter()
-    paths = check_input_files(input_paths)
+    inputs = resolve_inputs(input_paths)
+    paths = [f.path for f in inputs]
     output_prefix = check_output_prefix(output_prefix)
     fixed = read_label_set(label_set) if label_set else None
     try:
@@ -155,16 +162,18 @@ def classify_preprocess(input_paths: Sequence[str], output_prefix: str, tokenize
     if fixed is not None:
         first = (type(fixed[0]), label_set)
     writer = BinIdxWriter(summary.output, optimal_dtype(enc.vocab_size))
+    progress = Progress("classify", input_bytes(inputs), quiet, log_interval, unit="samples")
     try:
         with atomic_outputs([labels_path(summary.output), label_set_path(summary.output)]) as (tmp_ids, tmp_set):
-            for chunk in iter_chunks(paths):
+            for chunk in iter_records(inputs, RECORD_KEYS):
+                progress.update(chunk.path, chunk.input_pos, len(labels))
                 texts, counts, wheres = [], [], []
-                for i, raw in enumerate(chunk.lines):
-                    where = f"{chunk.path}:{chunk.first_line + i}"
-                    if not raw.strip():
+                for i in range(len(chunk.records)):
+                    where = chunk.where(i)
+                    if not chunk.columnar and not chunk.records[i].strip():
                         summary.blank_lines += 1
                         continue
-                    text, pair, label = _record(raw, where)
+                    text, pair, label = _record(chunk, i, where)
                     if first is None:
                         first = (type(label), where)
                     elif type(label) is not first[0]:
@@ -209,6 +218,8 @@ def classify_preprocess(input_paths: Sequence[str], output_prefix: str, tokenize
     except BaseException:
         writer.abort()
         raise
+    finally:
+        progress.close()
     summary.seconds = time.perf_counter() - t0
     if not quiet:
         print(summary, file=sys.stderr)
@@ -221,7 +232,8 @@ def _kind(t: type) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_tools.classify", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, help=".jsonl(.gz/.zst) files with text, label (and text_pair)")
+    p.add_argument("--input", nargs="+", required=True, help=".jsonl(.gz/.zst), .parquet, .arrow files (folders, "
+                   "quoted globs, as preprocess) with text, label (and text_pair)")
     p.add_argument("--output-prefix", required=True,
                    help="writes PREFIX_cls_document.bin/.idx and its _labels.npy / _labels.json side files")
     p.add_argument("--tokenizer-model", required=True,
@@ -229,9 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tokenizer-type", choices=TOKENIZER_TYPES, default="auto")
     p.add_argument("--label-set", metavar="LABELS_JSON",
                    help="number the classes as this earlier output's _labels.json does (e.g. for a validation file)")
+    p.add_argument("--log-interval", type=float, default=1.0,
+                   help="seconds between progress updates (off a terminal: one plain line each)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    classify_preprocess(a.input, a.output_prefix, a.tokenizer_model, a.tokenizer_type, a.label_set, a.quiet)
+    classify_preprocess(a.input, a.output_prefix, a.tokenizer_model, a.tokenizer_type, a.label_set, a.quiet,
+                        a.log_interval)
     return 0
 
 

@@ -136,3 +136,63 @@ def parse_chunk(chunk, json_keys: Sequence[str]):
     from data_tools.columnar_reader import parse_columns
 
     return parse_columns(chunk, json_keys)
+
+
+@dataclass
+class RecordChunk:
+    """A run of consecutive records of one input, for the tools that read whole records (sft,
+    classify, train_tokenizer): jsonl lines as raw bytes (each tool parses them, so its messages
+    name a bad line its own way), or parquet/Arrow rows as dicts of Python values (pyarrow's
+    `to_pylist`: a list-of-structs column gives lists of dicts, as json does). A null cell is left
+    out of its dict: a columnar file gives every row every column, and null is how a row lacks a key."""
+
+    path: str
+    first: int  # jsonl: 1-based line number of records[0]; parquet/Arrow: 0-based row
+    records: list
+    input_pos: int  # bytes of the file consumed so far (for progress)
+    columnar: bool
+
+    def where(self, i: int) -> str:
+        """FILE:LINE (jsonl) or FILE:ROW (parquet/Arrow) of records[i]."""
+        return f"{self.path}:{self.first + i}"
+
+
+def iter_records(inputs: Sequence[InputFile], keys: Sequence[str] | None = None) -> Iterator[RecordChunk]:
+    """Stream every input, in order, as RecordChunks. `keys`: the fields the tool reads; a
+    parquet/Arrow file's other columns are not read (None: every column), and a file with none of
+    them is one DataToolsError listing its columns."""
+    from data_tools import jsonl_reader
+
+    for f in inputs:
+        if f.format == "jsonl":
+            for c in jsonl_reader.iter_chunks([f.path]):
+                yield RecordChunk(c.path, c.first_line, c.lines, c.input_pos, False)
+            continue
+        from data_tools.columnar_reader import _to_python, iter_column_chunks, read_schema
+
+        names = read_schema(f.path, f.format).names
+        cols = list(names) if keys is None else [k for k in keys if k in names]
+        if not cols:
+            raise DataToolsError(f"{f.path}: none of the columns {list(keys)}; its columns: {', '.join(names)}")
+        for c in iter_column_chunks(f.path, f.format, cols):
+            cells = [_to_python(a) for a in c.columns]
+            rows = [{k: v for k, v in zip(cols, values) if v is not None} for values in zip(*cells)]
+            yield RecordChunk(c.path, c.first_row, rows, c.input_pos, True)
+
+
+def load_record(chunk: RecordChunk, i: int):
+    """Record i of `chunk` as a Python value: a columnar row as is, a jsonl line parsed (raises
+    jsonl_reader.UnparsableLine for bad JSON); None for a blank jsonl line."""
+    rec = chunk.records[i]
+    if chunk.columnar:
+        return rec
+    if not rec.strip():
+        return None
+    from data_tools.jsonl_reader import load_json_line
+
+    return load_json_line(rec)
+
+
+def input_bytes(inputs: Sequence[InputFile]) -> int:
+    """Bytes on disk of every input (what progress counts against)."""
+    return sum(os.path.getsize(f.path) for f in inputs)

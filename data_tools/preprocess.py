@@ -49,6 +49,7 @@ import numpy as np
 from data_tools.errors import DataToolsError, run_cli
 from data_tools.inputs import check_inputs, iter_chunks, parse_chunk, resolve_inputs
 from data_tools.io_utils import check_output_prefix
+from data_tools.progress import Progress
 from data_tools.jsonl_reader import SKIP_REASONS, Chunk, Skip, total_input_bytes
 from data_tools.hf_tokenizer import HUGGINGFACE, TOKENIZER_TYPES
 from data_tools.spm import TokenizerError
@@ -300,10 +301,9 @@ def preprocess(
     initargs = (worker_tokenizer, json_keys, append_eod, split_sentences, dtype.str, 1)
     writers: list[BinIdxWriter] = []
     results = None
-    bar = _progress(summary.input_bytes, quiet, log_interval)
+    progress = Progress("preprocess", summary.input_bytes, quiet, log_interval)
     try:
         writers = [BinIdxWriter(p, dtype) for p in summary.outputs]
-        done_bytes: dict[str, int] = {}
         results = _ordered_results(iter_chunks(inputs, json_keys), workers, initargs)
         for res in results:
             for skip in res.skips:
@@ -316,11 +316,7 @@ def preprocess(
             for w, (tokens, lengths, counts) in zip(writers, res.keys):
                 w.add_documents(tokens, lengths, counts)
             summary.documents += res.documents
-            if bar is not None:
-                before = sum(done_bytes.values())
-                done_bytes[res.path] = res.input_pos
-                bar.update(sum(done_bytes.values()) - before)
-                bar.set_postfix_str(f"{summary.documents / bar.format_dict['elapsed']:.0f} docs/s", refresh=False)
+            progress.update(res.path, res.input_pos, summary.documents)
         if summary.documents == 0:
             raise DataToolsError(f"{paths[0]}: no usable documents in the input "
                                  f"(skipped: {summary.skipped or 'nothing to read'})")
@@ -333,24 +329,13 @@ def preprocess(
     finally:
         if results is not None:
             results.close()  # stops the worker pool now, not when the traceback is freed
-        if bar is not None:
-            bar.close()
+        progress.close()
     summary.sequences = writers[0].sequences
     summary.tokens = sum(w.tokens for w in writers)
     summary.seconds = time.perf_counter() - t0
     if not quiet:
         print(summary, file=sys.stderr)
     return summary
-
-
-def _progress(total_bytes: int, quiet: bool, log_interval: float):
-    """tqdm bar on stderr (MB/s, ETA by input bytes), only for an interactive terminal."""
-    if quiet or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, file=sys.stderr,
-                mininterval=log_interval, desc="preprocess")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -368,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split-sentences", action="store_true", help="one sequence per sentence (nltk Punkt, offline)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
-    p.add_argument("--log-interval", type=float, default=1.0, help="seconds between progress-bar updates")
+    p.add_argument("--log-interval", type=float, default=1.0, help="seconds between progress updates (off a terminal: one plain line each)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     preprocess(a.input, a.output_prefix, a.tokenizer_model, a.json_keys, a.append_eod, a.workers,

@@ -1,4 +1,4 @@
-"""Tokenize chat / instruction jsonl into Megatron `.bin`/`.idx` data for GPT supervised fine-tuning.
+"""Tokenize chat / instruction jsonl (or parquet, Arrow) into Megatron `.bin`/`.idx` data for GPT supervised fine-tuning.
 
     python -m data_tools.sft --input chats.jsonl --output-prefix data/chats --tokenizer-model TOK \\
         --max-length 512 [--tokenizer-type HuggingFaceTokenizer] [--template auto|default|hf]
@@ -15,7 +15,9 @@ Samples longer than --max-length tokens are cut to it; one whose assistant token
 away is counted and skipped (never written with an all-zero mask). Any bad line (malformed
 JSON, missing keys, no assistant turn, an unknown role, non-string content) stops the run with
 one line naming FILE:LINE and nothing is written (temp files, renamed only when complete);
-blank lines are skipped. One process: chat sets are small next to pretraining corpora, and
+blank lines are skipped. Parquet/Arrow rows (numbered from 0) are read as the same records: a
+`messages` column of lists of {role, content} structs, or `prompt` and `response` columns (other
+columns are not read). One process: chat sets are small next to pretraining corpora, and
 rendering a chat template is Python work per sample anyway.
 """
 
@@ -32,8 +34,10 @@ import numpy as np
 from data_tools.chat_format import TEMPLATES, ChatEncoder, ChatError, messages_of
 from data_tools.errors import DataToolsError, run_cli
 from data_tools.hf_tokenizer import TOKENIZER_TYPES
-from data_tools.io_utils import check_input_files, check_output_prefix
-from data_tools.jsonl_reader import UnparsableLine, iter_chunks, load_json_line
+from data_tools.inputs import input_bytes, iter_records, load_record, resolve_inputs
+from data_tools.io_utils import check_output_prefix
+from data_tools.jsonl_reader import UnparsableLine
+from data_tools.progress import Progress
 from data_tools.spm import TokenizerError
 
 
@@ -67,11 +71,14 @@ class SFTSummary:
 
 
 def sft_preprocess(input_paths: Sequence[str], output_prefix: str, tokenizer_model: str, max_length: int,
-                   tokenizer_type: str = "auto", template: str = "auto", quiet: bool = False) -> SFTSummary:
-    """Write the token and loss-mask pairs for `input_paths` (jsonl, .gz/.zst too); see the module docstring.
+                   tokenizer_type: str = "auto", template: str = "auto", quiet: bool = False,
+                   log_interval: float = 1.0) -> SFTSummary:
+    """Write the token and loss-mask pairs for `input_paths` (jsonl, .gz/.zst too, parquet, Arrow,
+    folders, globs: data_tools.inputs); see the module docstring.
     Raises DataToolsError (one line) for bad arguments before any work and for the first bad line."""
     t0 = time.perf_counter()
-    paths = check_input_files(input_paths)
+    inputs = resolve_inputs(input_paths)
+    paths = [f.path for f in inputs]
     output_prefix = check_output_prefix(output_prefix)
     if max_length < 2:
         raise DataToolsError(f"--max-length {max_length}: must be >= 2 (a prompt token and a target)")
@@ -83,20 +90,22 @@ def sft_preprocess(input_paths: Sequence[str], output_prefix: str, tokenizer_mod
 
     summary = SFTSummary(outputs=output_prefixes(output_prefix), template=enc.template)
     writers = []
+    progress = Progress("sft", input_bytes(inputs), quiet, log_interval, unit="samples")
     try:
         tok_w = BinIdxWriter(summary.outputs[0], optimal_dtype(enc.vocab_size))
         writers.append(tok_w)
         mask_w = BinIdxWriter(summary.outputs[1], np.uint8)
         writers.append(mask_w)
-        for chunk in iter_chunks(paths):
+        for chunk in iter_records(inputs, RECORD_KEYS):
             ids_parts, mask_parts, lengths = [], [], []
-            for i, raw in enumerate(chunk.lines):
-                where = f"{chunk.path}:{chunk.first_line + i}"
-                if not raw.strip():
-                    summary.blank_lines += 1
-                    continue
+            for i in range(len(chunk.records)):
+                where = chunk.where(i)
                 try:
-                    ids, mask = enc.encode(messages_of(_parse(raw)))
+                    record = _parse(chunk, i)
+                    if record is None:
+                        summary.blank_lines += 1
+                        continue
+                    ids, mask = enc.encode(messages_of(record))
                 except ChatError as e:
                     raise DataToolsError(f"{where}: {e}; fix the line (nothing was written)") from None
                 if len(ids) > max_length:
@@ -108,6 +117,7 @@ def sft_preprocess(input_paths: Sequence[str], output_prefix: str, tokenizer_mod
                 ids_parts.append(np.asarray(ids, np.int64))
                 mask_parts.append(np.asarray(mask, np.uint8))
                 lengths.append(len(ids))
+            progress.update(chunk.path, chunk.input_pos, tok_w.documents + len(lengths))
             if not lengths:
                 continue
             lens = np.asarray(lengths, np.int32)
@@ -125,22 +135,30 @@ def sft_preprocess(input_paths: Sequence[str], output_prefix: str, tokenizer_mod
         for w in writers:
             w.abort()
         raise
+    finally:
+        progress.close()
     summary.seconds = time.perf_counter() - t0
     if not quiet:
         print(summary, file=sys.stderr)
     return summary
 
 
-def _parse(raw: bytes):
+# The fields a record may have (a parquet/Arrow file's other columns are not read).
+RECORD_KEYS = ("messages", "prompt", "response")
+
+
+def _parse(chunk, i: int):
+    """Record i of `chunk` (None: a blank line); ChatError for a line that is not JSON."""
     try:
-        return load_json_line(raw)
+        return load_record(chunk, i)
     except UnparsableLine as e:
         raise ChatError(str(e)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_tools.sft", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, help=".jsonl(.gz/.zst) files of chats or prompt/response pairs")
+    p.add_argument("--input", nargs="+", required=True, help=".jsonl(.gz/.zst), .parquet, .arrow files (folders, "
+                   "quoted globs, as preprocess) of chats or prompt/response pairs")
     p.add_argument("--output-prefix", required=True,
                    help="writes PREFIX_sft_document.bin/.idx and PREFIX_sft_document_loss_mask.bin/.idx")
     p.add_argument("--tokenizer-model", required=True,
@@ -150,9 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="auto: the tokenizer's chat_template if it has one, else the default plain-text template")
     p.add_argument("--max-length", type=int, required=True,
                    help="tokens per sample at most (training packs samples into data.seq_length + 1 tokens)")
+    p.add_argument("--log-interval", type=float, default=1.0,
+                   help="seconds between progress updates (off a terminal: one plain line each)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    sft_preprocess(a.input, a.output_prefix, a.tokenizer_model, a.max_length, a.tokenizer_type, a.template, a.quiet)
+    sft_preprocess(a.input, a.output_prefix, a.tokenizer_model, a.max_length, a.tokenizer_type, a.template, a.quiet,
+                   a.log_interval)
     return 0
 
 

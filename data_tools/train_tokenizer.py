@@ -1,4 +1,4 @@
-"""Train a sentencepiece tokenizer (BPE or unigram), or a Hugging Face byte-level BPE one, on jsonl documents.
+"""Train a sentencepiece tokenizer (BPE or unigram), or a Hugging Face byte-level BPE one, on jsonl, parquet or Arrow documents (data_tools.inputs, as preprocess).
 
     python -m data_tools.train_tokenizer --input corpus.jsonl --output-prefix tok [--vocab-size 8192]
     python -m data_tools.train_tokenizer --type hf-bpe --input corpus.jsonl --output-prefix tok_hf
@@ -43,10 +43,12 @@ import sys
 import time
 from typing import Iterator, Sequence
 
-import orjson
 
 from data_tools.errors import DataToolsError, run_cli
-from data_tools.io_utils import atomic_outputs, check_input_files, check_output_prefix, open_binary_lines, tmp_name
+from data_tools.inputs import InputFile, check_inputs, input_bytes, iter_records, load_record, resolve_inputs
+from data_tools.io_utils import atomic_outputs, check_output_prefix, tmp_name
+from data_tools.jsonl_reader import UnparsableLine
+from data_tools.progress import Progress
 from data_tools.spm import (BOS, CLS, DEFAULT_SENTINEL_TOKENS, EOD, MASK, PAD, SEP, UNK, USER_DEFINED_SYMBOLS,
                             sentinel_pieces)
 
@@ -55,26 +57,50 @@ from data_tools.spm import (BOS, CLS, DEFAULT_SENTINEL_TOKENS, EOD, MASK, PAD, S
 MAX_SENTENCE_CHARS = 4000
 
 
-def iter_training_lines(paths: Sequence[str], json_keys: Sequence[str]) -> Iterator[str]:
-    """Non-blank lines (newline kept) of every document's `json_keys` fields; bad lines skipped."""
-    for path in paths:
-        with open_binary_lines(path) as (stream, _):
-            for raw in stream:
-                try:
-                    doc = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue  # preprocess reports bad lines; the tokenizer just needs text
-                if not isinstance(doc, dict):
-                    continue
-                for key in json_keys:
-                    text = doc.get(key)
-                    if not isinstance(text, str):
+def iter_training_lines(inputs: Sequence, json_keys: Sequence[str], progress: Progress | None = None) -> Iterator[str]:
+    """Non-blank lines (newline kept) of every document's `json_keys` fields; bad lines skipped.
+    `inputs`: resolved InputFiles (jsonl, parquet, Arrow: data_tools.inputs), or jsonl paths."""
+    inputs = [f if isinstance(f, InputFile) else InputFile(os.fspath(f), "jsonl") for f in inputs]
+    docs = 0
+    for chunk in iter_records(inputs, json_keys):
+        for i in range(len(chunk.records)):
+            try:
+                doc = load_record(chunk, i)
+            except UnparsableLine:
+                continue  # preprocess reports bad lines; the tokenizer just needs text
+            if not isinstance(doc, dict):
+                continue
+            docs += 1
+            for key in json_keys:
+                text = doc.get(key)
+                if isinstance(text, bytes):  # a binary parquet/Arrow column
+                    try:
+                        text = text.decode("utf-8")
+                    except UnicodeDecodeError:
                         continue
-                    for line in text.splitlines(keepends=True):
-                        if not line.strip():
-                            continue
-                        for i in range(0, len(line), MAX_SENTENCE_CHARS):
-                            yield line[i : i + MAX_SENTENCE_CHARS]
+                if not isinstance(text, str):
+                    continue
+                for line in text.splitlines(keepends=True):
+                    if not line.strip():
+                        continue
+                    for j in range(0, len(line), MAX_SENTENCE_CHARS):
+                        yield line[j : j + MAX_SENTENCE_CHARS]
+        if progress is not None:
+            progress.update(chunk.path, chunk.input_pos, docs)
+
+
+def _read_sample(input_paths, json_keys, input_sentence_size, seed, quiet, log_interval):
+    """(sampled lines, lines in all) of the inputs behind `input_paths` (data_tools.inputs)."""
+    inputs = resolve_inputs(input_paths)
+    check_inputs(inputs, json_keys)  # parquet/Arrow: a missing column is one line now
+    progress = Progress("train_tokenizer", input_bytes(inputs), quiet, log_interval)
+    try:
+        sample, n_lines = sample_lines(iter_training_lines(inputs, json_keys, progress), input_sentence_size, seed)
+    finally:
+        progress.close()
+    if not sample:
+        raise DataToolsError(f"{inputs[0].path}: no text under json keys {list(json_keys)} to train on")
+    return sample, n_lines
 
 
 def sample_lines(lines: Iterator[str], k: int, seed: int) -> tuple[list[str], int]:
@@ -104,12 +130,13 @@ def train_tokenizer(
     seed: int = 1234,
     quiet: bool = False,
     sentinel_tokens: int = 0,
+    log_interval: float = 1.0,
 ) -> str:
     """Train and write `{output_prefix}.model` / `.vocab`; return the .model path. `sentinel_tokens`:
     T5's <extra_id_N> pieces after the special tokens (see the module docstring)."""
     import sentencepiece as spm
 
-    paths = check_input_files(input_paths)
+    resolve_inputs(input_paths)  # a missing input is one line before the checks below
     prefix = check_output_prefix(output_prefix)
     if model_type not in ("bpe", "unigram"):
         raise DataToolsError(f"--model-type {model_type!r}: choose bpe or unigram")
@@ -119,9 +146,7 @@ def train_tokenizer(
     model_path, vocab_path = f"{prefix}.model", f"{prefix}.vocab"
     t0 = time.perf_counter()
     model = io.BytesIO()
-    sample, n_lines = sample_lines(iter_training_lines(paths, json_keys), input_sentence_size, seed)
-    if not sample:
-        raise DataToolsError(f"{paths[0]}: no text under json keys {list(json_keys)} to train on")
+    sample, n_lines = _read_sample(input_paths, json_keys, input_sentence_size, seed, quiet, log_interval)
     spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
@@ -173,13 +198,14 @@ def train_hf_bpe(
     seed: int = 1234,
     quiet: bool = False,
     sentinel_tokens: int = 0,
+    log_interval: float = 1.0,
 ) -> str:
     """Train a byte-level BPE tokenizer (with `sentinel_tokens` T5 sentinels after the specials);
     write `output_dir/` (tokenizer.json, tokenizer_config.json) under a temporary name, renamed
     when complete; return the directory."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    paths = check_input_files(input_paths)
+    resolve_inputs(input_paths)
     out = check_output_prefix(output_dir).rstrip("/")
     if os.path.exists(out) and not os.path.isdir(out):
         raise DataToolsError(f"{out}: is a file; --type hf-bpe writes a directory there, give another --output-prefix")
@@ -191,9 +217,7 @@ def train_hf_bpe(
         raise DataToolsError(f"--vocab-size {vocab_size} is too small for --type hf-bpe (256 bytes + "
                              f"{len(specials)} special tokens + merges: give at least {len(alphabet) + len(specials) + 1})")
     t0 = time.perf_counter()
-    sample, n_lines = sample_lines(iter_training_lines(paths, json_keys), input_sentence_size, seed)
-    if not sample:
-        raise DataToolsError(f"{paths[0]}: no text under json keys {list(json_keys)} to train on")
+    sample, n_lines = _read_sample(input_paths, json_keys, input_sentence_size, seed, quiet, log_interval)
     tok = Tokenizer(models.BPE(unk_token=None))  # byte-level: every byte has a token, no unknowns
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
@@ -234,12 +258,13 @@ def check_sentinel_count(n: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_tools.train_tokenizer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, help=".jsonl / .jsonl.gz / .jsonl.zst files")
+    p.add_argument("--input", nargs="+", required=True, help=".jsonl(.gz/.zst), .parquet, .arrow files; "
+                   "folders of them (datasets save_to_disk too); quoted globs (as preprocess)")
     p.add_argument("--output-prefix", required=True,
                    help="writes PREFIX.model and PREFIX.vocab (--type hf-bpe: the directory PREFIX/)")
     p.add_argument("--type", choices=["sentencepiece", "hf-bpe"], default="sentencepiece",
                    help="hf-bpe: a Hugging Face byte-level BPE tokenizer.json (the tokenizers library)")
-    p.add_argument("--json-keys", nargs="+", default=["text"])
+    p.add_argument("--json-keys", nargs="+", default=["text"], help="json keys, or parquet/Arrow columns")
     p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="sentencepiece model type")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--input-sentence-size", type=int, default=500_000,
@@ -250,14 +275,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sentinel-tokens", type=int, nargs="?", const=DEFAULT_SENTINEL_TOKENS, default=0, metavar="N",
                    help=f"add T5's span-corruption sentinels <extra_id_0>..<extra_id_N-1> (alone: {DEFAULT_SENTINEL_TOKENS}); "
                         "a T5 run needs them")
+    p.add_argument("--log-interval", type=float, default=1.0,
+                   help="seconds between progress updates while reading (off a terminal: one plain line each)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.type == "hf-bpe":
         train_hf_bpe(a.input, a.output_prefix, a.vocab_size, a.json_keys, a.input_sentence_size, a.seed, a.quiet,
-                     a.sentinel_tokens)
+                     a.sentinel_tokens, a.log_interval)
         return 0
     train_tokenizer(a.input, a.output_prefix, a.vocab_size, a.model_type, a.json_keys,
-                    a.input_sentence_size, a.character_coverage, a.num_threads, a.seed, a.quiet, a.sentinel_tokens)
+                    a.input_sentence_size, a.character_coverage, a.num_threads, a.seed, a.quiet, a.sentinel_tokens,
+                    a.log_interval)
     return 0
 
 

@@ -353,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split-sentences", action="store_true", help="one sequence per sentence (nltk Punkt, offline)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
-    p.add_argument("--log-interval", type=float, default=1.0, help="seconds between progress updates (off a terminal: one plain line each)")
+    p.add_argument("--log-interval", type=float, default=1.0,
+                   help="seconds between progress updates (off a terminal: one plain line each)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     preprocess(a.input, a.output_prefix, a.tokenizer_model, a.json_keys, a.append_eod, a.workers,

@@ -10,7 +10,6 @@ Every config problem is one line before DeepSpeed starts. The wiring lives in mt
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import traceback
@@ -21,32 +20,9 @@ if __package__ in (None, ""):  # run as a script by the deepspeed launcher: make
 
 from data_tools.errors import DataToolsError
 from data_tools.spm import TokenizerError
-from mtds.config import RunConfig, build_config, load_file, parse_overrides
+from mtds.config_cli import config_toml, parse_args
 from mtds.errors import ConfigError, LoadError, TrainingStopped, print_error
-from mtds.kinds import KINDS
 from mtds.train.run_lock import release_run_dir_locks
-
-
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
-    p = argparse.ArgumentParser(
-        prog="mtds/pretrain.py", description=__doc__.split("\n\n")[0],
-        epilog="Any run-config key can be overridden as --section.key=value, e.g. --training.train_iters=100 "
-               "--model.preset=gpt-125m --data.paths='data/a_text_document data/b_text_document'.")
-    p.add_argument("--deepspeed_config", "--deepspeed-config", help="DeepSpeed JSON (ds_configs/*.json)")
-    p.add_argument("--config", help="run config (.toml or .json); see mtds/configs/")
-    p.add_argument("--load", help="resume from the latest complete checkpoint of this run dir")
-    p.add_argument("--run-dir", help="shortcut for --training.run_dir")
-    p.add_argument("--model-type", choices=tuple(KINDS), help="shortcut for --model.model_type (mtds/kinds.py)")
-    p.add_argument("--exit-duration-mins", type=float, help="save and exit after this many minutes")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args, rest = p.parse_known_args(argv)
-    overrides = parse_overrides(rest)
-    shortcuts = {("training", "load"): args.load, ("training", "run_dir"): args.run_dir,
-                 ("model", "model_type"): args.model_type, ("training", "exit_duration_mins"): args.exit_duration_mins}
-    for (section, key), value in shortcuts.items():
-        if value is not None:
-            overrides.setdefault(section, {})[key] = value
-    return args, build_config(load_file(args.config) if args.config else {}, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     log, planned = print if rank == 0 else (lambda *a, **k: None), False
     try:
-        args, cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        args, cfg = parse_args(sys.argv[1:] if argv is None else argv, __doc__.split("\n\n")[0])
+        if args.print_config:  # the resolved config as TOML (for --config), nothing started
+            print(config_toml(cfg), end="")
+            return 0
         from mtds.train.plan import plan_run
         from mtds.train.run import train
 

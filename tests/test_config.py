@@ -231,3 +231,43 @@ def test_missing_and_invalid_ds_json(tmp_path):
 def test_presets_table_is_complete():
     for needed in ("tiny", "gpt-125m", "gpt-350m", "gpt-1.3b", "bert-tiny", "bert-base", "bert-large"):
         assert needed in PRESETS
+
+
+# -- the run config on the command line (mtds/config_cli.py) ---------------------------------------
+def test_help_lists_every_run_config_key_with_its_default_and_docstring(capsys):
+    """`mtds/pretrain.py --help` shows every key of [model], [data], [training] and of every task's
+    [task], generated from the dataclasses, so a new key cannot be missing from it."""
+    import dataclasses
+
+    from mtds.config import DataConfig, ModelConfig, TrainingConfig
+    from mtds.config_cli import field_docs
+    from mtds.kinds import KINDS
+    from mtds.pretrain import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    sections = [("model", ModelConfig), ("data", DataConfig), ("training", TrainingConfig),
+                *(("task", k.task.options) for k in KINDS.values())]
+    for section, cls in sections:
+        for f in dataclasses.fields(cls):
+            assert f"  --{section}.{f.name}  (" in out, f"--help lacks {section}.{f.name}"
+    doc = field_docs(TrainingConfig)["keep_last"]
+    assert " ".join(doc.split()[:6]) in " ".join(out.split())  # its docstring, wrapped
+    assert "--training.train_iters  (int | None, default" in out and "[task] of masked_lm (model_type bert)" in out
+
+
+@pytest.mark.parametrize("argv", [["--model-type", "bert", "--training.train_iters=7", "--data.seed=9"],
+                                  ["--model.preset=gpt-125m", "--task.eod_mask_loss=true", "--data.split=90,10,0"],
+                                  ["--model-type", "t5"]], ids=["bert", "gpt-125m", "t5"])
+def test_print_config_round_trips_through_config(argv, capsys, tmp_path):
+    """`--print-config` prints the resolved config as TOML and starts nothing; given back as
+    `--config`, it resolves to the same config."""
+    from mtds.config_cli import parse_args
+    from mtds.pretrain import main
+
+    assert main([*argv, "--print-config"]) == 0
+    toml = capsys.readouterr().out
+    (tmp_path / "run.toml").write_text(toml)
+    assert parse_args(["--config", str(tmp_path / "run.toml")])[1] == parse_args(argv)[1]
+    assert not (tmp_path / "runs").exists()

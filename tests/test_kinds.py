@@ -138,7 +138,7 @@ def test_kinds_and_config_import_no_torch():
 
 
 def test_model_type_choices_come_from_the_kinds_table(capsys):
-    from mtds.pretrain import parse_args
+    from mtds.config_cli import parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--model-type", "nope"])

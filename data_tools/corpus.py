@@ -3,7 +3,9 @@
     python -m data_tools.corpus --output corpus.jsonl [--stdlib] [INPUT ...]
 
 Each text file becomes one document `{"text": ..., "source": relpath}`; `.jsonl`,
-`.jsonl.gz` and `.jsonl.zst` inputs are copied through line by line as they are. The order is
+`.jsonl.gz` and `.jsonl.zst` inputs are copied through line by line as they are, and `.parquet` /
+`.arrow` inputs row by row, one json line of the row's columns each (null cells left out; read
+through data_tools.inputs, as preprocess reads them). The order is
 deterministic (sorted paths), so the same inputs always give the same bytes. With `--stdlib`,
 or with no input at all, the corpus is the running interpreter's standard library (`.py`
 sources plus `.rst`/`.txt` docs, ~30 MB): the embedded default corpus, nothing downloaded.
@@ -24,10 +26,12 @@ from typing import Iterable, Sequence
 import orjson
 
 from data_tools.errors import DataToolsError, run_cli
+from data_tools.inputs import InputFile, format_of, iter_records
 from data_tools.io_utils import JSONL_SUFFIXES, atomic_outputs, check_output_prefix, open_binary_lines
 
 TEXT_SUFFIXES = (".py", ".rst", ".txt", ".md")
 STDLIB_SUFFIXES = (".py", ".rst", ".txt")
+COLUMNAR_SUFFIXES = (".parquet", ".arrow")
 _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
 
@@ -60,7 +64,8 @@ def expand_inputs(inputs: Sequence[str], suffixes: Sequence[str] = TEXT_SUFFIXES
     for item in inputs:
         if os.path.isdir(item):
             root = item
-            out.extend((p, os.path.relpath(p, root)) for p in walk_files(root, tuple(suffixes) + JSONL_SUFFIXES))
+            out.extend((p, os.path.relpath(p, root))
+                       for p in walk_files(root, tuple(suffixes) + JSONL_SUFFIXES + COLUMNAR_SUFFIXES))
             continue
         matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
         if not matches:
@@ -85,6 +90,16 @@ def iter_documents(files: Iterable[tuple[str, str]], summary: CorpusSummary) -> 
                     if line.strip():
                         summary.jsonl_lines += 1
                         yield line if line.endswith(b"\n") else line + b"\n"
+            continue
+        if path.endswith(COLUMNAR_SUFFIXES):
+            for chunk in iter_records([InputFile(path, format_of(path))]):
+                for i, row in enumerate(chunk.records):
+                    try:
+                        line = orjson.dumps(row)
+                    except TypeError as e:  # e.g. a binary column: not JSON
+                        raise DataToolsError(f"{chunk.where(i)}: row cannot be written as JSON ({e})") from None
+                    summary.jsonl_lines += 1
+                    yield line + b"\n"
             continue
         with open(path, "rb") as f:
             raw = f.read()
@@ -128,7 +143,7 @@ def build_corpus(output: str | os.PathLike, inputs: Sequence[str] = (), stdlib: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_tools.corpus", description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="*", help="directories, files or globs (text, .jsonl, .jsonl.gz, .jsonl.zst)")
+    p.add_argument("inputs", nargs="*", help="directories, files or globs (text, .jsonl(.gz/.zst), .parquet, .arrow)")
     p.add_argument("--output", "-o", required=True, help="jsonl file to write")
     p.add_argument("--stdlib", action="store_true",
                    help="include the interpreter's standard library (the default when no input is given)")

@@ -139,3 +139,16 @@ def test_tools_print_progress_lines_off_a_terminal(tiny_data, tmp_path, capsys):
         assert re.search(PROGRESS.format(tool=tool, unit=unit), err, re.MULTILINE), err
         rc, _, err = call(main, argv + ["--log-interval", "0", "--quiet"], capsys)
         assert rc == 0 and err == ""
+
+
+def test_corpus_copies_parquet_and_arrow_rows_as_jsonl_lines(tiny_data, tmp_path):
+    from data_tools.corpus import build_corpus
+
+    records = _records(tiny_data["code_prose"], 50)
+    inputs = _write_all(records, str(tmp_path / "rows"))
+    out = {}
+    for fmt, path in inputs.items():
+        s = build_corpus(tmp_path / f"{fmt}.out.jsonl", [path], quiet=True)
+        assert s.jsonl_lines == 50
+        out[fmt] = _bytes(str(tmp_path / f"{fmt}.out.jsonl"))
+    assert out["parquet"] == out["jsonl"] and out["arrow"] == out["jsonl"]

@@ -152,3 +152,18 @@ def test_corpus_copies_parquet_and_arrow_rows_as_jsonl_lines(tiny_data, tmp_path
         assert s.jsonl_lines == 50
         out[fmt] = _bytes(str(tmp_path / f"{fmt}.out.jsonl"))
     assert out["parquet"] == out["jsonl"] and out["arrow"] == out["jsonl"]
+
+
+def test_classify_reads_a_folder_and_a_glob_of_parquet_shards(tiny_data, tmp_path):
+    """Shards in a folder (sorted by name) or named by a quoted glob read as their concatenation."""
+    records = _records(tiny_data["code_prose"], 100)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(3):
+        pq.write_table(pa.Table.from_pylist(records[k * 34:(k + 1) * 34]), shards / f"part-{k:05d}.parquet")
+    jsonl = _write_all(records, str(tmp_path / "all"))["jsonl"]
+    out = {}
+    for name, inputs in {"jsonl": [jsonl], "folder": [str(shards)], "glob": [str(shards / "part-*.parquet")]}.items():
+        s = classify.classify_preprocess(inputs, str(tmp_path / name), tiny_data["tokenizer_model"], quiet=True)
+        out[name] = _bytes(s.output + ".bin", s.output + ".idx", classify.labels_path(s.output))
+    assert out["folder"] == out["jsonl"] and out["glob"] == out["jsonl"]

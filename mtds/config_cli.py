@@ -83,7 +83,8 @@ def parse_args(argv: list[str], description: str = "") -> tuple[argparse.Namespa
     p = argparse.ArgumentParser(
         prog="mtds/pretrain.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any run-config key can be overridden as --section.key=value, e.g. --training.train_iters=100 "
-               "--model.preset=gpt-125m --data.paths='data/a_text_document data/b_text_document'.\n\n"
+               "--model.preset=gpt-125m --data.paths='data/a_text_document data/b_text_document'; any key of "
+               "the DeepSpeed JSON as --ds.key.subkey=value, e.g. --ds.optimizer.params.lr=2e-5.\n\n"
                + (keys_help() if asks_help else ""))
     p.add_argument("--deepspeed_config", "--deepspeed-config", help="DeepSpeed JSON (ds_configs/*.json)")
     p.add_argument("--config", help="run config (.toml or .json); see mtds/configs/")
@@ -96,6 +97,7 @@ def parse_args(argv: list[str], description: str = "") -> tuple[argparse.Namespa
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args, rest = p.parse_known_args(argv)
     overrides = parse_overrides(rest)
+    args.ds_overrides = overrides.pop("ds", {})  # --ds.optimizer.params.lr=2e-5: the DeepSpeed JSON's keys
     shortcuts = {("training", "load"): args.load, ("training", "run_dir"): args.run_dir,
                  ("model", "model_type"): args.model_type, ("training", "exit_duration_mins"): args.exit_duration_mins}
     for (section, key), value in shortcuts.items():

@@ -58,6 +58,32 @@ def load_ds_config(path: str | None) -> dict:
     return cfg
 
 
+def apply_overrides(cfg: dict, overrides: dict[str, str], path: str) -> dict:
+    """The DeepSpeed JSON with command-line overrides `--ds.a.b.c=value` applied (a copy): `value`
+    read as JSON where it parses (2e-5, true, [0.9, 0.95], {"stage": 1}), else as a string. Every
+    level but the last must be an object in the JSON; a last key it lacks that is close to one it
+    has is a typo and an error (the top level is checked against DeepSpeed's keys later)."""
+    cfg = copy.deepcopy(cfg)
+    for dotted, raw in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for i, key in enumerate(parents):
+            node = node.get(key) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                where = ".".join(parents[:i + 1])
+                raise ConfigError(f"--ds.{dotted}: {path} has no object {where}; override only keys of objects it has")
+        if parents and leaf not in node:
+            close = difflib.get_close_matches(leaf, list(node), n=1, cutoff=0.75)
+            if close:
+                raise ConfigError(f"--ds.{dotted}: {path} has no {'.'.join(parents)}.{leaf} "
+                                  f"(did you mean {'.'.join(parents)}.{close[0]}?)")
+        try:
+            node[leaf] = json.loads(raw)
+        except json.JSONDecodeError:
+            node[leaf] = raw
+    return cfg
+
+
 def _as_int(cfg: dict, key: str, path: str, default=None) -> int | None:
     value = cfg.get(key, default)
     if value is None or value == "auto":

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         from mtds.train.plan import plan_run
         from mtds.train.run import train
 
-        plan, planned = plan_run(cfg, args.deepspeed_config, log), True
+        plan, planned = plan_run(cfg, args.deepspeed_config, log, args.ds_overrides), True
         return train(plan, log)
     except (ConfigError, LoadError, TokenizerError, DataToolsError, TrainingStopped) as e:  # one line, no traceback
         print_error(e, rank, planned)  # rank 0's line, or another rank's past the plan

@@ -271,3 +271,37 @@ def test_print_config_round_trips_through_config(argv, capsys, tmp_path):
     (tmp_path / "run.toml").write_text(toml)
     assert parse_args(["--config", str(tmp_path / "run.toml")])[1] == parse_args(argv)[1]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_deepspeed_json_key_overridden_on_the_command_line_is_the_lr_the_engine_uses(tiny_data, tmp_path,
+                                                                                       world_of_one, monkeypatch):
+    """`--ds.optimizer.params.lr=2e-5 --ds.scheduler.params.warmup_num_steps=1`: the engine's first
+    step runs at 2e-5 (the shipped zero2.json says 1e-3 and a 30-step warmup)."""
+    from mtds.config_cli import parse_args
+    from mtds.train.engine import build_engine
+    from mtds.train.plan import plan_run
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    args, cfg = parse_args(["--data.paths", tiny_data["prefix"], "--data.tokenizer_model", tiny_data["tokenizer_model"],
+                            "--data.split=90,10,0", "--run-dir", str(tmp_path / "run"), "--model.preset=none",
+                            "--model.num_layers=1", "--model.hidden_size=64", "--model.num_attention_heads=2",
+                            "--ds.optimizer.params.lr=2e-5", "--ds.scheduler.params.warmup_num_steps=1"])
+    assert args.ds_overrides == {"optimizer.params.lr": "2e-5", "scheduler.params.warmup_num_steps": "1"}
+    plan = plan_run(cfg, os.path.join(ROOT, "ds_configs", "zero2.json"), lambda *a: None, args.ds_overrides)
+    assert plan.ds_cfg["optimizer"]["params"]["lr"] == 2e-5
+    engine, _ = build_engine(cfg, cfg.kind, plan.ds_cfg, 512, False, log=lambda *a: None)
+    assert engine.get_lr()[0] == pytest.approx(2e-5)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"optimizer.params.lrr": "1"}, "--ds.optimizer.params.lrr: ds.json has no optimizer.params.lrr "
+                                    "(did you mean optimizer.params.lr?)"),
+    ({"optimiser.params.lr": "1"}, "--ds.optimiser.params.lr: ds.json has no object optimiser; override only keys "
+                                   "of objects it has"),
+])
+def test_a_mistyped_deepspeed_override_is_one_line(override, message):
+    from mtds.ds_config import apply_overrides
+
+    with pytest.raises(ConfigError) as e:
+        apply_overrides({"optimizer": {"type": "Adam", "params": {"lr": 1e-3}}}, override, "ds.json")
+    assert str(e.value) == message

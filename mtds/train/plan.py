@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from mtds.config import RunConfig, check_vocab, resolved_dict
-from mtds.ds_config import batch_sizes, load_ds_config, precision, resolve_ds_config, zero_stage
+from mtds.ds_config import apply_overrides, batch_sizes, load_ds_config, precision, resolve_ds_config, zero_stage
 from mtds.errors import ConfigError
 from mtds.parallel.sizes import ParallelSizes
 
@@ -32,12 +32,13 @@ class Plan:
     tokenizer: object = None
 
 
-def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print) -> Plan:
-    """Batch sizes, run length, DeepSpeed JSON, run dir, resume checks and the user's data, all
-    before DeepSpeed starts (config errors come before even the torch import)."""
+def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides: dict | None = None) -> Plan:
+    """Batch sizes, run length, DeepSpeed JSON (with the command line's `--ds.*` overrides), run dir,
+    resume checks and the user's data, all before DeepSpeed starts (config errors come before even
+    the torch import)."""
     parallel = ParallelSizes(world=int(os.environ.get("WORLD_SIZE", "1")),  # as the launcher announced it
                              tensor=cfg.model.tensor_model_parallel_size)
-    ds_raw = load_ds_config(ds_config_path)
+    ds_raw = apply_overrides(load_ds_config(ds_config_path), ds_overrides or {}, ds_config_path)
     global_batch = batch_sizes(ds_raw, ds_config_path, parallel.data)["train_batch_size"]
     t = cfg.training
     train_iters = t.train_iters or math.ceil(t.train_tokens / (global_batch * cfg.seq_length))

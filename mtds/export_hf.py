@@ -90,6 +90,7 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
         raise LoadError(f"--out {out_dir}: is a file; give a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not _is_export(out_dir):
         raise LoadError(f"--out {out_dir}: exists and is not an exported model; give a new or empty directory")
+    log(f"export: reading {ckpt_dir} (merging ZeRO / tensor-parallel shards)")
     sd = consolidated_state_dict(ckpt_dir, saved)
     os.makedirs(out_dir, exist_ok=True)
     sources = saved["data_sources"]
@@ -101,6 +102,8 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     from safetensors.torch import save_file
 
     weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
+    log(f"export: writing model.safetensors ({len(weights)} tensors, "
+        f"{sum(w.numel() * w.element_size() for w in weights.values()) / 2**20:,.1f} MB {dtype})")
     save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)

@@ -177,19 +177,23 @@ def check_tensors(found: dict[str, tuple[str, tuple]], wanted: dict[str, tuple],
     return skip
 
 
-def load_weights(shards: dict[str, list[str]], skip: list[str], rules: list) -> dict:
-    """The megatron state dict (fp32): shards read one at a time, each rule's HF tensors freed once converted."""
+def load_weights(shards: dict[str, list[str]], skip: list[str], rules: list, log=print) -> dict:
+    """The megatron state dict (fp32): shards read one at a time, each rule's HF tensors freed once
+    converted; a line per shard (a 70B model's import takes minutes: a log shows where it is)."""
     import torch
     from safetensors import safe_open
 
     from mtds.hf.mapping import from_hf
 
     hf_state: dict = {}
-    for path in shards:
+    for i, path in enumerate(shards, start=1):
+        log(f"import: reading shard {i}/{len(shards)} {os.path.basename(path)} "
+            f"({os.path.getsize(path) / 2**20:,.1f} MB)")
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
                 if name not in skip:
                     hf_state[name] = f.get_tensor(name).to(torch.float32)
+    log(f"import: converting {len(hf_state)} tensors to megatron-core's layout")
     return from_hf(hf_state, rules, consume=True)
 
 
@@ -253,7 +257,7 @@ def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
         log(f"note: data.seq_length={sections['data']['seq_length']} in run_config.json (the model takes up to "
             f"{positions}; activations grow with the length): give --data.seq_length to train longer")
 
-    state = load_weights(shards, skip, rules)
+    state = load_weights(shards, skip, rules, log)
     from mtds.hf.mapping import not_exported
 
     fresh = not_exported(rules)
@@ -277,6 +281,7 @@ def import_hf(hf_dir: str, out_dir: str, log=print) -> str:
         imported_from={"path": os.path.abspath(hf_dir), "architecture": arch.ARCHITECTURE,
                        "bos_token_id": hf.get("bos_token_id"), "eos_token_id": hf.get("eos_token_id"),
                        "pad_token_id": hf.get("pad_token_id")})
+    log(f"import: writing the checkpoint ({sum(t.numel() for t in state.values()) * 4 / 2**20:,.1f} MB fp32)")
     final = publish_weights(out_dir, state, saved)
     log(f"imported {arch.ARCHITECTURE} from {hf_dir}: {saved['num_parameters'] / 1e6:.1f}M parameters, "
         f"{len(shards)} shard(s) -> {final}")

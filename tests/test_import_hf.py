@@ -88,6 +88,9 @@ def hf_dirs(tmp_path_factory, hf_tokenizer):
     return {name: make_hf_model(name, str(root / name), hf_tokenizer) for name in CASES}
 
 
+IMPORT_LOGS: dict[str, list[str]] = {}  # each case's import lines (the `imported` fixture)
+
+
 @pytest.fixture(scope="module")
 def imported(hf_dirs, tmp_path_factory):
     """{case: (run dir, its TrainedRun)}, each imported once for the module."""
@@ -97,7 +100,8 @@ def imported(hf_dirs, tmp_path_factory):
     root, out = tmp_path_factory.mktemp("imported"), {}
     for name, hf_dir in hf_dirs.items():
         run_dir = str(root / name)
-        import_hf(hf_dir, run_dir, log=lambda line: None)
+        IMPORT_LOGS[name] = []
+        import_hf(hf_dir, run_dir, log=IMPORT_LOGS[name].append)
         out[name] = (run_dir, load_trained(run_dir))
     return out
 
@@ -180,7 +184,10 @@ def test_import_then_export_gives_back_the_same_tensors_and_config(hf_dirs, impo
 
     run_dir, _ = imported[name]
     out = str(tmp_path / "export")
-    export(run_dir, out, log=lambda line: None)
+    lines = []
+    export(run_dir, out, log=lines.append)
+    # progress a log shows (off a terminal too): reading/merging, then writing
+    assert lines[0].startswith("export: reading ") and lines[1].startswith("export: writing model.safetensors (")
     original = {}
     for f in sorted(os.listdir(hf_dirs[name])):
         if f.endswith(".safetensors"):
@@ -293,6 +300,16 @@ def test_an_occupied_output_directory_is_not_touched(hf_dirs, tmp_path, capsys):
 
 # -- continued pretraining ----------------------------------------------------------------------
 @pytest.mark.slow
+def test_an_import_logs_each_shard_as_it_reads_it(imported, hf_dirs):
+    """A long import shows where it is: a line per shard read, then the conversion and the write."""
+    shards = sorted(f for f in os.listdir(hf_dirs[SHARDED]) if f.endswith(".safetensors"))
+    lines = [line for line in IMPORT_LOGS[SHARDED] if line.startswith("import: ")]
+    assert len(shards) > 1
+    assert [line.split()[3] for line in lines[:len(shards)]] == [f"{i}/{len(shards)}" for i in range(1, len(shards) + 1)]
+    assert sorted(line.split()[4] for line in lines[:len(shards)]) == shards
+    assert lines[len(shards)].startswith("import: converting ") and lines[-1].startswith("import: writing the checkpoint")
+
+
 def test_a_long_context_model_imports_with_a_trainable_sequence_length(hf_dirs):
     """Llama-3.x allows 131072 positions; data.seq_length defaults to that, which would train out of
     memory: the import's run config says 4096 (IMPORTED_SEQ_LENGTH) and keeps the model's limit."""

@@ -171,13 +171,12 @@ USED_PORTS: list[str] = []  # this process's launcher ports, whose DeepSpeed buf
 
 def free_port() -> str:
     """A TCP port free now, for a launcher's rendezvous: the suite runs tests side by side
-    (pytest-xdist), so no two runs may share a fixed port."""
-    import socket
+    (pytest-xdist), so no two runs may share a fixed port. Below the kernel's ephemeral range, as
+    mtds.parallel.process_groups._free_port chooses (it says why)."""
+    from mtds.parallel.process_groups import _free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        USED_PORTS.append(str(s.getsockname()[1]))
-        return USED_PORTS[-1]
+    USED_PORTS.append(str(_free_port()))
+    return USED_PORTS[-1]
 
 
 def release_shm_buffers(port: str) -> None:

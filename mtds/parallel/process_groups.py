@@ -14,7 +14,25 @@ import torch
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
+    """A TCP port free now, for a one-process world's rendezvous store. Chosen below the kernel's
+    ephemeral range: a port from that range (what binding port 0 gives), free again once this check
+    closes it, can be taken by any process's next outgoing connection before the store binds it
+    (seen: EADDRINUSE with two test workers training side by side)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    pick = random.SystemRandom()  # not the seeded generator: two runs of one seed must not pick alike
+    for _ in range(100):
+        port = pick.randrange(max(1024, ephemeral_low - 12000), ephemeral_low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # all taken: any free port
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

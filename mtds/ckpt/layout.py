@@ -88,15 +88,19 @@ def iteration_of(tag: str) -> int:
     return int(TAG_RE.match(tag).group(1))
 
 
-def write_latest(root: str, tag: str) -> None:
-    """Point `latest` at `tag` atomically (a reader sees the old name or the new one, never half)."""
-    path = os.path.join(root, LATEST_FILE)
+def atomic_write(path: str, text: str) -> None:
+    """Write `text` to `path` so a reader sees the old content or the new, never half."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        f.write(tag)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_latest(root: str, tag: str) -> None:
+    """Point `latest` at `tag` atomically."""
+    atomic_write(os.path.join(root, LATEST_FILE), tag)
 
 
 def newer_tags(root: str, tag: str) -> list[str]:

@@ -25,20 +25,11 @@ import numpy as np
 import torch
 
 from mtds.ckpt import manifest
-from mtds.ckpt.layout import (ABANDONED_DIR, CONFIG_FILE, LATEST_FILE, MODEL_STATES, abandon_newer, complete_tags,
-                               read_config, tag_for, write_latest)
+from mtds.ckpt.layout import (ABANDONED_DIR, CONFIG_FILE, LATEST_FILE, MODEL_STATES, abandon_newer, atomic_write,
+                               complete_tags, read_config, tag_for, write_latest)
 from mtds.ckpt.resume import check_compatible
 from mtds.errors import ConfigError, TrainingStopped
 from mtds.parallel.process_groups import barrier, gather_to_rank0, is_rank0
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:
@@ -85,7 +76,7 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         torch.save(rng_state(), written[-1])
         if is_rank0():
             written.append(os.path.join(tmp_dir, CONFIG_FILE))
-            _atomic_write(written[-1], json.dumps(manifest.named_in(resolved), indent=2))
+            atomic_write(written[-1], json.dumps(manifest.named_in(resolved), indent=2))
         hashes = gather_to_rank0(manifest.hash_files(tmp_dir, written))  # also: every rank's files are on disk
         if is_rank0():
             manifest.write(tmp_dir, {rel: entry for part in hashes for rel, entry in part.items()})
@@ -137,7 +128,7 @@ def publish_weights(run_dir: str, state: dict, record: dict) -> str:
     os.makedirs(tmp_dir)
     try:
         torch.save({"module": state}, os.path.join(tmp_dir, MODEL_STATES))
-        _atomic_write(os.path.join(tmp_dir, CONFIG_FILE), json.dumps(manifest.named_in(record), indent=2))
+        atomic_write(os.path.join(tmp_dir, CONFIG_FILE), json.dumps(manifest.named_in(record), indent=2))
         manifest.write(tmp_dir, {})  # content hashes, checked by training.init_from and the tools
     except (OSError, RuntimeError) as e:
         _stop_if_storage_failed(e, root, tmp_dir)

@@ -4,17 +4,21 @@
         [--max-new-tokens 64] [--temperature 0.8 --top-k 50 --top-p 0.95 | --greedy] [--seed 1234]
     python -m mtds.generate --load SFT_RUN_DIR --chat --prompt "What does json.dumps do?" [--template auto]
 
-Runs in one plain process (CPU by default; no DeepSpeed engine or launcher). Each new token
-re-runs the model on the whole context (no KV cache): simple and exactly the training forward,
-and fast enough for the model sizes mtds trains on one machine. The context is cropped to the
-model's max_position_embeddings. Sampling is deterministic for a given --seed.
+Runs in one plain process (CPU by default; no DeepSpeed engine or launcher). A GPT keeps a KV
+cache (mtds.kv_cache, megatron-core's static inference context): the prompt runs once, then each
+new token alone. `--no-kv-cache` re-runs the whole context for each token instead (the training
+forward; the same tokens, tests/test_generate_kv_cache.py). Once the sequence outgrows the
+model's max_position_embeddings the context is cropped to the last max_position_embeddings tokens
+and recomputed per token, cache or not. T5 always recomputes its decoder. Sampling is deterministic
+for a given --seed.
 
 For an encoder-decoder (T5) the prompt marks gaps with sentinels and the output is the prompt
 with the gaps filled: `--prompt "import <extra_id_0> as np"`.
 
 --chat renders the prompt as one user turn plus the start of the assistant's turn with the chat
 template data_tools.sft uses (data_tools.chat_format: the default plain-text one, or a Hugging Face
-tokenizer's chat_template), prints only the answer and stops at the end-of-turn token.
+tokenizer's chat_template), prints only the answer and stops at the end-of-turn token. For a
+conversation (history, a system prompt): `python -m mtds.chat`.
 """
 
 from __future__ import annotations
@@ -57,11 +61,16 @@ def next_token(logits: torch.Tensor, *, greedy: bool, temperature: float, top_k:
 @torch.no_grad()
 def generate(model: torch.nn.Module, prompt_ids: list[int], *, max_new_tokens: int, max_context: int,
              vocab_limit: int, greedy: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             seed: int = 1234, stop_ids: tuple[int, ...] = (), logits_fn=None) -> list[int]:
+             seed: int = 1234, stop_ids: tuple[int, ...] = (), logits_fn=None, cache_fn=None) -> list[int]:
     """Continue `prompt_ids` by up to `max_new_tokens` ids; returns only the new ids.
 
     `logits_fn(model, context [1, s]) -> [1, s, V]` is the task's `next_token_logits`
-    (default: causal_lm's, the GPT forward).
+    (default: causal_lm's, the GPT forward): the whole (cropped) context per token.
+    `cache_fn(model, max_length)` is the task's `cached_logits` (a KV cache, mtds.kv_cache), or None
+    to recompute. With a cache, the prompt runs once and each new token alone, for as long as the
+    sequence fits the model's `max_context`; past that the window slides, every position changes,
+    and generation falls back to recomputing the cropped context per token (what it would have
+    been without a cache: the result is the same either way).
 
     `vocab_limit` is the tokenizer's size: the model's vocabulary is padded beyond it and those
     ids are never sampled. Generation stops after any id in `stop_ids`.
@@ -71,11 +80,17 @@ def generate(model: torch.nn.Module, prompt_ids: list[int], *, max_new_tokens: i
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # [1, s]
+    # The last new token is never fed back, so the cache needs prompt + max_new_tokens - 1 places.
+    cache_len = min(max_context, len(prompt_ids) + max_new_tokens - 1)
+    cache = cache_fn(model, cache_len) if cache_fn is not None and 0 < len(prompt_ids) <= cache_len else None
     new: list[int] = []
     for _ in range(max_new_tokens):
-        context = ids[:, -max_context:]
-        logits = logits_fn(model, context)  # [1, s, V_padded]
-        last = logits[:, -1, :vocab_limit].float()
+        if cache is not None and ids.size(1) <= cache.max_length:
+            last = cache(ids[:, cache.length:])[:, :vocab_limit].float()  # prompt first, then one id a step
+        else:
+            cache = None  # (past max_context: recompute from here on)
+            context = ids[:, -max_context:]
+            last = logits_fn(model, context)[:, -1, :vocab_limit].float()  # [1, s, V_padded] -> [1, V]
         token = next_token(last, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p,
                            generator=generator)
         ids = torch.cat([ids, token.view(1, 1)], dim=1)
@@ -85,25 +100,39 @@ def generate(model: torch.nn.Module, prompt_ids: list[int], *, max_new_tokens: i
     return new
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mtds.generate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--load", required=True, metavar="RUN_DIR", help="run directory a training run wrote")
-    p.add_argument("--tag", help="checkpoint tag, e.g. iter_0000040 (default: latest)")
-    p.add_argument("--prompt", default="", help="text to continue; empty: start a new document")
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The flags of how to generate, shared with mtds.chat."""
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="re-run the whole context for each new token (the same tokens, slower)")
+    p.add_argument("--device", default=default_device())
+
+
+def sampling_kwargs(a: argparse.Namespace, task) -> dict:
+    """generate()'s keyword arguments for the flags of add_sampling_args and the run's task."""
+    return dict(max_new_tokens=a.max_new_tokens, greedy=a.greedy, temperature=a.temperature, top_k=a.top_k,
+                top_p=a.top_p, logits_fn=task.next_token_logits, cache_fn=None if a.no_kv_cache else task.cached_logits)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mtds.generate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--load", required=True, metavar="RUN_DIR", help="run directory a training run wrote")
+    p.add_argument("--tag", help="checkpoint tag, e.g. iter_0000040 (default: latest)")
+    p.add_argument("--prompt", default="", help="text to continue; empty: start a new document")
+    add_sampling_args(p)
     p.add_argument("--num-samples", type=int, default=1, help="independent samples (seeds seed, seed+1, ...)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at the end-of-document token")
     p.add_argument("--chat", action="store_true",
-                   help="the prompt is a user turn of the chat template (a gpt_sft run); print the answer")
+                   help="the prompt is a user turn of the chat template (a gpt_sft run); print the answer "
+                        "(a conversation: python -m mtds.chat)")
     p.add_argument("--template", choices=("auto", "default", "hf"), default="auto",
                    help="with --chat: the template data_tools.sft --template used")
-    p.add_argument("--device", default=default_device())
     return p
 
 
@@ -117,10 +146,30 @@ def check_args(a: argparse.Namespace) -> None:
         problems.append("--top-k must be >= 0")
     if not 0 < a.top_p <= 1:
         problems.append("--top-p must be in (0, 1]")
-    if a.num_samples < 1:
+    if getattr(a, "num_samples", 1) < 1:
         problems.append("--num-samples must be >= 1")
     if problems:
         raise LoadError("; ".join(problems))
+
+
+def causal_task(run):
+    """The run's task, checked to generate token by token (a one-line LoadError otherwise)."""
+    task = run.cfg.kind.task
+    if task.next_token_logits is None:
+        raise LoadError(f"{run.ckpt_dir}: generation needs a causal model; model_type={run.cfg.model.model_type!r} "
+                        "trains a task that does not generate")
+    return task
+
+
+def chat_encoder(run, template: str):
+    """data_tools.chat_format's encoder for the run's tokenizer and `template` (LoadError if it cannot)."""
+    from data_tools.chat_format import ChatEncoder, ChatError
+
+    tok = run.tokenizer()
+    try:
+        return ChatEncoder(tok.model_path, tok.tokenizer_type, template)
+    except ChatError as e:
+        raise LoadError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,32 +179,22 @@ def main(argv: list[str] | None = None) -> int:
     task = run.cfg.kind.task
     if task.seq2seq_logits is not None:
         return fill_spans(run, a)
-    logits_fn = task.next_token_logits
-    if logits_fn is None:
-        raise LoadError(f"{run.ckpt_dir}: generation needs a causal model; model_type={run.cfg.model.model_type!r} "
-                        "trains a task that does not generate")
+    causal_task(run)
     tok = run.tokenizer()
     # No prompt: what follows a document's end in the data, EOD then whatever the tokenizer starts a
     # text with (a Hugging Face tokenizer's BOS; nothing for sentencepiece).
     prompt_ids = tok.tokenize(a.prompt) if a.prompt else [tok.eod, *tok.tokenize("")]
     stop_ids, shown = (tok.eod,), a.prompt
     if a.chat:
-        from data_tools.chat_format import ChatEncoder, ChatError
-
-        try:
-            chat = ChatEncoder(tok.model_path, tok.tokenizer_type, a.template)
-        except ChatError as e:
-            raise LoadError(str(e)) from None
+        chat = chat_encoder(run, a.template)
         prompt_ids = chat.prompt_ids([{"role": "user", "content": a.prompt}])
         stop_ids, shown = (chat.eos, tok.eod), ""  # the end-of-turn token ends the answer
     max_context = run.cfg.model.max_position_embeddings
     if len(prompt_ids) > max_context:
         print(f"note: prompt has {len(prompt_ids)} tokens; the model sees the last {max_context}", file=sys.stderr)
     for i in range(a.num_samples):
-        new = generate(run.model, prompt_ids, max_new_tokens=a.max_new_tokens, max_context=max_context,
-                       vocab_limit=tok.vocab_size, greedy=a.greedy, temperature=a.temperature, top_k=a.top_k,
-                       top_p=a.top_p, seed=a.seed + i, stop_ids=() if a.no_stop else stop_ids,
-                       logits_fn=logits_fn)
+        new = generate(run.model, prompt_ids, max_context=max_context, vocab_limit=tok.vocab_size,
+                       seed=a.seed + i, stop_ids=() if a.no_stop else stop_ids, **sampling_kwargs(a, task))
         if i:
             print("-" * 40)
         print(shown + tok.detokenize([t for t in new if t not in stop_ids]), flush=True)

@@ -82,6 +82,10 @@ class Task:
     from the batch alone (before any forward: the step's counts weigh its first backward)."""
     next_token_logits: Callable | None = None
     """Optional `next_token_logits(model, context)`: `mtds.generate` works for tasks that have it."""
+    cached_logits: Callable | None = None
+    """Optional `cached_logits(model, max_length) -> cache`, a KV cache for `mtds.generate`:
+    `cache(new_ids [1, k]) -> logits [1, V]` after the last id, fed the prompt then one id at a time
+    (causal_lm: mtds.kv_cache). Without it, generation re-runs the whole context for each token."""
     seq2seq_logits: Callable | None = None
     """Optional `seq2seq_logits(model, encoder_ids, decoder_ids)`: `mtds.generate` runs an
     encoder-decoder (T5's span filling) instead; needs `render_generation`."""

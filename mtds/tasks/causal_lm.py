@@ -93,8 +93,16 @@ def next_token_logits(model, context):
     return model(context, position_ids, None)
 
 
+def cached_logits(model, max_length: int):
+    """A KV cache for generation (mtds.kv_cache: megatron-core's static inference context)."""
+    from mtds.kv_cache import KVCache
+
+    return KVCache(model, max_length)
+
+
 TASK = Task(
     name="causal_lm", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
     forward_step=forward_step, count_targets=count_targets, next_token_logits=next_token_logits,
+    cached_logits=cached_logits,
 )

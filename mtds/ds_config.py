@@ -23,6 +23,7 @@ import json
 import os
 
 from mtds.config import ConfigError
+from mtds.shipped import find_shipped
 from mtds.train.lr_schedule import SCHEDULE_TYPE, resolve_scheduler
 
 # Top-level keys DeepSpeed 0.19 reads (a subset that covers training configs). A key close to
@@ -45,9 +46,11 @@ LR_SCHEDULERS_WITH_TOTAL = {"WarmupDecayLR", "WarmupCosineLR"}
 
 def load_ds_config(path: str | None) -> dict:
     if not path:
-        raise ConfigError("--deepspeed_config is required, e.g. --deepspeed_config ds_configs/zero2.json")
+        raise ConfigError("--deepspeed-config is required, e.g. --deepspeed-config ds_configs/zero2.json "
+                          "(`mtds configs` lists the shipped ones)")
+    path = find_shipped(path, "ds_configs")  # ds_configs/zero2.json works from any directory
     if not os.path.isfile(path):
-        raise ConfigError(f"{path}: DeepSpeed config not found (see ds_configs/ for examples)")
+        raise ConfigError(f"{path}: DeepSpeed config not found (`mtds configs` lists the shipped ones)")
     try:
         with open(path) as f:
             cfg = json.load(f)

@@ -245,6 +245,9 @@ CHOICES = {
 # ----------------------------------------------------------------------------------------
 def load_file(path: str) -> dict:
     """Read a .toml or .json run config into a nested dict; one-line errors."""
+    from mtds.shipped import find_shipped
+
+    path = find_shipped(path, "configs")  # mtds/configs/gpt_125m.toml works from any directory
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: run config not found (give an existing .toml or .json with --config)")
     try:

@@ -36,6 +36,26 @@ TEMPLATES = ("auto", "default", "hf")
 MARKERS = {"system": "### System:\n", "user": "### User:\n", "assistant": "### Assistant:\n"}
 
 
+def default_jinja(prefix: str = "") -> str:
+    """The default template as a Hugging Face `chat_template` (Jinja), for an exported model
+    (mtds.export_hf): `apply_chat_template(messages, add_generation_prompt=True)` renders the text
+    whose tokens are ChatEncoder.prompt_ids', and a whole conversation the ids data_tools.sft trained
+    on. `prefix`: the text of the tokenizer's leading special tokens (ChatEncoder.prefix, e.g. a BOS),
+    which apply_chat_template does not add itself. The end of an assistant turn is `eos_token`, so
+    the tokenizer must read special tokens in text (split_special_tokens false). Exact as long as
+    no token of the tokenizer spans a marker's edge (the caveat of the module docstring)."""
+    def literal(text: str) -> str:  # a Jinja string literal
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+    marker = "{% if m['role'] == 'system' %}{{ " + literal(MARKERS["system"]) + " }}" \
+             "{% elif m['role'] == 'user' %}{{ " + literal(MARKERS["user"]) + " }}" \
+             "{% elif m['role'] == 'assistant' %}{{ " + literal(MARKERS["assistant"]) + " }}" \
+             "{% else %}{{ raise_exception('unknown role ' + m['role'] + '; use system, user or assistant') }}{% endif %}"
+    return (("{{ " + literal(prefix) + " }}" if prefix else "") + "{% for m in messages %}" + marker
+            + "{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
+            "{% endfor %}{% if add_generation_prompt %}{{ " + literal(MARKERS["assistant"]) + " }}{% endif %}")
+
+
 class ChatError(ValueError):
     """A sample (or template) that cannot be encoded; the caller prefixes FILE:LINE."""
 

@@ -20,6 +20,9 @@ mtds/models/); the first one that can express the model is used, and its mapping
   normalises the embeddings, so neither fits).
 - T5 (relative positions, RMSNorm, no biases, untied output layer) -> `T5ForConditionalGeneration`
   (`AutoModelForSeq2SeqLM`), the decoder starting from <s>.
+A chat model (gpt_sft) gets its chat template in tokenizer_config.json: the default plain-text one
+as Jinja unless the tokenizer has its own (mtds.hf.tokenizer.write_chat_template), so
+`apply_chat_template(messages, add_generation_prompt=True)` gives the ids `mtds.chat` prompts with.
 Anything else is refused with one line naming what each architecture needs.
 """
 
@@ -80,7 +83,7 @@ def _is_export(out_dir: str) -> bool:
 def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp32", log=print) -> str:
     """Write the HF model directory for a run's checkpoint; returns the HF architecture name."""
     from mtds.ckpt.consolidate import consolidated_state_dict
-    from mtds.hf.tokenizer import write_tokenizer
+    from mtds.hf.tokenizer import write_chat_template, write_tokenizer
 
     ckpt_dir = find_checkpoint(run_dir, tag)
     saved = read_config(ckpt_dir)
@@ -97,6 +100,13 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     generates = arch.CAUSAL_LM or arch.SEQ2SEQ_LM  # else a BERT: its tokenizer frames [CLS] a [SEP]
     tok_ids = write_tokenizer(sources["tokenizer_model"], out_dir, cfg.model.max_position_embeddings,
                               bert=not generates, tokenizer_type=sources.get("tokenizer_type", "SentencePieceTokenizer"))
+    if cfg.kind.task.data_layout == "sft":  # chat data: the template it was framed with (mtds/hf/tokenizer.py)
+        from data_tools.chat_format import ChatError
+
+        try:
+            write_chat_template(out_dir, sources["tokenizer_model"], sources.get("tokenizer_type", "SentencePieceTokenizer"))
+        except ChatError as e:
+            raise LoadError(f"chat template: {e}") from None
     config, weights = convert(sd, cfg, int(saved["vocab_size"]), tok_ids)
     config["torch_dtype"] = config["dtype"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
     from safetensors.torch import save_file

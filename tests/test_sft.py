@@ -250,8 +250,9 @@ def test_sft_preprocess_with_the_chat_template_and_the_default_template(chatml_t
 @pytest.mark.slow
 def test_fine_tuning_a_pretrained_gpt_lowers_the_response_loss_and_generate_chat_answers(tiny_data, tmp_path):
     """Pretrain 40 steps on the tiny corpus, then fine-tune from it (training.init_from) on its
-    docstring -> signature pairs: the validation loss on response tokens falls, and
-    `mtds.generate --chat` answers a held-out prompt and stops at the end of its turn."""
+    docstring -> signature pairs: the validation loss on response tokens falls,
+    `mtds.generate --chat` answers a held-out prompt and stops at the end of its turn, `mtds.chat`
+    holds a conversation from a pipe, and the export's chat_template prompts as mtds does."""
     import subprocess
     import sys
 
@@ -280,3 +281,21 @@ def test_fine_tuning_a_pretrained_gpt_lowers_the_response_loss_and_generate_chat
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "def " in out.stdout and "### " not in out.stdout, out.stdout
+    # mtds.chat from a pipe: two turns (history), /reset, a third; the answers on stdout, exit 0 at EOF
+    second = json.loads(open(tiny_data["docsig"]).readlines()[-2])["prompt"]
+    out = subprocess.run([sys.executable, "-m", "mtds.chat", "--load", str(tmp_path / "sft"), "--greedy",
+                          "--max-new-tokens", "40", "--system", "You write Python signatures."],
+                         input=f"{held_out}\n{second}\n/reset\n{held_out}\n", cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("def ") >= 3 and "### " not in out.stdout, out.stdout
+    # the export carries the default template as its chat_template: transformers prompts with mtds's ids
+    from transformers import AutoTokenizer
+
+    from data_tools.chat_format import ChatEncoder
+    from mtds.export_hf import export
+
+    export(str(tmp_path / "sft"), str(tmp_path / "hf"), log=lambda *_: None)
+    chat = [{"role": "system", "content": "You write Python signatures."}, {"role": "user", "content": held_out}]
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "hf").apply_chat_template(chat, add_generation_prompt=True)
+    assert list(theirs["input_ids"]) == ChatEncoder(tiny_data["tokenizer_model"]).prompt_ids(chat)

@@ -102,3 +102,29 @@ def bpe_merges(sp) -> list[tuple[str, str]]:
         merges += [(left, right, sp.get_score(pid)) for left, right in splits]
     merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)  # stable: ties keep id order
     return [(left, right) for left, right, _ in merges]
+
+
+def write_chat_template(out_dir: str, model_path: str, tokenizer_type: str = SENTENCEPIECE) -> str | None:
+    """An SFT run's chat template in the exported tokenizer_config.json, so `apply_chat_template`
+    (and what serves the export, e.g. vLLM's chat endpoint) frames a chat as the training data did.
+
+    The run does not record data_tools.sft's --template; "auto" is what it resolves to from the
+    tokenizer alone: a tokenizer with its own chat_template keeps it (copied with its files; a run
+    that forced --template default on such a tokenizer is not told apart), any other gets the
+    default template as Jinja (data_tools.chat_format.default_jinja), and special tokens in text are
+    read as such (split_special_tokens false: a turn ends with the eos token the template writes;
+    so message text that spells one, e.g. "</s>", is that token here and plain text in mtds).
+    Returns the template written, or None."""
+    from data_tools.chat_format import ChatEncoder, default_jinja
+
+    enc = ChatEncoder(model_path, tokenizer_type, "auto")
+    if enc.template != "default":
+        return None
+    prefix = "".join(enc.hf.convert_ids_to_tokens(enc.prefix)) if enc.prefix else ""  # e.g. an HF BOS
+    path = os.path.join(out_dir, "tokenizer_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config.update(chat_template=default_jinja(prefix), split_special_tokens=False)
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+    return config["chat_template"]

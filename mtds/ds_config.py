@@ -97,10 +97,20 @@ def _as_int(cfg: dict, key: str, path: str, default=None) -> int | None:
 
 
 def batch_sizes(cfg: dict, path: str, dp_size: int) -> dict[str, int]:
-    """Micro-batch, accumulation and the derived global batch; one-line error if they clash."""
+    """Micro-batch, accumulation and the global batch; one-line error if they clash. Two of the three
+    given, the third is derived (accumulation defaults to 1 when only the micro-batch is given)."""
     micro = _as_int(cfg, "train_micro_batch_size_per_gpu", path)
-    accum = _as_int(cfg, "gradient_accumulation_steps", path, default=1) or 1
+    accum = _as_int(cfg, "gradient_accumulation_steps", path)
     total = _as_int(cfg, "train_batch_size", path)
+    if accum is None and micro is not None and total is not None:
+        # The global batch and the micro-batch given (the size recipes): accumulation makes up the
+        # rest at this data-parallel size, as DeepSpeed derives it.
+        if total % (micro * dp_size):
+            raise ConfigError(
+                f"{path}: train_batch_size={total} is not a multiple of train_micro_batch_size_per_gpu={micro} x "
+                f"data-parallel size {dp_size}; change the micro-batch or the number of ranks")
+        accum = total // (micro * dp_size)
+    accum = accum or 1
     if micro is None:
         if total is None:
             raise ConfigError(f"{path}: set train_micro_batch_size_per_gpu (and optionally gradient_accumulation_steps)")

@@ -101,7 +101,7 @@ def test_errors_past_the_plan_are_one_line_on_every_rank(case, capsys, monkeypat
 
 def test_missing_deepspeed_json(case, capsys, tmp_path):
     assert case(ds=str(tmp_path / "nope.json")) == 2
-    assert error_line(capsys) == f"error: {tmp_path}/nope.json: DeepSpeed config not found (see ds_configs/ for examples)"
+    assert error_line(capsys) == f"error: {tmp_path}/nope.json: DeepSpeed config not found (`mtds configs` lists the shipped ones)"
 
 
 def test_invalid_deepspeed_json(case, capsys, tmp_path):

@@ -218,7 +218,7 @@ def test_scheduler_total_steps_filled_and_checked():
 
 
 def test_missing_and_invalid_ds_json(tmp_path):
-    with pytest.raises(ConfigError, match="--deepspeed_config is required"):
+    with pytest.raises(ConfigError, match="--deepspeed-config is required"):
         load_ds_config(None)
     with pytest.raises(ConfigError, match="missing.json: DeepSpeed config not found"):
         load_ds_config(str(tmp_path / "missing.json"))
@@ -305,3 +305,42 @@ def test_a_mistyped_deepspeed_override_is_one_line(override, message):
     with pytest.raises(ConfigError) as e:
         apply_overrides({"optimizer": {"type": "Adam", "params": {"lr": 1e-3}}}, override, "ds.json")
     assert str(e.value) == message
+
+
+# GPT-3 (Brown et al. 2020), table 2.1: batch in tokens and peak LR per size; appendix B: warmup
+# over the first 375M tokens, cosine decay to 10% of the peak, Adam 0.9/0.95, weight decay 0.1.
+GPT3_TABLE = {"125m": (2**19, 6.0e-4), "350m": (2**19, 3.0e-4), "1.3b": (2**20, 2.0e-4)}
+
+
+@pytest.mark.parametrize("size", sorted(GPT3_TABLE))
+def test_size_recipes_follow_the_gpt3_paper(size):
+    """ds_configs/gpt3_<size>.json + mtds/configs/gpt_<size>.toml: the paper's global batch in tokens
+    at every world size (accumulation derived from the global batch and the micro-batch), its LR,
+    warmup within one step of 375M tokens, the preset of that size at seq 2048, and the toml names
+    its JSON."""
+    tokens_per_step, lr = GPT3_TABLE[size]
+    ds_path = os.path.join(ROOT, f"ds_configs/gpt3_{size}.json")
+    toml_path = os.path.join(ROOT, f"mtds/configs/gpt_{size}.toml")
+    run = load_file(toml_path)
+    assert run["model"]["preset"] == f"gpt-{size}" and run["data"]["seq_length"] == 2048
+    assert f"--deepspeed-config ds_configs/gpt3_{size}.json --config mtds/configs/gpt_{size}.toml" in open(toml_path).read()
+    raw = load_ds_config(ds_path)
+    for world in (1, 8, 64):
+        cfg = resolve_ds_config(raw, ds_path, world, run["training"]["train_iters"], cuda_available=True, log=lambda *_: None)
+        assert cfg["train_batch_size"] * 2048 == tokens_per_step
+        assert cfg["train_micro_batch_size_per_gpu"] * cfg["gradient_accumulation_steps"] * world == cfg["train_batch_size"]
+    params = cfg["optimizer"]["params"]
+    assert (params["lr"], params["betas"], params["weight_decay"], cfg["gradient_clipping"]) == (lr, [0.9, 0.95], 0.1, 1.0)
+    sched = cfg["scheduler"]["params"]
+    assert abs(sched["warmup_num_steps"] * tokens_per_step - 375e6) <= tokens_per_step / 2
+    assert (sched["decay_style"], sched["min_lr_ratio"], sched["total_num_steps"]) == (
+        "cosine", 0.1, run["training"]["train_iters"])
+    assert precision(cfg) == "bf16" and cfg["zero_optimization"]["stage"] == 2
+
+
+def test_a_global_batch_the_ranks_cannot_split_is_one_line():
+    raw = {"train_batch_size": 256, "train_micro_batch_size_per_gpu": 8}
+    assert resolve_ds_config(raw, "r.json", 4, 10, True)["gradient_accumulation_steps"] == 8
+    with pytest.raises(ConfigError, match=r"^r\.json: train_batch_size=256 is not a multiple of "
+                                          r"train_micro_batch_size_per_gpu=8 x data-parallel size 3; change"):
+        resolve_ds_config(raw, "r.json", 3, 10, True)

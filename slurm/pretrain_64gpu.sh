@@ -50,6 +50,7 @@ set -euo pipefail
 # ---- What to run (override any of these from the environment) ------------------------------
 # MTDS_ROOT: the mtds checkout, visible at the same path on every node. Default: the checkout
 #   this script was submitted from (sbatch runs a spooled copy, so SLURM is asked for the path).
+#   Without a checkout there, PYTHON's installed mtds runs (`python -m mtds.pretrain`).
 # PYTHON: the interpreter with mtds installed; `python` from the submitting shell's PATH.
 # DS_CONFIG: DeepSpeed JSON (ZeRO stage, precision, optimizer, LR schedule, batch sizes).
 # RUN_CONFIG: run config (.toml/.json: model, data, intervals); empty = defaults + arguments.
@@ -144,8 +145,12 @@ if [[ -z "${MTDS_ROOT:-}" ]]; then
     submitted=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
     MTDS_ROOT=$(cd "$(dirname "$submitted")/.." 2>/dev/null && pwd) || MTDS_ROOT="$SLURM_SUBMIT_DIR"
 fi
-if [[ ! -f "$MTDS_ROOT/mtds/pretrain.py" ]]; then
-    echo "error: MTDS_ROOT=$MTDS_ROOT has no mtds/pretrain.py; set MTDS_ROOT to the mtds checkout" >&2
+if [[ -f "$MTDS_ROOT/mtds/pretrain.py" ]]; then
+    entry=("$MTDS_ROOT/mtds/pretrain.py")
+elif "$PYTHON" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('mtds.pretrain') is None)" 2>/dev/null; then
+    entry=(-m mtds.pretrain)  # an installed mtds (a wheel; this script from `mtds configs --copy DIR`)
+else
+    echo "error: MTDS_ROOT=$MTDS_ROOT has no mtds/pretrain.py and $PYTHON cannot import mtds; set MTDS_ROOT to the mtds checkout or PYTHON to an interpreter with mtds installed" >&2
     exit 2
 fi
 # Shipped configs may be named relative to the checkout (ds_configs/zero2.json).
@@ -163,7 +168,7 @@ config_args=()
 if [[ -n "$RUN_CONFIG" ]]; then config_args=(--config "$RUN_CONFIG"); fi
 # Before "$@", so an argument to this script still overrides it.
 if [[ -n "$TENSOR_PARALLEL" ]]; then config_args+=(--model.tensor_model_parallel_size="$TENSOR_PARALLEL"); fi
-cmd=("$PYTHON" "$MTDS_ROOT/mtds/pretrain.py" --deepspeed_config "$DS_CONFIG" "${config_args[@]}"
+cmd=("$PYTHON" "${entry[@]}" --deepspeed_config "$DS_CONFIG" "${config_args[@]}"
      --run-dir "$RUN_DIR" --load "$RUN_DIR" "$@")
 
 echo "=== $(date -Is) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on ${#NODES[@]} node(s): ${NODES[*]}"

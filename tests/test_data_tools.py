@@ -490,10 +490,3 @@ def test_default_dataset_is_idempotent(tmp_path, corpus_jsonl, tok):
     assert t5_sp.piece_to_id("<extra_id_15>") != t5_sp.unk_id()
 
 
-@pytest.mark.slow
-def test_default_dataset_from_scratch(tmp_path):
-    t0 = time.time()
-    r = default_dataset.build_default_dataset(tmp_path / "dd", quiet=True)
-    info = inspect_data.verify_pair(r["prefix"])
-    assert info.documents > 1000 and info.dtype == np.uint16
-    assert time.time() - t0 < 180

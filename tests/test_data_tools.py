@@ -488,5 +488,3 @@ def test_default_dataset_is_idempotent(tmp_path, corpus_jsonl, tok):
 
     t5_sp = sentencepiece.SentencePieceProcessor(model_file=t5["tokenizer_model"])
     assert t5_sp.piece_to_id("<extra_id_15>") != t5_sp.unk_id()
-
-

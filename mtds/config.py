@@ -202,6 +202,20 @@ class TrainingConfig:
     compile: str = "none"
     """torch.compile: "none", "layers" (each transformer layer, compiled once and reused) or
     "model" (DeepSpeed's engine.compile(), whole module). See mtds/train/compile.py."""
+    wandb_project: str | None = None
+    """Weights & Biases project: log the TensorBoard scalars there too, at the same steps (rank 0);
+    none = no W&B. Needs the wandb package (the [wandb] extra). One W&B run per run dir: its id is
+    kept in RUN_DIR/wandb_run_id, and a resume or SLURM requeue continues that run."""
+    wandb_entity: str | None = None
+    """W&B user or team to log under; none = your default entity."""
+    wandb_name: str | None = None
+    """W&B run name; none = the run dir's name."""
+    wandb_tags: list[str] = field(default_factory=list)
+    """W&B run tags."""
+    wandb_mode: str | None = None
+    """W&B mode: "online", "offline" (air-gapped nodes: files under RUN_DIR/wandb, uploaded later with
+    `wandb sync RUN_DIR/wandb/offline-run-*`) or "disabled"; none = WANDB_MODE from the environment,
+    else online. A value here wins over WANDB_MODE."""
 
 
 @dataclass
@@ -474,6 +488,8 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append("training.load_tag needs training.load (the run dir whose checkpoint it names)")
     if t.dist_timeout_mins <= 0:
         errs.append("training.dist_timeout_mins must be > 0")
+    if t.wandb_mode not in (None, "online", "offline", "disabled"):
+        errs.append(f"training.wandb_mode={t.wandb_mode!r}: choose one of online, offline, disabled (or none: WANDB_MODE, else online)")
     errs += tensor_parallel_problems(m, cfg.seq_length)
     if not 0 <= m.hidden_dropout < 1 or not 0 <= m.attention_dropout < 1:
         errs.append("model dropouts must be in [0, 1)")

@@ -2,7 +2,8 @@
 
 Tag names (greppable, one scheme): train/*, val/*, throughput/*, data/*, memory/*; every loss
 is also written as `<group>_vs_tokens/<name>` with consumed tokens as the step, so runs with
-different batch sizes can be compared on one axis.
+different batch sizes can be compared on one axis. With training.wandb_project the same scalars go to
+Weights & Biases too (`wandb`, a mtds/train/wandb_log.py run that mtds/train/run.py starts).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Metrics:
         self.enabled = enabled
         self.writer = None
         self.bar = None
+        self.wandb = None  # a mtds.train.wandb_log.WandbRun, set by the run when W&B is on
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -79,6 +81,8 @@ class Metrics:
             group, _, name = tag.partition("/")
             if tokens is not None and "loss" in name:
                 self.writer.add_scalar(f"{group}_vs_tokens/{name}", value, tokens)
+        if self.wandb is not None:
+            self.wandb.scalars(values, iteration, tokens)
 
     def advance(self, iteration: int, postfix: str = "") -> None:
         if self.bar is not None:
@@ -87,7 +91,10 @@ class Metrics:
                 self.bar.set_postfix_str(postfix, refresh=False)
             self.bar.refresh()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Flush and close; `failed`: the run ended in an error (the W&B run is marked so)."""
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=1 if failed else 0)
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:

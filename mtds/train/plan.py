@@ -36,6 +36,9 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides
     """Batch sizes, run length, DeepSpeed JSON (with the command line's `--ds.*` overrides), run dir,
     resume checks and the user's data, all before DeepSpeed starts (config errors come before even
     the torch import)."""
+    from mtds.train.wandb_log import check_installed
+
+    check_installed(cfg.training.wandb_project)
     parallel = ParallelSizes(world=int(os.environ.get("WORLD_SIZE", "1")),  # as the launcher announced it
                              tensor=cfg.model.tensor_model_parallel_size)
     ds_raw = apply_overrides(load_ds_config(ds_config_path), ds_overrides or {}, ds_config_path)

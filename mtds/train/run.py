@@ -82,9 +82,15 @@ def train(plan: Plan, log=print) -> int:
 
             start_timeline(plan.resume_from, cfg.training.run_dir, log)
     try:
+        if rank == 0 and cfg.training.wandb_project:  # the run dir's W&B run, continued on a resume (wandb_log.py)
+            from mtds.train.wandb_log import start as start_wandb
+
+            metrics.wandb = start_wandb(cfg.training, resolved, trainer.state.iteration if plan.resume_from else None, log)
         state = trainer.fit()
-    finally:
-        metrics.close()
+    except BaseException:
+        metrics.close(failed=True)
+        raise
+    metrics.close()  # finishes the W&B run too: also after a stop to resume (SIGTERM, time limit)
     if state.iteration == plan.train_iters:  # finished (not a stop to resume): what to do with it
         log(trainer.summary())
         for command in next_commands(cfg.training.run_dir, generates=task.next_token_logits is not None

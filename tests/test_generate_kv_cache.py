@@ -81,3 +81,11 @@ def test_the_cache_takes_one_token_at_a_time_after_the_prompt(model):
         cache(torch.tensor([[t]]))
     with pytest.raises(ValueError, match="holds 8 tokens"):
         cache(torch.tensor([[9]]))
+
+
+def test_the_bench_measures_both_ways_on_a_tiny_model(model):
+    """bench/generate_kv_cache.py's measurement, in-process on the tiny model (its smoke check)."""
+    from bench.generate_kv_cache import measure
+
+    rates = measure(model, prompt_len=5, new_tokens=4, repeats=1, max_context=MAX_CONTEXT, vocab=VOCAB)
+    assert set(rates) == {"cached", "recompute"} and all(r > 0 for r in rates.values())

@@ -105,3 +105,50 @@ def test_wandb_project_without_wandb_is_one_line():
     assert proc.stderr.splitlines() == ["error: training.wandb_project='demo' needs the wandb package: pip install "
                                         "'mtds-pretrain[wandb]' (or pip install wandb), or leave training.wandb_project "
                                         "unset"]
+
+
+
+class FakeRun:
+    """What start() and WandbRun use of a wandb Run, as an online run whose next step is `starting_step`."""
+
+    def __init__(self, starting_step: int, fail_at: int | None = None):
+        self.id, self.starting_step, self.fail_at, self.rows = "abc12345", starting_step, fail_at, []
+
+    def log(self, row, step):
+        if step == self.fail_at:
+            raise ConnectionResetError("Connection lost")
+        self.rows.append((step, row))
+
+    def finish(self, exit_code=0):
+        self.rows.append(("finish", exit_code))
+
+
+def test_an_online_resume_behind_the_wandb_runs_last_step_logs_from_there_and_says_so(tmp_path, monkeypatch):
+    """Online, W&B drops steps below a resumed run's last one (a crash after the last save, a
+    rollback): they are not sent, and a note names them. The id file decides new run or resume; a
+    W&B failure mid-run is one warning and training goes on."""
+    import types
+
+    from mtds.config import TrainingConfig
+    from mtds.train import wandb_log
+
+    inits, runs = [], [FakeRun(starting_step=0), FakeRun(starting_step=13, fail_at=20)]
+    fake = types.SimpleNamespace(init=lambda **kw: inits.append(kw) or runs[len(inits) - 1], teardown=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    t = TrainingConfig(run_dir=str(tmp_path / "run"), wandb_project="p")
+    os.makedirs(t.run_dir)
+    lines = []
+    wandb_log.start(t, {"run": {}, "train_order": [1]}, resumed_at=None, log=lines.append)
+    assert inits[0]["id"] is None and inits[0]["resume"] is None and inits[0]["name"] == "run"
+    assert inits[0]["config"] == {"run": {}} and (tmp_path / "run/wandb_run_id").read_text() == "abc12345\n"
+    run = wandb_log.start(t, {}, resumed_at=8, log=lines.append)  # the W&B run has steps up to 12
+    assert inits[1]["id"] == "abc12345" and inits[1]["resume"] == "allow"
+    assert lines == ["note: W&B run abc12345 already has steps up to 12; this run resumes at iteration 8, and W&B "
+                     "keeps a run's steps increasing: iterations 9-12 go to TensorBoard only"]
+    for it in (10, 12, 13, 20, 21):
+        run.scalars({"train/loss": 2.0, "train/lr": 0.1}, it, tokens=it * 128)
+    run.finish()
+    assert runs[1].rows == [(13, {"train/loss": 2.0, "train/lr": 0.1, "data/consumed_tokens": 13 * 128.0,
+                                  "train_vs_tokens/loss": 2.0})]  # then W&B failed at 20: nothing more, no finish
+    assert len(lines) == 2 and lines[1].startswith("warning: W&B stopped (ConnectionResetError: Connection lost); "
+                                                   "training goes on without it")

@@ -13,7 +13,8 @@ step (a crash after the last save, a training.load_tag rollback), the iterations
 to TensorBoard only (a note says so). W&B's rewind (`resume_from`) would replace them but is a private
 preview and needs the server. W&B never stops training: if it fails mid-run (under SLURM the
 time-limit SIGTERM reaches its service process too, which writes out what it has and quits) a
-warning says so and the run goes on without it.
+warning says so and the run goes on without it; the rows it had not yet written to its file (it
+writes every 15 s) are missing from W&B.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class WandbRun:
             self.log(f"warning: W&B stopped ({type(e).__name__}: {e}); training goes on without it "
                      "(TensorBoard has every step)")
             self.run = None
+            import wandb
+
+            try:  # drop the broken service connection now, or W&B's exit hook prints its traceback
+                wandb.teardown()
+            except (Exception, SystemExit):  # noqa: BLE001 - it fails the same way; the hook is gone
+                pass
 
 
 def start(t, config: dict, resumed_at: int | None, log=print) -> WandbRun | None:

@@ -12,9 +12,9 @@ W&B keeps a run's steps increasing: resumed online from a checkpoint older than 
 step (a crash after the last save, a training.load_tag rollback), the iterations up to that step go
 to TensorBoard only (a note says so). W&B's rewind (`resume_from`) would replace them but is a private
 preview and needs the server. W&B never stops training: if it fails mid-run (under SLURM the
-time-limit SIGTERM reaches its service process too, which writes out what it has and quits) a
-warning says so and the run goes on without it; the rows it had not yet written to its file (it
-writes every 15 s) are missing from W&B.
+time-limit SIGTERM reaches its service process too, which quits at once) a warning says so and the
+run goes on without it; the rows the service had not yet written to its file (it writes every 15 s)
+are missing from W&B.
 """
 
 from __future__ import annotations

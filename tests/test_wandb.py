@@ -4,6 +4,7 @@ resume read back from W&B's own files, and the one-line refusal without the wand
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import struct
@@ -12,7 +13,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, ok, run_pretrain, tiny_gpt_args, write_ds_config
+from helpers import ROOT, missing, ok, run_pretrain, tiny_gpt_args, write_ds_config
 
 BLOCK = 32768  # the .wandb file is a LevelDB-style log: 32 KiB blocks of records with 7-byte headers
 
@@ -62,7 +63,8 @@ def read_offline_run(folder: str) -> tuple[str, dict, list[dict]]:
 def test_offline_run_and_its_resume_are_one_wandb_run(tiny_data, tmp_path):
     """Three steps, a stop to resume (exit_interval: the SIGTERM path's save and exit), then a resume to
     step 5: both processes log to the W&B run whose id the run dir keeps, at the TensorBoard steps."""
-    pytest.importorskip("wandb")
+    if importlib.util.find_spec("wandb") is None:
+        missing("the wandb package (the [test] extra installs it)")
     ds = write_ds_config(str(tmp_path / "ds.json"), stage=1, micro=2, precision="fp32", torch_adam=True)
     run = tmp_path / "run"
     args = tiny_gpt_args(tiny_data, run, ds, "--training.train_iters=5", "--training.eval_interval=3",

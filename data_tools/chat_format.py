@@ -50,7 +50,8 @@ def default_jinja(prefix: str = "") -> str:
     marker = "{% if m['role'] == 'system' %}{{ " + literal(MARKERS["system"]) + " }}" \
              "{% elif m['role'] == 'user' %}{{ " + literal(MARKERS["user"]) + " }}" \
              "{% elif m['role'] == 'assistant' %}{{ " + literal(MARKERS["assistant"]) + " }}" \
-             "{% else %}{{ raise_exception('unknown role ' + m['role'] + '; use system, user or assistant') }}{% endif %}"
+             "{% else %}{{ raise_exception('unknown role ' + m['role'] + '; use system, user or assistant') }}" \
+             "{% endif %}"
     return (("{{ " + literal(prefix) + " }}" if prefix else "") + "{% for m in messages %}" + marker
             + "{{ m['content'] }}{% if m['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\\n' }}{% endif %}"
             "{% endfor %}{% if add_generation_prompt %}{{ " + literal(MARKERS["assistant"]) + " }}{% endif %}")

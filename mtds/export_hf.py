@@ -104,7 +104,8 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
         from data_tools.chat_format import ChatError
 
         try:
-            write_chat_template(out_dir, sources["tokenizer_model"], sources.get("tokenizer_type", "SentencePieceTokenizer"))
+            write_chat_template(out_dir, sources["tokenizer_model"],
+                                sources.get("tokenizer_type", "SentencePieceTokenizer"))
         except ChatError as e:
             raise LoadError(f"chat template: {e}") from None
     config, weights = convert(sd, cfg, int(saved["vocab_size"]), tok_ids)

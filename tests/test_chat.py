@@ -1,7 +1,8 @@
 """Chat: the exported chat_template gives mtds's ids in transformers, and mtds.chat's history
 (cropping, /reset). Not covered: content that spells a special token ("</s>", "<s>"), which the
-export reads as that token (mtds.hf.tokenizer.write_chat_template) and mtds as text. No training here: the tokenizer export path is run directly on the tiny
-corpus's tokenizer. The end-to-end `mtds.chat` on a fine-tuned model is in tests/test_sft.py."""
+export reads as that token (mtds.hf.tokenizer.write_chat_template) and mtds as text. No training
+here: the tokenizer export path runs directly on the tiny corpus's tokenizer. The end-to-end
+`mtds.chat` on a fine-tuned model is in tests/test_sft.py."""
 
 from __future__ import annotations
 

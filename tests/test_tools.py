@@ -417,7 +417,7 @@ def test_export_logits_and_greedy_generation_match_transformers(loaded, exported
     prompt = tok.tokenize("def main(")
     assert AutoTokenizer.from_pretrained(exported[name]).encode("def main(", add_special_tokens=False) == prompt
     new = generate(run.model, prompt, max_new_tokens=16, max_context=64, vocab_limit=tok.vocab_size, greedy=True,
-                   stop_ids=(tok.eod,))
+                   stop_ids=(tok.eod,), cache_fn=run.cfg.kind.task.cached_logits)  # with the KV cache, as the CLI
     with torch.no_grad():
         hf_new = hf.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt):]
     assert hf_new.tolist() == new

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from mtds.errors import ConfigError
 from mtds.kind_contract import Task
-from mtds.tasks.causal_lm import cached_logits, count_targets, forward_step, next_token_logits  # pretraining's loss and generation
+# pretraining's loss and generation
+from mtds.tasks.causal_lm import cached_logits, count_targets, forward_step, next_token_logits
 
 DATA_LAYOUT = "sft"
 """preprocess output this task reads: data_tools.sft's `_sft_document` token prefix + loss-mask side file."""

@@ -19,13 +19,17 @@ every resume must make the same choice, and an earlier timing-based probe, run b
 once on two cores, once chose bf16 for one run and fp32 for its resume.
 
 One DeepSpeed cost on CPU is cut here too: its CPU op builder asks py-cpuinfo about the CPU
-twice each time an op loads (FusedAdam at `deepspeed.initialize`), and each ask spawns a Python
-subprocess (~1.1 s here). The answer cannot change within a process, so it is asked once.
+twice each time an op loads (FusedAdam at `deepspeed.initialize`), and each ask probes the CPU in a
+Python subprocess (~1.1 s here, for every rank of every run). The answer cannot change on a machine,
+so it is asked once per machine and kept in a JSON file beside DeepSpeed's op cache, named by a
+hash of what /proc/cpuinfo says the CPU is (another CPU type, e.g. a node of another cluster
+partition sharing the home directory, gets its own file).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -79,7 +83,46 @@ def _ask_cpuinfo_once() -> None:
         import cpuinfo
     except ImportError:  # DeepSpeed then reads lscpu instead, which is fast
         return
-    cpuinfo.get_cpu_info = functools.lru_cache(maxsize=1)(cpuinfo.get_cpu_info)
+    ask = cpuinfo.get_cpu_info
+    cpuinfo.get_cpu_info = functools.lru_cache(maxsize=1)(lambda: cpu_info_kept(ask, _op_cache_dir()))
+
+
+def _op_cache_dir() -> str:
+    """Where DeepSpeed keeps its JIT-built ops (torch's default when TORCH_EXTENSIONS_DIR is unset)."""
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
+
+
+def cpu_info_kept(ask, folder: str, proc_cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """py-cpuinfo's answer for this CPU: read from `folder` if asked before, else asked and kept."""
+    import hashlib
+    import json
+
+    try:
+        with open(proc_cpuinfo) as f:
+            first_cpu = f.read().split("\n\n")[0]
+    except OSError:  # no /proc (macOS): nothing names the CPU cheaply, ask
+        return ask()
+    # The lines that name the CPU type and its features, not its clock (which changes).
+    identity = [line for line in first_cpu.splitlines()
+                if line.split(":")[0].strip() in ("vendor_id", "cpu family", "model", "model name", "stepping",
+                                                  "flags", "Features", "CPU implementer", "CPU part")]
+    key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+    path = os.path.join(folder, f"mtds_cpuinfo_{key}.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    info = ask()
+    if info:  # py-cpuinfo answers {} when its probe failed: ask again next time
+        try:
+            from mtds.ckpt.layout import atomic_write
+
+            os.makedirs(folder, exist_ok=True)
+            atomic_write(path, json.dumps(info))
+        except OSError:  # a read-only home: ask every time, as before
+            pass
+    return info
 
 
 def has_native_bf16() -> bool:

@@ -344,3 +344,27 @@ def test_a_global_batch_the_ranks_cannot_split_is_one_line():
     with pytest.raises(ConfigError, match=r"^r\.json: train_batch_size=256 is not a multiple of "
                                           r"train_micro_batch_size_per_gpu=8 x data-parallel size 3; change"):
         resolve_ds_config(raw, "r.json", 3, 10, True)
+
+
+def test_cpu_info_is_asked_once_per_cpu_type_and_kept_beside_the_op_cache(tmp_path):
+    """DeepSpeed's CPU op loader asks py-cpuinfo (~1.1 s) in every process; mtds keeps the answer in
+    a file named by the CPU's identity lines: a second process reads it, another CPU type asks again,
+    and the clock speed changing is still the same CPU."""
+    from mtds.cpu_compat import cpu_info_kept
+
+    asked = []
+
+    def ask():
+        asked.append(1)
+        return {"arch": "X86_64", "flags": ["avx2"], "n": len(asked)}
+
+    proc = tmp_path / "cpuinfo"
+    proc.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: EPYC\ncpu MHz\t\t: 2450.0\n"
+                    "flags\t\t: fpu avx2\n\nprocessor\t: 1\n")
+    first = cpu_info_kept(ask, str(tmp_path / "ops"), str(proc))
+    proc.write_text(proc.read_text().replace("2450.0", "3100.5"))
+    assert cpu_info_kept(ask, str(tmp_path / "ops"), str(proc)) == first and len(asked) == 1
+    proc.write_text(proc.read_text().replace("fpu avx2", "fpu avx2 avx512f"))
+    assert cpu_info_kept(ask, str(tmp_path / "ops"), str(proc))["n"] == 2
+    assert len(list((tmp_path / "ops").glob("mtds_cpuinfo_*.json"))) == 2
+    assert cpu_info_kept(ask, str(tmp_path / "ops"), str(tmp_path / "no_proc")) == {**first, "n": 3}

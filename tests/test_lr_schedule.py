@@ -166,7 +166,7 @@ def test_bad_schedule_params_are_one_line_naming_file_and_key(params, message):
 def test_shipped_configs_warm_up_linearly_with_no_step_at_lr_zero():
     """A user following the README gets mtds's schedule: step 1 at peak/warmup, not DeepSpeed's 0."""
     for path in glob.glob(os.path.join(ROOT, "ds_configs", "*.json")):
-        cfg = resolve_ds_config(load_ds_config(path), path, 1, 300, False, log=lambda *_: None)
+        cfg = resolve_ds_config(load_ds_config(path), path, 1, 10_000, False, log=lambda *_: None)
         assert cfg["scheduler"]["type"] == "WarmupStableDecay", path
         schedule = schedule_from_params(cfg["scheduler"]["params"], path)
         assert schedule.factor(1) == 1 / schedule.warmup_steps and schedule.factor(schedule.warmup_steps) == 1, path

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if dropped:
             print(f"note: the oldest {dropped} turn(s) dropped to fit {max_context} tokens", file=sys.stderr)
         new = generate(run.model, ids, max_context=max_context, vocab_limit=tok.vocab_size, seed=a.seed + turn,
-                       stop_ids=stop_ids, **sampling_kwargs(a, task))
+                       stop_ids=stop_ids, **sampling_kwargs(a, task, tok))
         answer = tok.detokenize([t for t in new if t not in stop_ids])
         conversation.answer(answer)
         print(answer, flush=True)

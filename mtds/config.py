@@ -40,7 +40,7 @@ class ModelConfig:
     explicit fields below override it. Not given: the family's tiny default; none: no preset."""
     model_type: str = "gpt"
     """The kind (mtds/kinds.py): "gpt" (causal LM), "bert" (masked LM + sentence-order head), "t5"
-    (span corruption), or the fine-tuning kinds "gpt_sft" and "bert_cls".
+    (span corruption), "gpt_plm" (permutation LM, XLNet's), or the fine-tuning kinds "gpt_sft" and "bert_cls".
     Not given with a preset of another family (e.g. bert-base): that family's kind."""
     num_layers: int = 4
     hidden_size: int = 256

@@ -113,10 +113,14 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=default_device())
 
 
-def sampling_kwargs(a: argparse.Namespace, task) -> dict:
-    """generate()'s keyword arguments for the flags of add_sampling_args and the run's task."""
+def sampling_kwargs(a: argparse.Namespace, task, tokenizer) -> dict:
+    """generate()'s keyword arguments for the flags of add_sampling_args and the run's task (its
+    next_token_logits given the run's tokenizer)."""
+    import functools
+
     return dict(max_new_tokens=a.max_new_tokens, greedy=a.greedy, temperature=a.temperature, top_k=a.top_k,
-                top_p=a.top_p, logits_fn=task.next_token_logits, cache_fn=None if a.no_kv_cache else task.cached_logits)
+                top_p=a.top_p, logits_fn=functools.partial(task.next_token_logits, tokenizer=tokenizer),
+                cache_fn=None if a.no_kv_cache else task.cached_logits)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: prompt has {len(prompt_ids)} tokens; the model sees the last {max_context}", file=sys.stderr)
     for i in range(a.num_samples):
         new = generate(run.model, prompt_ids, max_context=max_context, vocab_limit=tok.vocab_size,
-                       seed=a.seed + i, stop_ids=() if a.no_stop else stop_ids, **sampling_kwargs(a, task))
+                       seed=a.seed + i, stop_ids=() if a.no_stop else stop_ids, **sampling_kwargs(a, task, tok))
         if i:
             print("-" * 40)
         print(shown + tok.detokenize([t for t in new if t not in stop_ids]), flush=True)

@@ -81,7 +81,9 @@ class Task:
     """`count_targets(batch, opts) -> {part: n}`: the targets of each loss part in a micro-batch, read
     from the batch alone (before any forward: the step's counts weigh its first backward)."""
     next_token_logits: Callable | None = None
-    """Optional `next_token_logits(model, context)`: `mtds.generate` works for tasks that have it."""
+    """Optional `next_token_logits(model, context, tokenizer=None) -> [b, s', V]`, the last row the next
+    token's logits: `mtds.generate` works for tasks that have it (and gives the run's tokenizer: permutation
+    LM's query token is its mask token)."""
     cached_logits: Callable | None = None
     """Optional `cached_logits(model, max_length) -> cache`, a KV cache for `mtds.generate`:
     `cache(new_ids [1, k]) -> logits [1, V]` after the last id, fed the prompt then one id at a time

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from mtds.kind_contract import Family, Task
 from mtds.models import bert, gpt, t5
-from mtds.tasks import causal_lm, classification, masked_lm, sft, span_corruption
+from mtds.tasks import causal_lm, classification, masked_lm, permutation_lm, sft, span_corruption
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ KINDS: dict[str, Kind] = {
     "gpt_sft": Kind(gpt.FAMILY, sft.TASK),  # decoder-only, fine-tuned on chats: loss on assistant tokens
     "bert_cls": Kind(bert.FAMILY, classification.TASK),  # encoder-only, fine-tuned to label texts (pooler + head)
     "t5": Kind(t5.FAMILY, span_corruption.TASK),  # encoder-decoder, writes back the spans cut from its input
+    "gpt_plm": Kind(gpt.FAMILY, permutation_lm.TASK),  # decoder-only, predicts tokens in a random order (XLNet)
 }
 
 FAMILIES: tuple[Family, ...] = tuple({id(k.family): k.family for k in KINDS.values()}.values())

@@ -46,9 +46,14 @@ def validate(m) -> list[str]:
     return []
 
 
-def build(m, vocab_size: int, precision: str, on_gpu: bool):
-    """GPTModel with a language-model head (the output layer) over the padded vocabulary."""
+def build(m, vocab_size: int, precision: str, on_gpu: bool, rope_at_position_ids: bool = False):
+    """GPTModel with a language-model head (the output layer) over the padded vocabulary.
+    `rope_at_position_ids` (permutation LM's head): RoPE follows the position ids it is given
+    (mtds.models.rope_positions), as a learned position table does."""
     from megatron.core.models.gpt import GPTModel
+
+    if rope_at_position_ids:
+        from mtds.models.rope_positions import GPTModelRopeAtPositions as GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     from mtds.models.common import language_model_args, transformer_config, with_sdpa
@@ -86,10 +91,16 @@ def _count_routed_tokens(router, inputs, output) -> None:
     router.mtds_routed = counts if getattr(router, "mtds_routed", None) is None else router.mtds_routed + counts
 
 
-def flops_per_token(m, num_params: int, seq_length: int, vocab_size: int) -> float:
+def flops_per_token(m, num_params: int, seq_length: int, vocab_size: int, query_tokens: int = 0) -> float:
     """The dense estimate over the parameters a token uses: a mixture of experts' token passes
-    through its top-k experts only, so the other experts' weights are left out (MFU stays honest)."""
+    through its top-k experts only, so the other experts' weights are left out (MFU stays honest).
+    `query_tokens` (permutation LM): K more positions run after each seq_length sample's tokens, so
+    each of the seq_length tokens costs (seq_length + K) / seq_length of one at length seq_length + K."""
     from mtds.models.common import dense_flops_per_token
+
+    if query_tokens:
+        length = seq_length + query_tokens
+        return flops_per_token(m, num_params, length, vocab_size) * length / seq_length
 
     if m.num_moe_experts:
         ffn = m.moe_ffn_hidden_size or m.ffn_size()

@@ -85,8 +85,8 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
     return {"lm": (per_token.float() * loss_mask).sum()}, {}
 
 
-def next_token_logits(model, context):
-    """Logits [b, s, V_padded] for a context [b, s] of token ids (mtds.generate)."""
+def next_token_logits(model, context, tokenizer=None):
+    """Logits [b, s, V_padded] for a context [b, s] of token ids (mtds.generate; the tokenizer is not needed)."""
     import torch
 
     position_ids = torch.arange(context.size(1), device=context.device).unsqueeze(0)

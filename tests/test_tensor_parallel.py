@@ -18,11 +18,11 @@ from helpers import DIST_ENV, ROOT, flags, free_port, ok, run_pretrain, scalars,
 from mtds.config import build_config
 from mtds.errors import ConfigError
 
-STEPS = 10
+STEPS, HALF = 6, 3  # steps of every run; the evaluations, saves and the resume point
 TP2 = ["--model.tensor_model_parallel_size=2"]
 # Equality with TP=1 is a claim about the math, so dropout is off (its random streams differ by
 # layout); resume, which replays the same layout, runs with dropout on.
-COMMON = [f"--training.train_iters={STEPS}", "--training.eval_interval=5", "--training.save_interval=5"]
+COMMON = [f"--training.train_iters={STEPS}", f"--training.eval_interval={HALF}", f"--training.save_interval={HALF}"]
 BERT = [*flags("model", tiny_model("bert")), "--data.seq_length=64"]
 
 
@@ -65,7 +65,7 @@ def gpt_runs(tiny_data, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["tp2-z1", "tp2-z2", "tp2-z3", "tp2-z2-sp"])
 def test_tp2_trains_like_tp1(gpt_runs, case):
-    """Per-step loss and clipped-gradient norm of TP=2 equal TP=1's within 1e-5 relative for 10 steps:
+    """Per-step loss and clipped-gradient norm of TP=2 equal TP=1's within 1e-5 relative for STEPS steps:
     DeepSpeed reduces over the data-parallel group and counts replicated parameters once in the
     norm (PR #5411's bug would double them), and under sequence parallelism the norms' partial
     gradients are summed over the tensor-parallel group."""
@@ -104,7 +104,7 @@ def test_evaluate_reads_the_batches_a_tp2_run_validated_on(gpt_runs):
 @pytest.mark.parametrize("case", ["tp2-z2", "tp2-z3", "tp2-z2-sp"])
 def test_merged_tp2_weights_equal_the_tp1_weights(gpt_runs, case):
     """The tools' merge of the TP shards (ZeRO-2 and -3 partitions too) gives the TP=1 run's
-    weights, trained 10 steps on the same batches (fp32, atol 1e-5: the runs differ by rounding)."""
+    weights, trained STEPS steps on the same batches (fp32, atol 1e-5: the runs differ by rounding)."""
     merged, reference = consolidated(gpt_runs[case]), consolidated(gpt_runs["tp1"])
     assert merged.keys() == reference.keys()
     for name in reference:
@@ -129,17 +129,18 @@ def test_export_of_a_tp2_run_equals_the_export_of_tp1(gpt_runs, tmp_path):
 @pytest.mark.slow
 def test_tp2_resume_is_bitwise(tiny_data, gpt_runs, tmp_path):
     """TP=2, ZeRO-2, dropout 0.1 (attention dropout on the per-rank tracker stream, saved with the
-    checkpoint): resumed from the straight run's own iteration-5 checkpoint (copied to a run dir of its
-    own), steps 6-10 and the final weights equal the straight run's."""
+    checkpoint): resumed from the straight run's own iteration-HALF checkpoint (copied to a run dir of its
+    own), the steps after it and the final weights equal the straight run's."""
     dropout = ["--model.hidden_dropout=0.1", "--model.attention_dropout=0.1", "--model.sequence_parallel=true"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     ok(run_pretrain(tiny_gpt_args(tiny_data, straight, gpt_runs["ds_z2"], *COMMON, *TP2, *dropout), ranks=2))
-    shutil.copytree(straight / "checkpoints/iter_0000005", split / "checkpoints/iter_0000005")
-    (split / "checkpoints/latest").write_text("iter_0000005")
+    half = f"iter_{HALF:07d}"
+    shutil.copytree(straight / "checkpoints" / half, split / "checkpoints" / half)
+    (split / "checkpoints/latest").write_text(half)
     proc = ok(run_pretrain(tiny_gpt_args(tiny_data, split, gpt_runs["ds_z2"], *COMMON, *TP2, *dropout,
                                          "--load", str(split)), ranks=2))
-    assert "at iteration 5" in proc.stdout
-    assert series(split, "train/loss") == series(straight, "train/loss")[5:]
+    assert f"at iteration {HALF}" in proc.stdout
+    assert series(split, "train/loss") == series(straight, "train/loss")[HALF:]
     a, b = consolidated(straight), consolidated(split)
     for name in a:
         assert torch.equal(a[name], b[name]), name

@@ -27,6 +27,10 @@ each document is exactly `AutoTokenizer.from_pretrained(DIR)(text)["input_ids"]`
 when the tokenizer adds one; `--append-eod` appends its eos token. With `--split-sentences` the
 tokenizer's special tokens frame the document once (leading ones before its first sentence,
 trailing ones after its last), not every sentence.
+
+An input written by `data_tools.clean` has its manifest beside it (`FILE.manifest.json`):
+preprocess checks that the file is what the manifest says it wrote and names the manifest and its
+content hash in `{prefix}.provenance.json` beside the `.idx`, so the tokens name their cleaning.
 """
 
 from __future__ import annotations
@@ -254,6 +258,32 @@ def _load_hf_tokenizer(path: str, append_eod: bool) -> tuple[int, dict]:
     return len(tok), spec
 
 
+def cleaning_manifests(paths: Sequence[str]) -> dict[str, dict]:
+    """{input: {path, xxh3_128} of its data_tools.clean manifest} for the inputs clean wrote; a
+    one-line DataToolsError for an input changed since (data_tools.clean_manifest.manifest_of)."""
+    from data_tools.clean_manifest import manifest_of
+
+    return {p: m for p in paths if (m := manifest_of(p)) is not None}
+
+
+def provenance_path(prefix: str) -> str:
+    return prefix + ".provenance.json"
+
+
+def write_provenance(prefix: str, cleaned: dict[str, dict]) -> None:
+    """`{prefix}.provenance.json` naming the cleaning manifests (and their hashes) of the inputs,
+    written before the pair is published; a stale one from an earlier run is removed."""
+    path = provenance_path(prefix)
+    if os.path.exists(path):
+        os.remove(path)
+    if cleaned:
+        from data_tools.clean_manifest import write_json
+        from data_tools.io_utils import atomic_outputs
+
+        with atomic_outputs([path]) as (tmp,):
+            write_json(tmp, {"cleaning_manifests": cleaned})
+
+
 def output_prefixes(output_prefix: str, json_keys: Sequence[str], split_sentences: bool) -> list[str]:
     level = "sentence" if split_sentences else "document"
     return [f"{output_prefix}_{key}_{level}" for key in json_keys]
@@ -292,6 +322,7 @@ def preprocess(
     if workers < 1:
         raise DataToolsError(f"--workers {workers}: must be >= 1")
     check_inputs(inputs, json_keys)  # parquet/Arrow schemas: a missing column is one line now
+    cleaned = cleaning_manifests(paths)  # inputs data_tools.clean wrote: recorded beside each .idx
     vocab_size, worker_tokenizer = _load_tokenizer(tokenizer_model, append_eod, tokenizer_type)
     from data_tools.indexed_writer import BinIdxWriter, optimal_dtype
 
@@ -321,6 +352,7 @@ def preprocess(
             raise DataToolsError(f"{paths[0]}: no usable documents in the input "
                                  f"(skipped: {summary.skipped or 'nothing to read'})")
         for w in writers:
+            write_provenance(w.prefix, cleaned)
             w.finalize()
     except BaseException:
         for w in writers:

@@ -43,7 +43,8 @@ class DataSources:
 
 def data_identity(prefix: str) -> dict:
     """Sizes of a prefix's .bin/.idx and a BLAKE2b hash of its .idx (document and sequence tables:
-    any rebuild with other content changes them), plus the .bin's mtime for people to read.
+    any rebuild with other content changes them), plus the .bin's mtime for people to read, and the
+    cleaning manifests (path and hash) its inputs came with (`{prefix}.provenance.json`), if any.
     Hashing reads the whole .idx (~10 bytes per sequence) once per process and file version."""
     idx = os.stat(prefix + ".idx")
     return _identity(prefix, idx.st_size, idx.st_mtime_ns)
@@ -55,8 +56,14 @@ def _identity(prefix: str, idx_bytes: int, idx_mtime_ns: int) -> dict:
     with open(prefix + ".idx", "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
-    return {"bin_bytes": os.path.getsize(prefix + ".bin"), "idx_bytes": idx_bytes,
-            "idx_blake2b": h.hexdigest(), "bin_mtime": int(os.path.getmtime(prefix + ".bin"))}
+    out = {"bin_bytes": os.path.getsize(prefix + ".bin"), "idx_bytes": idx_bytes,
+           "idx_blake2b": h.hexdigest(), "bin_mtime": int(os.path.getmtime(prefix + ".bin"))}
+    try:  # data_tools.preprocess wrote this beside the .idx when its input came from data_tools.clean
+        with open(prefix + ".provenance.json") as f:
+            out["cleaning_manifests"] = json.load(f)["cleaning_manifests"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return out
 
 
 def check_prefix(prefix: str, key: str) -> None:

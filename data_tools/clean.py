@@ -1,0 +1,301 @@
+"""Clean a corpus as MassiveText (Gopher) was cleaned, before `preprocess`.
+
+    python -m data_tools.clean --input raw/ 'more/*.parquet' --output clean/corpus.jsonl \\
+        [--text-key text] [--rules rules.toml] [--set min_words=20] [--off stop_words] [--off repetition]
+
+Reads what preprocess reads (jsonl(.gz/.zst), parquet, Arrow, folders, quoted globs; through
+data_tools.inputs) and, per document, in this order:
+  1. normalize the text (data_tools.normalize: ftfy mojibake repair, NFC, line endings, control
+     characters, trailing whitespace); a document left empty is removed ("empty");
+  2. Gopher's quality filters (data_tools.gopher_quality), then its repetition filters
+     (data_tools.gopher_repetition): the first rule failed removes the document;
+  3. exact dedup of what is left (data_tools.dedup): the first occurrence in input order is kept
+     ("exact_duplicate").
+The paper's order: quality and repetition filtering before document dedup, so a removed
+document's copies are counted under the rule that removed it.
+
+Writes the kept records as jsonl (`.jsonl`, or compressed by the output's name: `.jsonl.gz`,
+`.jsonl.zst`): every field of the input record (parquet/Arrow columns as keys) with the text
+field replaced by its normalized text; and OUTPUT.manifest.json (data_tools.clean_manifest):
+the rules, content hashes of inputs and output, documents and bytes in/kept/removed per rule and
+a seeded sample of removed documents per rule. Both are written under temp names and renamed when
+complete; bad inputs and rules are one line each before any work, and nothing is written.
+Lines that are not documents (bad JSON, no text field, ...) are skipped and counted, as preprocess
+skips them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import orjson
+
+from data_tools.clean_config import RULE_FIELDS, CleanConfig, build_config
+from data_tools.clean_manifest import TOOL, Tallies, file_hash, manifest_path, write_json
+from data_tools.dedup import ExactDedup
+from data_tools.errors import DataToolsError, run_cli
+from data_tools.gopher_quality import quality_failure, words_splitter
+from data_tools.gopher_repetition import repetition_failure
+from data_tools.inputs import RecordChunk, check_inputs, input_bytes, iter_records, load_record, resolve_inputs
+from data_tools.io_utils import atomic_outputs, check_output_prefix
+from data_tools.jsonl_reader import UnparsableLine
+from data_tools.normalize import normalize
+from data_tools.progress import Progress
+
+OUTPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+FIRST_SKIPS_KEPT = 5
+QUALITY_RULES = list(RULE_FIELDS)[:8]
+REPETITION_RULES = list(RULE_FIELDS)[8:]
+
+
+def rule_order(cfg: CleanConfig) -> list[str]:
+    """The rules this config checks, in the order they are checked (the manifest's order)."""
+    on = [r for r, names in RULE_FIELDS.items() if any(getattr(cfg, n) is not None for n in names)]
+    return ["empty", *on, *(["exact_duplicate"] if cfg.exact_dedup else [])]
+
+
+def _open_output(path: str, final: str):
+    if final.endswith(".gz"):
+        return gzip.open(path, "wb", compresslevel=6)
+    if final.endswith(".zst"):
+        import zstandard
+
+        return zstandard.open(path, "wb")
+    return open(path, "wb", buffering=1 << 20)
+
+
+def _check_output(output: str, inputs) -> str:
+    output = check_output_prefix(output)
+    if not output.endswith(OUTPUT_SUFFIXES):
+        raise DataToolsError(f"--output {output}: clean writes jsonl; name it .jsonl, .jsonl.gz or .jsonl.zst")
+    real = os.path.realpath(output)
+    for f in inputs:
+        if os.path.realpath(f.path) in (real, os.path.realpath(manifest_path(output))):
+            raise DataToolsError(f"--output {output}: is also an input; write the cleaned corpus elsewhere")
+    return output
+
+
+@dataclass
+class _Doc:
+    """One record of a chunk after the per-document work (done in a worker with --workers > 1)."""
+
+    where: str
+    skip: str | None = None  # a SKIP_REASONS-like reason: not a document at all
+    size: int = 0  # UTF-8 bytes of the text as read
+    rule: str | None = None  # the filter that removed it (dedup is decided later, in order)
+    original: str = ""  # the text as read, for the manifest's sample (removed documents only)
+    text: str = ""  # normalized (kept so far)
+    record: dict | None = None
+    changed: bool = False
+
+
+_W: dict = {}
+
+
+def _init_worker(cfg: CleanConfig, text_key: str) -> None:
+    rules = rule_order(cfg)
+    _W.update(cfg=cfg, text_key=text_key, split=words_splitter(cfg.word_splitter),
+              quality=any(r in rules for r in QUALITY_RULES), repetition=any(r in rules for r in REPETITION_RULES))
+
+
+def _record_skip(rec, key: str) -> str | None:
+    if rec is None:
+        return "blank_line"
+    if not isinstance(rec, dict):
+        return "not_an_object"
+    if key not in rec:
+        return "missing_key"
+    if not isinstance(rec[key], str):
+        return "non_string"
+    return None if rec[key].strip() else "empty_input"
+
+
+def _process(chunk: RecordChunk) -> list[_Doc]:
+    """Normalize and filter every record of `chunk` (everything but dedup, which needs the order)."""
+    cfg, key, out = _W["cfg"], _W["text_key"], []
+    for i in range(len(chunk.records)):
+        doc = _Doc(chunk.where(i))
+        out.append(doc)
+        try:
+            rec = load_record(chunk, i)
+        except UnparsableLine as e:
+            doc.skip = e.reason
+            continue
+        doc.skip = _record_skip(rec, key)
+        if doc.skip is not None:
+            continue
+        original = rec[key]
+        doc.size = len(original.encode("utf-8", "surrogatepass"))
+        text = normalize(original, cfg.unicode_form, cfg.fix_mojibake)
+        doc.changed = text != original
+        if not text.strip():
+            doc.rule = "empty"
+        elif _W["quality"] or _W["repetition"]:
+            words = _W["split"](text)
+            doc.rule = quality_failure(text, words, cfg) if _W["quality"] else None
+            if doc.rule is None and _W["repetition"]:
+                doc.rule = repetition_failure(text, words, cfg)
+        if doc.rule is not None:
+            doc.original = original
+        else:
+            rec[key] = doc.text = text
+            doc.record = rec
+    return out
+
+
+def _results(chunks: Iterable[RecordChunk], workers: int, cfg: CleanConfig, text_key: str) -> Iterator:
+    """(chunk, its _Docs) in input order; `workers` processes with a bounded number in flight."""
+    if workers <= 1:
+        _init_worker(cfg, text_key)
+        for c in chunks:
+            yield c, _process(c)
+        return
+    # spawn, not fork, for preprocess's reason (a caller with torch's threads loaded)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                             initargs=(cfg, text_key)) as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for c in chunks:
+                pending.append((c, pool.submit(_process, c)))
+                if len(pending) >= 2 * workers + 1:
+                    c0, f = pending.popleft()
+                    yield c0, f.result()
+            while pending:
+                c0, f = pending.popleft()
+                yield c0, f.result()
+        except BrokenProcessPool:
+            raise DataToolsError("clean: a worker process died (killed, out of memory or crashed); nothing was "
+                                 "written; rerun, or with --workers 1 to see the failure") from None
+        finally:
+            for _, f in pending:
+                f.cancel()
+
+
+def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, cfg: CleanConfig | None = None,
+          text_key: str = "text", quiet: bool = False, log_interval: float = 1.0, workers: int = 1) -> dict:
+    """Clean `input_paths` into `output` (jsonl) and `output`.manifest.json; returns the manifest.
+    Raises a one-line DataToolsError for bad inputs, rules or output before reading a document."""
+    t0 = time.perf_counter()
+    cfg = cfg or CleanConfig()
+    bad = cfg.validate() + ([f"--workers {workers}: must be >= 1"] if workers < 1 else [])
+    if bad:
+        raise DataToolsError("bad cleaning rules:\n  " + "\n  ".join(bad) if len(bad) > 1 else bad[0])
+    inputs = resolve_inputs(input_paths)
+    output = _check_output(os.fspath(output), inputs)
+    check_inputs(inputs, [text_key])  # parquet/Arrow: a missing column is one line now
+    try:
+        words_splitter(cfg.word_splitter)("a b")
+    except ImportError as e:
+        raise DataToolsError(f"word_splitter={cfg.word_splitter}: {e}") from None
+    tallies = Tallies(rule_order(cfg), cfg.samples_per_rule, cfg.sample_chars, cfg.seed)
+    seen = ExactDedup() if cfg.exact_dedup else None
+    docs = {"in": 0, "kept": 0, "removed": 0}
+    nbytes = {"in": 0, "kept": 0, "removed": 0}
+    changed = 0
+    skipped: dict[str, int] = {}
+    first_skipped: dict[str, list[str]] = {}
+    progress = Progress("clean", input_bytes(inputs), quiet, log_interval)
+    final = [output, manifest_path(output)]
+    results = None
+    try:
+        with atomic_outputs(final) as (tmp_out, tmp_manifest):
+            with _open_output(tmp_out, output) as out:
+                results = _results(iter_records(inputs, None), workers, cfg, text_key)
+                for chunk, processed in results:
+                    lines = []
+                    for d in processed:
+                        if d.skip is not None:
+                            skipped[d.skip] = skipped.get(d.skip, 0) + 1
+                            first = first_skipped.setdefault(d.skip, [])
+                            if len(first) < FIRST_SKIPS_KEPT:
+                                first.append(d.where)
+                            continue
+                        docs["in"] += 1
+                        nbytes["in"] += d.size
+                        changed += d.changed
+                        if d.rule is None and seen is not None and seen.is_duplicate(d.text):
+                            d.rule, d.original = "exact_duplicate", d.record[text_key]
+                        if d.rule is not None:
+                            tallies.add(d.rule, d.where, d.original, d.size)
+                            docs["removed"] += 1
+                            nbytes["removed"] += d.size
+                            continue
+                        docs["kept"] += 1
+                        nbytes["kept"] += len(d.text.encode("utf-8"))
+                        lines.append(orjson.dumps(d.record, default=str, option=orjson.OPT_APPEND_NEWLINE))
+                    out.write(b"".join(lines))
+                    progress.update(chunk.path, chunk.input_pos, docs["in"])
+            if docs["in"] == 0:
+                raise DataToolsError(f"{inputs[0].path}: no documents in the input (skipped lines: "
+                                     f"{skipped or 'nothing to read'})")
+            manifest = {
+                "tool": TOOL,
+                "config": cfg.as_dict(),
+                "text_key": text_key,
+                "inputs": [{"path": f.path, "format": f.format, "bytes": os.path.getsize(f.path),
+                            "xxh3_128": file_hash(f.path)} for f in inputs],
+                "output": {"path": output, "format": "jsonl", "bytes": os.path.getsize(tmp_out),
+                           "xxh3_128": file_hash(tmp_out)},
+                "documents": docs,
+                "bytes": nbytes,
+                "normalize": {"changed_documents": changed},
+                "skipped": skipped,
+                "first_skipped": first_skipped,
+                "rules": tallies.as_dict(),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            write_json(tmp_manifest, manifest)
+    finally:
+        if results is not None:
+            results.close()  # stops the worker pool now
+        progress.close()
+    if not quiet:
+        print(summary_line(manifest, final[1]), file=sys.stderr)
+    return manifest
+
+
+def summary_line(m: dict, where: str) -> str:
+    d = m["documents"]
+    removed = ", ".join(f"{r} {t['documents']}" for r, t in m["rules"].items() if t["documents"]) or "none"
+    skipped = ", ".join(f"{n} {r}" for r, n in sorted(m["skipped"].items())) or "none"
+    return (f"clean: {d['in']} documents, kept {d['kept']} ({100 * d['kept'] / max(d['in'], 1):.1f}%), "
+            f"removed: {removed}; skipped lines: {skipped}; manifest {where}; {m['seconds']:.1f}s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data_tools.clean", description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", nargs="+", required=True, help=".jsonl(.gz/.zst), .parquet, .arrow files; "
+                   "folders of them (datasets save_to_disk too); quoted globs")
+    p.add_argument("--output", required=True, help="the kept documents, .jsonl(.gz/.zst); "
+                   "OUTPUT.manifest.json is written beside it")
+    p.add_argument("--text-key", default="text", help="the json key (parquet/Arrow column) holding the text")
+    p.add_argument("--rules", help="a TOML file of CleanConfig fields (data_tools/clean_config.py), "
+                   "top level or under [clean]")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="one CleanConfig field, e.g. min_words=20, max_words=none, unicode_form=NFKC (repeatable)")
+    p.add_argument("--off", action="append", default=[], metavar="RULE",
+                   help="switch off a rule (e.g. stop_words, dup_line_frac), a group (quality, repetition), "
+                   "exact_dedup or fix_mojibake (repeatable)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes normalizing and filtering (dedup and writing stay in order in this one)")
+    p.add_argument("--log-interval", type=float, default=1.0,
+                   help="seconds between progress updates (off a terminal: one plain line each)")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    cfg = build_config(a.rules, a.set, a.off)
+    clean(a.input, a.output, cfg, a.text_key, a.quiet, a.log_interval, a.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

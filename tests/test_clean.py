@@ -1,0 +1,339 @@
+"""data_tools.clean: Gopher's filters against datatrove's, exact dedup, normalization, the manifest,
+bad inputs, and preprocess recording the cleaning. All in-process (datatrove's spaCy import is the
+largest cost)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import re
+import sysconfig
+
+import pytest
+
+from data_tools import clean as clean_mod
+from data_tools.clean_config import CleanConfig, build_config
+from data_tools.errors import DataToolsError, run_cli
+from data_tools.gopher_quality import quality_failure
+from data_tools.gopher_repetition import repetition_failure
+from data_tools.normalize import normalize
+from helpers import missing
+
+STDLIB = sysconfig.get_paths()["stdlib"]
+
+# datatrove's reason -> ours (the same rule under its name in the manifest)
+DATATROVE_RULE = {
+    "gopher_short_doc": "words", "gopher_long_doc": "words",
+    "gopher_below_avg_threshold": "mean_word_length", "gopher_above_avg_threshold": "mean_word_length",
+    "gopher_too_many_hashes": "hash_ratio", "gopher_too_many_ellipsis": "ellipsis_ratio",
+    "gopher_too_many_bullets": "bullet_lines", "gopher_too_many_end_ellipsis": "ellipsis_lines",
+    "gopher_below_alpha_threshold": "alpha_words", "gopher_enough_stop_words": "stop_words",
+    "dup_para_frac": "dup_para_frac", "dup_para_char_frac": "dup_para_chars",
+    "dup_line_frac": "dup_line_frac", "dup_line_char_frac": "dup_line_chars",
+    **{f"top_{n}_gram": f"top_{n}gram_chars" for n in (2, 3, 4)},
+    **{f"duplicated_{n}_n_grams": f"dup_{n}gram_chars" for n in range(5, 11)},
+}
+
+
+# -- the documents: real stdlib prose and code, and planted junk that each rule should catch --------
+def _paragraph_docs(path: str, per_doc: int) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        paras = [p for p in re.split(r"\n\s*\n", f.read()) if p.strip()]
+    return ["\n\n".join(paras[i:i + per_doc]) for i in range(0, len(paras), per_doc)]
+
+
+def _module_docstrings(folder: str) -> list[str]:
+    out = []
+    for path in sorted(glob.glob(os.path.join(STDLIB, folder, "*.py"))):
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        while lines and (not lines[0].strip() or lines[0].startswith("#")):
+            lines.pop(0)
+        body = "\n".join(lines).removeprefix("r").removeprefix("R")
+        if body.startswith('"""') and '"""' in body[3:]:
+            out.append(body[3:body.index('"""', 3)])
+    return out
+
+
+def _code_docs(folder: str, lines_per_doc: int, limit: int) -> list[str]:
+    out = []
+    for path in sorted(glob.glob(os.path.join(STDLIB, folder, "*.py"))):
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        out += ["\n".join(lines[i:i + lines_per_doc]) for i in range(0, len(lines), lines_per_doc)]
+    return out[:limit]
+
+
+def _planted(prose: list[str]) -> dict[str, str]:
+    """A document per rule, built from real sentences, that the rule removes (the first to fail)."""
+    rng = random.Random(0)
+    words = [w for w in " ".join(prose).split() if w.isalpha()]
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(" ".join(prose).split()))
+    long_sent = [s for s in sentences if 10 < len(s.split()) < 30 and "#" not in s]
+    sample = lambda k: " ".join(rng.sample(words, k))  # noqa: E731
+    intro = lambda: " ".join(rng.sample(long_sent, 2))  # noqa: E731  (stop words, so quality passes)
+    return {
+        "words": "The cat and the dog sat with that hat to be seen.",
+        "mean_word_length": " ".join(rng.choice(["internationalization", "characteristically", "the",
+                                                 "telecommunications", "with", "representationally"])
+                                     for _ in range(80)),
+        "hash_ratio": intro() + " " + " ".join(f"{w} #{v}" for w, v in zip(rng.sample(words, 60), rng.sample(words, 60))),
+        "ellipsis_ratio": intro() + " " + " ".join(f"{w}…" for w in rng.sample(words, 80)),
+        "bullet_lines": "\n".join(f"- {' '.join(s.split()[:8])}" for s in rng.sample(long_sent, 30)),
+        "ellipsis_lines": "\n".join(f"{' '.join(s.split()[:9])}…" if i % 2 else s
+                                    for i, s in enumerate(rng.sample(long_sent, 20))),
+        "alpha_words": sample(30) + " " + " ".join(str(rng.randint(0, 10**6)) for _ in range(120)),
+        "stop_words": " ".join(rng.choice(["lorem", "ipsum", "dolor", "sit", "amet", "consectetur",
+                                           "adipiscing", "elit", "sed", "eiusmod"]) for _ in range(90)),
+        "dup_para_frac": "\n\n".join([rng.choice(long_sent)] * 5 + rng.sample(long_sent, 4)),
+        "dup_line_frac": "\n".join(rng.sample(long_sent, 6) + ["Click here to subscribe."] * 5),
+        "top_2gram_chars": intro() + " " + " ".join(sample(2) + " click here" for _ in range(30)),
+        "dup_6gram_chars": " ".join([intro(), sample(40), *[sample(12)] * 5, sample(50)]),
+        "mojibake_kept": "\n\n".join(rng.sample(long_sent, 12)).replace("the", "thÃ©", 1),
+    }
+
+
+@pytest.fixture(scope="module")
+def docs() -> dict[str, str]:
+    """name -> normalized text: ~300 stdlib documents (prose, release notes, licences, code) and the planted ones."""
+    found: dict[str, str] = {}
+    texts = [f for f in ("LICENSE.txt", "email/architecture.rst", "idlelib/NEWS.txt", "idlelib/README.txt",
+                         "idlelib/HISTORY.txt", "idlelib/TODO.txt", "idlelib/idle_test/README.txt")
+             if os.path.isfile(os.path.join(STDLIB, f))]
+    for f in texts:
+        for i, d in enumerate(_paragraph_docs(os.path.join(STDLIB, f), 6)):
+            found[f"{f}#{i}"] = d
+    prose = _module_docstrings("email") + _module_docstrings("json") + _module_docstrings("xml/dom")
+    found.update({f"docstring#{i}": d for i, d in enumerate(prose)})
+    found.update({f"code#{i}": d for i, d in enumerate(_code_docs("json", 50, 6) + _code_docs("email", 60, 6))})
+    found.update({f"planted:{k}": v for k, v in _planted(prose + list(found.values())[:40]).items()})
+    return {k: n for k, v in found.items() if (n := normalize(v))}
+
+
+@pytest.fixture(scope="module")
+def datatrove():
+    try:
+        from datatrove.data import Document
+        from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
+        from datatrove.utils.text import split_into_words
+    except ImportError as e:
+        missing(f"datatrove (the reference) is not installed: {e}; pip install -e '.[test]'")
+    quality, repetition = GopherQualityFilter(), GopherRepetitionFilter()
+
+    def decide(text: str) -> str | None:
+        for f in (quality, repetition):
+            verdict = f.filter(Document(text=text, id="x"))
+            if verdict is not True:
+                return DATATROVE_RULE[verdict[1]]
+        return None
+
+    return decide, lambda text: split_into_words(text, "en")
+
+
+@pytest.fixture(scope="module")
+def reference(docs, datatrove):
+    decide, split = datatrove
+    return {k: (decide(t), split(t)) for k, t in docs.items()}
+
+
+def ours(text: str, words: list[str], cfg: CleanConfig) -> str | None:
+    return quality_failure(text, words, cfg) or repetition_failure(text, words, cfg)
+
+
+def test_with_datatrove_words_every_decision_and_rule_equals_datatrove(docs, reference):
+    """Gopher's quality and repetition rules on datatrove's own words: the same first failing rule as
+    datatrove's GopherQualityFilter then GopherRepetitionFilter (paper defaults) for every document."""
+    cfg = CleanConfig(word_splitter="datatrove")
+    got = {k: ours(t, reference[k][1], cfg) for k, t in docs.items()}
+    want = {k: reference[k][0] for k in docs}
+    assert {k: (got[k], want[k]) for k in docs if got[k] != want[k]} == {}
+    assert len(docs) > 150 and 25 < sum(v is None for v in want.values()) < len(docs) - 100
+    for name, text in docs.items():  # each planted document is removed by its rule
+        if name.startswith("planted:"):
+            rule = name.split(":")[1]
+            assert want[name] == (None if rule == "mojibake_kept" else rule), name
+
+
+def test_with_whitespace_words_decisions_differ_only_where_documented(docs, reference):
+    """The default (whitespace words) against datatrove: every difference is a document datatrove
+    drops for alpha_words, because its tokenizer makes each punctuation mark a word (Gopher, A1:
+    "80% of words in a document contain at least one alphabetic character"; a comma is not a word),
+    or one whose counts sit so near a threshold that the two word lists fall on either side of it."""
+    cfg = CleanConfig()
+    diffs = {}
+    for k, t in docs.items():
+        mine, theirs = ours(t, t.split(), cfg), reference[k][0]
+        if (mine is None) != (theirs is None):
+            diffs[k] = (mine, theirs)
+    explained = {k for k, (mine, theirs) in diffs.items() if mine is None and theirs == "alpha_words"}
+    print(f"{len(docs)} documents, {len(diffs)} decisions differ, {len(explained)} of them alpha_words")
+    assert set(diffs) - explained == set(), {k: diffs[k] for k in set(diffs) - explained}
+
+
+# -- the stage end to end: dedup, manifest, normalization, bad inputs -----------------------------
+def _write_jsonl(path, texts, **extra) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"text": t, "id": i, **extra}) + "\n")
+
+
+def _read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_exact_dedup_removes_every_planted_copy_and_nothing_else(docs, tmp_path):
+    """Copies across two inputs (jsonl and parquet), some differing only in what normalization
+    removes (CRLF, trailing spaces): every copy removed, every first occurrence kept, in input order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    originals = sorted(set(docs.values()))[:120]
+    rng = random.Random(1)
+    first, second, copies = [], [], 0
+    for t in originals:
+        first.append(t)
+        if rng.random() < 0.3:  # a copy later in the same file, or in the second file, or both
+            first.append(t.replace("\n", "\r\n") + "  ")
+            copies += 1
+        if rng.random() < 0.3:
+            second.append(t)
+            copies += 1
+    second += ["A document only the second input has, long enough to be kept by itself."]
+    _write_jsonl(tmp_path / "a.jsonl", first)
+    pq.write_table(pa.table({"text": second, "source": ["b"] * len(second)}), tmp_path / "b.parquet")
+    out = tmp_path / "clean.jsonl"
+    m = clean_mod.clean([tmp_path / "a.jsonl", tmp_path / "b.parquet"], out,
+                        build_config(off=["quality", "repetition"]), quiet=True)
+    kept = [r["text"] for r in _read_jsonl(out)]
+    assert kept == originals + [second[-1]]
+    assert m["rules"]["exact_duplicate"]["documents"] == copies > 20
+    assert m["documents"] == {"in": len(first) + len(second), "kept": len(kept), "removed": copies}
+    assert list(m["rules"]) == ["empty", "exact_duplicate"]
+
+
+def test_the_manifest_counts_hashes_and_samples(docs, tmp_path):
+    """Per-rule documents and bytes add up to what was read; hashes are the files'; the same run
+    twice (1 and 2 worker processes) writes the same output and samples (seeded); the kept records
+    keep their other fields."""
+    from data_tools.clean_manifest import file_hash
+
+    texts = list(docs.values())[:150] + ["\x00\x01"]  # the last: empty once normalized
+    _write_jsonl(tmp_path / "in.jsonl", texts, lang="en")
+    with open(tmp_path / "in.jsonl", "a") as f:
+        f.write('{"text": \n')  # a malformed line: skipped and counted
+    outs = [clean_mod.clean([tmp_path / "in.jsonl"], tmp_path / f"{name}.jsonl", quiet=True, workers=workers)
+            for name, workers in (("one", 1), ("two", 2))]
+    m = outs[0]
+    per_rule = m["rules"]
+    assert m["documents"]["in"] == len(texts) and m["skipped"] == {"malformed_json": 1}
+    assert sum(r["documents"] for r in per_rule.values()) == m["documents"]["removed"] > 20
+    assert sum(r["bytes"] for r in per_rule.values()) == m["bytes"]["removed"]
+    assert per_rule["empty"]["documents"] == 1
+    assert all(len(r["sample"]) == min(5, r["documents"]) for r in per_rule.values())
+    assert m["inputs"][0]["xxh3_128"] == file_hash(str(tmp_path / "in.jsonl"))
+    assert m["output"]["xxh3_128"] == file_hash(str(tmp_path / "one.jsonl"))
+    assert m["config"]["min_words"] == 50 and m["config"]["unicode_form"] == "NFC"
+    on_disk = json.loads((tmp_path / "one.jsonl.manifest.json").read_text())
+    assert on_disk["rules"] == outs[1]["rules"]  # the same sample both times, with 1 or 2 workers
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+    rows = _read_jsonl(tmp_path / "one.jsonl")
+    assert len(rows) == m["documents"]["kept"] and all(r["lang"] == "en" for r in rows)
+
+
+def test_normalize_is_idempotent_and_repairs_what_it_should():
+    from hypothesis import given, settings, strategies as st
+
+    cases = {
+        "CafÃ© au lait": "Café au lait",  # mojibake (UTF-8 read as cp1252)
+        "e\u0301te\u0301": "été",  # NFC composes
+        "a\r\nb\rc\x0cd\u2028e": "a\nb\nc\nd\ne",  # line endings
+        "x\x00y\x1bz\x7f\ufeff": "xyz",  # control characters, BOM
+        "line  \t\n\n\n\n  next\n\n": "line\n\n  next",  # trailing spaces, blank runs; indentation kept
+        "“quoted” ﬁ Ａ": "“quoted” ﬁ Ａ",  # NFC keeps curly quotes, ligatures, full width
+    }
+    for raw, want in cases.items():
+        assert normalize(raw) == want
+        assert normalize(want) == want
+    assert normalize("ﬁ Ａ …", "NFKC") == "fi A ..."
+
+    @settings(max_examples=100, deadline=None, database=None)
+    @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+           | st.text(alphabet="aé\u0301Ã©\r\n\t \x00\x85\u2028Â€™", max_size=40))
+    def idempotent(text):
+        once = normalize(text)
+        assert normalize(once) == once
+        assert normalize(once, "NFKC") == normalize(normalize(once, "NFKC"), "NFKC")
+
+    idempotent()
+
+
+@pytest.mark.parametrize("case", ["missing_input", "missing_column", "empty_corpus", "min_above_max",
+                                  "fraction_above_one", "unknown_rule", "output_is_input", "output_not_jsonl"])
+def test_bad_inputs_and_rules_are_one_line_and_nothing_is_written(case, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = tmp_path / "in.jsonl"
+    _write_jsonl(good, ["Some text that is here."])
+    out = tmp_path / "out" / "clean.jsonl"
+    out.parent.mkdir()
+    args = {"missing_input": ["--input", str(tmp_path / "nope.jsonl")],
+            "min_above_max": ["--set", "min_words=500", "--set", "max_words=100"],
+            "fraction_above_one": ["--set", "max_dup_line_frac=1.5"],
+            "unknown_rule": ["--off", "no_such_rule"],
+            "output_is_input": ["--output", str(good)],
+            "output_not_jsonl": ["--output", str(tmp_path / "out" / "clean.parquet")]}.get(case, [])
+    if case == "missing_column":
+        pq.write_table(pa.table({"body": ["x"]}), tmp_path / "t.parquet")
+        args = ["--input", str(tmp_path / "t.parquet")]
+    if case == "empty_corpus":
+        (tmp_path / "empty.jsonl").write_text("\n\n")
+        args = ["--input", str(tmp_path / "empty.jsonl")]
+    argv = ["--input", str(good), "--output", str(out), "--quiet"]
+    for flag in ("--input", "--output"):
+        if flag in args:
+            i = argv.index(flag)
+            del argv[i:i + 2]
+    rc = run_cli(clean_mod.main, argv + args)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert os.listdir(out.parent) == [] and good.read_text().count("\n") == 1
+
+
+def test_every_bad_threshold_is_its_own_line():
+    with pytest.raises(DataToolsError) as e:
+        build_config(sets=["min_words=500", "max_words=100", "min_mean_word_length=-1", "nope=1"], off=["stop_word"])
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == 4 and all(lines), lines
+
+
+def test_preprocess_records_the_cleaning_manifest_beside_the_idx(docs, tiny_data, tmp_path, capsys):
+    """A cleaned corpus -> preprocess: `{prefix}.provenance.json` names the manifest and its hash (and
+    the data identity checkpoints record carries it); a corpus edited after cleaning is one line; an
+    uncleaned input writes no provenance."""
+    import xxhash
+
+    from data_tools import preprocess
+
+    _write_jsonl(tmp_path / "raw.jsonl", list(docs.values())[:60])
+    clean_mod.clean([tmp_path / "raw.jsonl"], tmp_path / "c.jsonl", quiet=True)
+    manifest = tmp_path / "c.jsonl.manifest.json"
+    preprocess.preprocess([tmp_path / "c.jsonl"], tmp_path / "tok", tiny_data["tokenizer_model"], workers=1, quiet=True)
+    prov = json.loads((tmp_path / "tok_text_document.provenance.json").read_text())
+    assert prov == {"cleaning_manifests": {str(tmp_path / "c.jsonl"): {
+        "path": str(manifest), "xxh3_128": xxhash.xxh3_128_hexdigest(manifest.read_bytes())}}}
+    from mtds.data.sources import data_identity  # what every checkpoint records about its data
+
+    assert data_identity(str(tmp_path / "tok_text_document"))["cleaning_manifests"] == prov["cleaning_manifests"]
+    preprocess.preprocess([tmp_path / "raw.jsonl"], tmp_path / "tok", tiny_data["tokenizer_model"], workers=1, quiet=True)
+    assert not (tmp_path / "tok_text_document.provenance.json").exists()  # the stale record went
+    with open(tmp_path / "c.jsonl", "a") as f:
+        f.write('{"text": "added after cleaning"}\n')
+    rc = run_cli(preprocess.main, ["--input", str(tmp_path / "c.jsonl"), "--output-prefix", str(tmp_path / "t2"),
+                                   "--tokenizer-model", tiny_data["tokenizer_model"], "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "changed since data_tools.clean wrote it" in err and err.count("\n") == 1
+    assert not glob.glob(str(tmp_path / "t2*"))

@@ -55,7 +55,9 @@ class ModelConfig:
     """None: the tokenizer's vocabulary padded up to make_vocab_size_divisible_by."""
     make_vocab_size_divisible_by: int = 128
     position_embedding_type: str = "rope"
-    """"rope", "learned_absolute" or "relative" (T5's bucketed position bias; T5 only)."""
+    """"rope", "learned_absolute", "sinusoidal" (the original Transformer's fixed sin/cos table, added like
+    the learned one; GPT and BERT, not exported to Hugging Face) or "relative" (T5's bucketed position bias;
+    T5 only)."""
     rotary_base: int = 10000
     rope_scaling: bool = False
     """Llama-3.1/3.2 RoPE frequency scaling (megatron-core's: low/high frequency factors 1 and 4,
@@ -247,7 +249,7 @@ _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "training": Traini
 # Every preset of every family: name -> (Family, shape dict).
 PRESETS: dict[str, tuple] = {name: (k.family, shape) for k in KINDS.values() for name, shape in k.family.presets.items()}
 CHOICES = {
-    ("model", "position_embedding_type"): ("rope", "learned_absolute", "relative"),
+    ("model", "position_embedding_type"): ("rope", "learned_absolute", "sinusoidal", "relative"),
     ("model", "normalization"): ("RMSNorm", "LayerNorm"),
     ("model", "activation"): ("swiglu", "gelu", "gelu_tanh"),
     ("training", "compile"): ("none", "layers", "model"),

@@ -32,6 +32,8 @@ def body_unsupported(m) -> str | None:
     """What of the encoder MegatronBert cannot express, or None."""
     if (m.normalization, m.activation) != ("LayerNorm", "gelu"):
         return f"normalization={m.normalization}, activation={m.activation}"
+    if m.position_embedding_type != "learned_absolute":
+        return f"position_embedding_type={m.position_embedding_type} (MegatronBert's positions are learned)"
     if m.num_query_groups not in (None, m.num_attention_heads):
         return f"num_query_groups={m.num_query_groups}"
     return None

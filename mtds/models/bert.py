@@ -25,8 +25,8 @@ PRESETS: dict[str, dict] = {  # BERT paper sizes (Devlin et al. 2019) and a tiny
 
 
 def validate(m) -> list[str]:
-    if m.position_embedding_type != "learned_absolute":
-        return ["model.position_embedding_type: BERT uses learned_absolute positions"]
+    if m.position_embedding_type not in ("learned_absolute", "sinusoidal"):
+        return ["model.position_embedding_type: BERT uses learned_absolute or sinusoidal positions"]
     if m.num_moe_experts:
         return ["model.num_moe_experts: mtds's BERT is dense (mixtures of experts are GPT-only); set it to none"]
     return []
@@ -43,7 +43,12 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool, *, add_binary_head: 
     config = transformer_config(m, precision, on_gpu)
     spec = with_sdpa(bert_layer_local_spec, config.sequence_parallel)
     with _sequence_parallel_norms(config.sequence_parallel):
-        return _build(m, vocab_size, config, spec, add_binary_head, class_labels)
+        model = _build(m, vocab_size, config, spec, add_binary_head, class_labels)
+    if m.position_embedding_type == "sinusoidal":
+        from mtds.models.sinusoidal_positions import use_sinusoidal_positions
+
+        use_sinusoidal_positions(model, m)
+    return model
 
 
 @contextlib.contextmanager

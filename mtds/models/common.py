@@ -136,9 +136,12 @@ class SequenceParallelNorm:
 def language_model_args(m, vocab_size: int) -> dict:
     """The GPTModel / BertModel arguments every family passes alike: the whole model in one
     pipeline stage, vocabulary-parallel logits, embeddings tied as configured."""
+    # "sinusoidal": built with a learned table, which the family then replaces by the fixed one
+    # (mtds.models.sinusoidal_positions).
+    positions = "learned_absolute" if m.position_embedding_type == "sinusoidal" else m.position_embedding_type
     return dict(vocab_size=vocab_size, max_sequence_length=m.max_position_embeddings, pre_process=True,
                 post_process=True, parallel_output=True, share_embeddings_and_output_weights=m.tie_embeddings,
-                position_embedding_type=m.position_embedding_type)
+                position_embedding_type=positions)
 
 
 def count_parameters(model) -> int:

@@ -27,7 +27,7 @@ def validate(m) -> list[str]:
     """GPTModel takes every dense [model] combination the shared checks allow; MoE needs 2+ experts
     and a top-k within them."""
     if m.position_embedding_type == "relative":
-        return ["model.position_embedding_type='relative' is T5's; GPT uses rope or learned_absolute"]
+        return ["model.position_embedding_type='relative' is T5's; GPT uses rope, learned_absolute or sinusoidal"]
     if m.expert_model_parallel_size != 1:
         return [f"model.expert_model_parallel_size={m.expert_model_parallel_size}: mtds has no expert parallelism "
                 "yet (experts are data-parallel: each rank holds all of them, ZeRO-1/2 partition their "
@@ -81,6 +81,10 @@ def build(m, vocab_size: int, precision: str, on_gpu: bool, rope_at_position_ids
     )
     for layer in model.decoder.layers if m.num_moe_experts else ():
         layer.mlp.router.register_forward_hook(_count_routed_tokens)
+    if m.position_embedding_type == "sinusoidal":
+        from mtds.models.sinusoidal_positions import use_sinusoidal_positions
+
+        use_sinusoidal_positions(model, m)
     return model
 
 

@@ -121,6 +121,12 @@ def test_what_each_query_token_sees(world_of_one):
     ranks, targets = (torch.from_numpy(a)[None] for a in sample_order(rng, T, T - 2))
     with torch.no_grad():
         together = one_stream(model, tokens, ranks, targets)  # [1, K, V]
+        from mtds.data.plm_dataset import query_inputs
+        from mtds.tasks.permutation_lm import query_logits
+
+        labels = tokens.gather(1, targets)  # the loss path (output layer on the K query tokens): their cross entropy
+        losses = query_logits(model, *query_inputs(tokens, targets, MASK_ID), ranks, targets, labels=labels)
+        torch.testing.assert_close(losses, F.cross_entropy(together[0], labels[0], reduction="none")[None])
         for k in range(targets.shape[1]):
             alone = one_stream(model, tokens, ranks, targets[:, k:k + 1])
             torch.testing.assert_close(alone[:, 0], together[:, k], atol=1e-5, rtol=0)  # alone = together

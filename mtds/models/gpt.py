@@ -46,14 +46,14 @@ def validate(m) -> list[str]:
     return []
 
 
-def build(m, vocab_size: int, precision: str, on_gpu: bool, rope_at_position_ids: bool = False):
+def build(m, vocab_size: int, precision: str, on_gpu: bool, query_tokens: bool = False):
     """GPTModel with a language-model head (the output layer) over the padded vocabulary.
-    `rope_at_position_ids` (permutation LM's head): RoPE follows the position ids it is given
-    (mtds.models.rope_positions), as a learned position table does."""
+    `query_tokens` (permutation LM's head): mtds.models.query_gpt's GPTModel, whose RoPE follows the
+    position ids it is given and whose output layer can run on the last positions only."""
     from megatron.core.models.gpt import GPTModel
 
-    if rope_at_position_ids:
-        from mtds.models.rope_positions import GPTModelRopeAtPositions as GPTModel
+    if query_tokens:
+        from mtds.models.query_gpt import QueryGPTModel as GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     from mtds.models.common import language_model_args, transformer_config, with_sdpa
@@ -98,13 +98,15 @@ def _count_routed_tokens(router, inputs, output) -> None:
 def flops_per_token(m, num_params: int, seq_length: int, vocab_size: int, query_tokens: int = 0) -> float:
     """The dense estimate over the parameters a token uses: a mixture of experts' token passes
     through its top-k experts only, so the other experts' weights are left out (MFU stays honest).
-    `query_tokens` (permutation LM): K more positions run after each seq_length sample's tokens, so
-    each of the seq_length tokens costs (seq_length + K) / seq_length of one at length seq_length + K."""
+    `query_tokens` (permutation LM): K more positions run through the layers after each sample's
+    seq_length tokens, and the output layer runs on those K only, so a sample costs (T + K) positions at
+    length T + K less the output layer (6 x hidden x vocab per position) at its T content positions."""
     from mtds.models.common import dense_flops_per_token
 
     if query_tokens:
         length = seq_length + query_tokens
-        return flops_per_token(m, num_params, length, vocab_size) * length / seq_length
+        sample = flops_per_token(m, num_params, length, vocab_size) * length
+        return (sample - seq_length * 6 * m.hidden_size * vocab_size) / seq_length
 
     if m.num_moe_experts:
         ffn = m.moe_ffn_hidden_size or m.ffn_size()

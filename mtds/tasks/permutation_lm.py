@@ -10,7 +10,8 @@ a (T + K) x (T + K) mask built from the ranks:
     query   t -> query       never (its own earlier state arrives through the residual connection)
     content   -> query       never
 Loss = cross entropy of the K query outputs, per token over the step. Position ids carry the original
-positions: learned tables read them, and RoPE follows them (the GPT family's `rope_at_position_ids`).
+positions: learned tables read them, and RoPE follows them (the GPT family's `query_tokens` head builds
+mtds.models.query_gpt's GPTModel, which also runs the output layer on the K query tokens only).
 
 The mask goes through the attention path document masks use (mtds.models.attention.SDPAttention takes a
 given [b, 1, s, s] bool mask as the whole mask), dense on CPU and on GPU: a FlexAttention block mask
@@ -66,8 +67,9 @@ def validate(opts: Options, cfg) -> list[str]:
 
 
 def model_heads(opts: Options) -> dict:
-    """Query tokens sit at their targets' positions: RoPE must follow the position ids."""
-    return {"rope_at_position_ids": True}
+    """Query tokens sit at their targets' positions (RoPE must follow the position ids) and alone need
+    logits (mtds.models.query_gpt)."""
+    return {"query_tokens": True}
 
 
 def flops_args(opts: Options, seq_length: int) -> dict:
@@ -126,16 +128,10 @@ def attention_mask(ranks, target_ranks):
 def query_logits(model, input_ids, position_ids, ranks, targets, labels=None):
     """The one-stream forward: logits [b, K, V / TP] of the query tokens, or with `labels` [b, K] their
     per-token cross entropy [b, K] (fp32). input_ids, position_ids: [b, T + K] (mtds.data.plm_dataset)."""
-    import torch
-
     K = targets.shape[1]
     mask = attention_mask(ranks, ranks.gather(1, targets))
-    if labels is None:
-        return model(input_ids, position_ids, mask)[:, -K:]
-    # GPTModel's loss path over every position (its vocabulary-parallel cross entropy); the content
-    # positions get their own ids as labels and are dropped.
-    full = torch.cat([input_ids[:, :-K], labels], dim=1)
-    return model(input_ids, position_ids, mask, labels=full)[:, -K:]
+    # The output layer (and GPTModel's vocabulary-parallel cross entropy) on the K query tokens only.
+    return model(input_ids, position_ids, mask, labels=labels, logits_of_last=K)
 
 
 def count_targets(batch: dict, opts: Options | None = None) -> dict:
@@ -153,8 +149,7 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
 
 
 def next_token_logits(model, context, tokenizer=None):
-    """Natural-order generation: logits [b, s + 1, V] of the context [b, s] and one query token at
-    position s (the last row predicts the next token; the others are the content outputs).
+    """Natural-order generation: logits [b, 1, V] of one query token at position s after the context [b, s].
     The context keeps its last max_position_embeddings - 1 tokens, so the query has a position."""
     import torch
 
@@ -166,7 +161,7 @@ def next_token_logits(model, context, tokenizer=None):
     ids = torch.cat([context, torch.full((b, 1), mask_token(tokenizer, "the run's tokenizer"),
                                          device=context.device)], dim=1)  # [b, s + 1]
     ranks = positions[:, :s]  # the identity order; the target (position s) comes last, at rank s
-    return model(ids, positions, attention_mask(ranks, positions[:, s:]))
+    return model(ids, positions, attention_mask(ranks, positions[:, s:]), logits_of_last=1)
 
 
 TASK = Task(

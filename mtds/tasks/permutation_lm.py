@@ -15,8 +15,9 @@ mtds.models.query_gpt's GPTModel, which also runs the output layer on the K quer
 
 The mask goes through the attention path document masks use (mtds.models.attention.SDPAttention takes a
 given [b, 1, s, s] bool mask as the whole mask), dense on CPU and on GPU: a FlexAttention block mask
-would need the ranks inside its mask function and a compile per shape, and no [128 x 128] block of a
-random order is empty, so it would skip no work; SDPA's memory-efficient kernel takes the dense mask.
+would need the ranks inside its mask function, and of a random order's [128 x 128] blocks only the K
+query columns' are empty (about K / (T + K) of them), so it would skip little work; SDPA's
+memory-efficient kernel takes the dense mask.
 Generation runs in natural order: the context, then one query token at the next position.
 """
 

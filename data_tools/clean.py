@@ -10,7 +10,10 @@ data_tools.inputs) and, per document, in this order:
   2. Gopher's quality filters (data_tools.gopher_quality), then its repetition filters
      (data_tools.gopher_repetition): the first rule failed removes the document;
   3. exact dedup of what is left (data_tools.dedup): the first occurrence in input order is kept
-     ("exact_duplicate").
+     ("exact_duplicate");
+  4. near dedup (data_tools.near_dedup): MinHash LSH over word 5-gram shingles, 14 bands x 8 rows
+     (effective Jaccard threshold ~0.72, printed before the run); the first document of each
+     cluster is kept ("near_duplicate").
 The paper's order: quality and repetition filtering before document dedup, so a removed
 document's copies are counted under the rule that removed it.
 
@@ -49,6 +52,7 @@ from data_tools.gopher_repetition import repetition_failure
 from data_tools.inputs import RecordChunk, check_inputs, input_bytes, iter_records, load_record, resolve_inputs
 from data_tools.io_utils import atomic_outputs, check_output_prefix
 from data_tools.jsonl_reader import UnparsableLine
+from data_tools.near_dedup import NearDedup, effective_threshold, signature
 from data_tools.normalize import normalize
 from data_tools.progress import Progress
 
@@ -61,7 +65,8 @@ REPETITION_RULES = list(RULE_FIELDS)[8:]
 def rule_order(cfg: CleanConfig) -> list[str]:
     """The rules this config checks, in the order they are checked (the manifest's order)."""
     on = [r for r, names in RULE_FIELDS.items() if any(getattr(cfg, n) is not None for n in names)]
-    return ["empty", *on, *(["exact_duplicate"] if cfg.exact_dedup else [])]
+    return ["empty", *on, *(["exact_duplicate"] if cfg.exact_dedup else []),
+            *(["near_duplicate"] if cfg.near_dedup else [])]
 
 
 def _open_output(path: str, final: str):
@@ -97,6 +102,7 @@ class _Doc:
     text: str = ""  # normalized (kept so far)
     record: dict | None = None
     changed: bool = False
+    signature: bytes = b""  # MinHash signature (near dedup), of documents the filters kept
 
 
 _W: dict = {}
@@ -150,6 +156,8 @@ def _process(chunk: RecordChunk) -> list[_Doc]:
         else:
             rec[key] = doc.text = text
             doc.record = rec
+            if cfg.near_dedup:
+                doc.signature = signature(text, cfg.minhash_shingle_words, cfg.minhash_permutations, cfg.minhash_seed)
     return out
 
 
@@ -197,8 +205,20 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
         words_splitter(cfg.word_splitter)("a b")
     except ImportError as e:
         raise DataToolsError(f"word_splitter={cfg.word_splitter}: {e}") from None
+    if cfg.near_dedup:
+        try:
+            import rensa  # noqa: F401
+        except ImportError:
+            raise DataToolsError("near_dedup needs rensa (pip install rensa), or --off near_dedup") from None
     tallies = Tallies(rule_order(cfg), cfg.samples_per_rule, cfg.sample_chars, cfg.seed)
     seen = ExactDedup() if cfg.exact_dedup else None
+    near = NearDedup(cfg.minhash_bands, cfg.minhash_rows) if cfg.near_dedup else None
+    threshold = effective_threshold(cfg.minhash_bands, cfg.minhash_rows)
+    if near is not None and not quiet:
+        print(f"clean: near dedup: MinHash of {cfg.minhash_shingle_words}-word shingles, {cfg.minhash_permutations} "
+              f"permutations = {cfg.minhash_bands} bands x {cfg.minhash_rows} rows: effective Jaccard threshold "
+              f"~{threshold:.2f} ((1/b)^(1/r): pairs this similar are caught half the time, 0.85+ almost always)",
+              file=sys.stderr)
     docs = {"in": 0, "kept": 0, "removed": 0}
     nbytes = {"in": 0, "kept": 0, "removed": 0}
     changed = 0
@@ -225,6 +245,8 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
                         changed += d.changed
                         if d.rule is None and seen is not None and seen.is_duplicate(d.text):
                             d.rule, d.original = "exact_duplicate", d.record[text_key]
+                        elif d.rule is None and near is not None and near.is_duplicate(d.signature):
+                            d.rule, d.original = "near_duplicate", d.record[text_key]
                         if d.rule is not None:
                             tallies.add(d.rule, d.where, d.original, d.size)
                             docs["removed"] += 1
@@ -249,6 +271,7 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
                 "documents": docs,
                 "bytes": nbytes,
                 "normalize": {"changed_documents": changed},
+                "near_dedup": {"effective_threshold": round(threshold, 4)} if near is not None else None,
                 "skipped": skipped,
                 "first_skipped": first_skipped,
                 "rules": tallies.as_dict(),

@@ -76,6 +76,17 @@ class CleanConfig:
     # -- dedup and the manifest
     exact_dedup: bool = True
     """Drop a document whose normalized text equals an earlier one's (any input)."""
+    near_dedup: bool = True
+    """Drop near duplicates with MinHash LSH (data_tools.near_dedup): the first of each cluster is kept."""
+    minhash_shingle_words: int = 5
+    """Shingles are word n-grams of this n."""
+    minhash_permutations: int = 112
+    """Signature length; must equal minhash_bands x minhash_rows."""
+    minhash_bands: int = 14
+    """b: more bands lower the effective threshold (1/b)^(1/r)."""
+    minhash_rows: int = 8
+    """r: more rows per band raise it (14 x 8 ~ 0.72, datatrove's; 20 x 13 ~ 0.79, NeMo Curator's)."""
+    minhash_seed: int = 1
     samples_per_rule: int = 5
     """Removed documents kept in the manifest per rule, for a human to read (a seeded sample)."""
     sample_chars: int = 2000
@@ -115,6 +126,13 @@ class CleanConfig:
                 bad.append(f"{lo}={a} > {hi}={b}: nothing could pass; lower {lo} or raise {hi}")
         if self.min_stop_words is not None and self.min_stop_words > len(set(self.stop_words)):
             bad.append(f"min_stop_words={self.min_stop_words} > the {len(set(self.stop_words))} stop words given")
+        for name in ("minhash_shingle_words", "minhash_permutations", "minhash_bands", "minhash_rows"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                bad.append(f"{name}={getattr(self, name)!r}: a whole number >= 1")
+        if not bad and self.minhash_bands * self.minhash_rows != self.minhash_permutations:
+            bad.append(f"minhash_bands x minhash_rows = {self.minhash_bands} x {self.minhash_rows} = "
+                       f"{self.minhash_bands * self.minhash_rows}, not minhash_permutations={self.minhash_permutations}; "
+                       "make them equal")
         if self.samples_per_rule < 0 or self.sample_chars < 0:
             bad.append("samples_per_rule and sample_chars: must be >= 0")
         return bad
@@ -133,6 +151,7 @@ RULE_FIELDS = {  # rule name (in the manifest) -> the thresholds that switch it 
     **{f"top_{n}gram_chars": (f"max_top_{n}gram_chars",) for n in (2, 3, 4)},
     **{f"dup_{n}gram_chars": (f"max_dup_{n}gram_chars",) for n in range(5, 11)},
 }
+FLAGS = ("exact_dedup", "near_dedup", "fix_mojibake")  # --off RULE sets these False
 GROUPS = {"quality": [r for r in RULE_FIELDS][:8], "repetition": [r for r in RULE_FIELDS][8:]}
 
 
@@ -181,11 +200,11 @@ def build_config(rules_file: str | None = None, sets: list[str] = (), off: list[
             bad.append(f"--set {item}: not a valid value ({e})")
     for rule in off:
         targets = GROUPS.get(rule, [rule])
-        if any(t not in RULE_FIELDS for t in targets) and rule not in ("exact_dedup", "fix_mojibake"):
-            bad.append(f"--off {rule}: unknown rule; rules: quality, repetition, exact_dedup, fix_mojibake, "
+        if any(t not in RULE_FIELDS for t in targets) and rule not in FLAGS:
+            bad.append(f"--off {rule}: unknown rule; rules: quality, repetition, exact_dedup, near_dedup, fix_mojibake, "
                        + ", ".join(RULE_FIELDS))
             continue
-        if rule in ("exact_dedup", "fix_mojibake"):
+        if rule in FLAGS:
             values[rule] = False
         for t in targets if rule in GROUPS or rule in RULE_FIELDS else []:
             values.update({f: None for f in RULE_FIELDS[t]})

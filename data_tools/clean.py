@@ -9,9 +9,11 @@ data_tools.inputs) and, per document, in this order:
      characters, trailing whitespace); a document left empty is removed ("empty");
   2. Gopher's quality filters (data_tools.gopher_quality), then its repetition filters
      (data_tools.gopher_repetition): the first rule failed removes the document;
-  3. exact dedup of what is left (data_tools.dedup): the first occurrence in input order is kept
+  3. with --decontaminate EVAL...: documents sharing a word 13-gram with the evaluation texts are
+     removed ("contaminated"; data_tools.decontaminate), or listed in the manifest (report);
+  4. exact dedup of what is left (data_tools.dedup): the first occurrence in input order is kept
      ("exact_duplicate");
-  4. near dedup (data_tools.near_dedup): MinHash LSH over word 5-gram shingles, 14 bands x 8 rows
+  5. near dedup (data_tools.near_dedup): MinHash LSH over word 5-gram shingles, 14 bands x 8 rows
      (effective Jaccard threshold ~0.72, printed before the run); the first document of each
      cluster is kept ("near_duplicate").
 The paper's order: quality and repetition filtering before document dedup, so a removed
@@ -45,6 +47,7 @@ import orjson
 
 from data_tools.clean_config import RULE_FIELDS, CleanConfig, build_config
 from data_tools.clean_manifest import TOOL, Tallies, file_hash, manifest_path, write_json
+from data_tools.decontaminate import is_contaminated, load_eval_ngrams
 from data_tools.dedup import ExactDedup
 from data_tools.errors import DataToolsError, run_cli
 from data_tools.gopher_quality import quality_failure, words_splitter
@@ -62,9 +65,11 @@ QUALITY_RULES = list(RULE_FIELDS)[:8]
 REPETITION_RULES = list(RULE_FIELDS)[8:]
 
 
-def rule_order(cfg: CleanConfig) -> list[str]:
+def rule_order(cfg: CleanConfig, decontaminate: bool = False) -> list[str]:
     """The rules this config checks, in the order they are checked (the manifest's order)."""
     on = [r for r, names in RULE_FIELDS.items() if any(getattr(cfg, n) is not None for n in names)]
+    if decontaminate and cfg.decontam_action == "drop":
+        on.append("contaminated")
     return ["empty", *on, *(["exact_duplicate"] if cfg.exact_dedup else []),
             *(["near_duplicate"] if cfg.near_dedup else [])]
 
@@ -103,14 +108,15 @@ class _Doc:
     record: dict | None = None
     changed: bool = False
     signature: bytes = b""  # MinHash signature (near dedup), of documents the filters kept
+    contaminated: bool = False  # shares an n-gram with the evaluation texts (decontam_action="report")
 
 
 _W: dict = {}
 
 
-def _init_worker(cfg: CleanConfig, text_key: str) -> None:
+def _init_worker(cfg: CleanConfig, text_key: str, eval_ngrams: frozenset[int] = frozenset()) -> None:
     rules = rule_order(cfg)
-    _W.update(cfg=cfg, text_key=text_key, split=words_splitter(cfg.word_splitter),
+    _W.update(cfg=cfg, text_key=text_key, split=words_splitter(cfg.word_splitter), eval_ngrams=eval_ngrams,
               quality=any(r in rules for r in QUALITY_RULES), repetition=any(r in rules for r in REPETITION_RULES))
 
 
@@ -151,6 +157,11 @@ def _process(chunk: RecordChunk) -> list[_Doc]:
             doc.rule = quality_failure(text, words, cfg) if _W["quality"] else None
             if doc.rule is None and _W["repetition"]:
                 doc.rule = repetition_failure(text, words, cfg)
+        if doc.rule is None and _W["eval_ngrams"] and is_contaminated(text, cfg.decontam_ngram, _W["eval_ngrams"]):
+            if cfg.decontam_action == "drop":
+                doc.rule = "contaminated"
+            else:
+                doc.contaminated = True
         if doc.rule is not None:
             doc.original = original
         else:
@@ -161,16 +172,17 @@ def _process(chunk: RecordChunk) -> list[_Doc]:
     return out
 
 
-def _results(chunks: Iterable[RecordChunk], workers: int, cfg: CleanConfig, text_key: str) -> Iterator:
+def _results(chunks: Iterable[RecordChunk], workers: int, cfg: CleanConfig, text_key: str,
+             eval_ngrams: frozenset[int]) -> Iterator:
     """(chunk, its _Docs) in input order; `workers` processes with a bounded number in flight."""
     if workers <= 1:
-        _init_worker(cfg, text_key)
+        _init_worker(cfg, text_key, eval_ngrams)
         for c in chunks:
             yield c, _process(c)
         return
     # spawn, not fork, for preprocess's reason (a caller with torch's threads loaded)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(cfg, text_key)) as pool:
+                             initargs=(cfg, text_key, eval_ngrams)) as pool:
         pending: collections.deque = collections.deque()
         try:
             for c in chunks:
@@ -190,8 +202,10 @@ def _results(chunks: Iterable[RecordChunk], workers: int, cfg: CleanConfig, text
 
 
 def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, cfg: CleanConfig | None = None,
-          text_key: str = "text", quiet: bool = False, log_interval: float = 1.0, workers: int = 1) -> dict:
+          text_key: str = "text", quiet: bool = False, log_interval: float = 1.0, workers: int = 1,
+          decontaminate: Sequence[str | os.PathLike] = (), eval_key: str = "text") -> dict:
     """Clean `input_paths` into `output` (jsonl) and `output`.manifest.json; returns the manifest.
+    `decontaminate`: evaluation inputs (any format) whose word n-grams documents must not share.
     Raises a one-line DataToolsError for bad inputs, rules or output before reading a document."""
     t0 = time.perf_counter()
     cfg = cfg or CleanConfig()
@@ -210,7 +224,13 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
             import rensa  # noqa: F401
         except ImportError:
             raise DataToolsError("near_dedup needs rensa (pip install rensa), or --off near_dedup") from None
-    tallies = Tallies(rule_order(cfg), cfg.samples_per_rule, cfg.sample_chars, cfg.seed)
+    eval_ngrams, decontam = frozenset(), None
+    if decontaminate:
+        eval_ngrams, decontam = load_eval_ngrams([os.fspath(p) for p in decontaminate], eval_key,
+                                                 cfg.decontam_ngram, cfg.unicode_form)
+        decontam.update(n=cfg.decontam_ngram, action=cfg.decontam_action)
+    tallies = Tallies(rule_order(cfg, bool(decontaminate)), cfg.samples_per_rule, cfg.sample_chars, cfg.seed)
+    reported = Tallies(["contaminated"], cfg.samples_per_rule, cfg.sample_chars, cfg.seed)
     seen = ExactDedup() if cfg.exact_dedup else None
     near = NearDedup(cfg.minhash_bands, cfg.minhash_rows) if cfg.near_dedup else None
     threshold = effective_threshold(cfg.minhash_bands, cfg.minhash_rows)
@@ -230,7 +250,7 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
     try:
         with atomic_outputs(final) as (tmp_out, tmp_manifest):
             with _open_output(tmp_out, output) as out:
-                results = _results(iter_records(inputs, None), workers, cfg, text_key)
+                results = _results(iter_records(inputs, None), workers, cfg, text_key, eval_ngrams)
                 for chunk, processed in results:
                     lines = []
                     for d in processed:
@@ -243,6 +263,8 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
                         docs["in"] += 1
                         nbytes["in"] += d.size
                         changed += d.changed
+                        if d.contaminated:
+                            reported.add("contaminated", d.where, d.text, d.size)
                         if d.rule is None and seen is not None and seen.is_duplicate(d.text):
                             d.rule, d.original = "exact_duplicate", d.record[text_key]
                         elif d.rule is None and near is not None and near.is_duplicate(d.signature):
@@ -272,6 +294,8 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
                 "bytes": nbytes,
                 "normalize": {"changed_documents": changed},
                 "near_dedup": {"effective_threshold": round(threshold, 4)} if near is not None else None,
+                "decontamination": decontam and {**decontam, **({"reported": reported.as_dict()["contaminated"]}
+                                                               if cfg.decontam_action == "report" else {})},
                 "skipped": skipped,
                 "first_skipped": first_skipped,
                 "rules": tallies.as_dict(),
@@ -302,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="the kept documents, .jsonl(.gz/.zst); "
                    "OUTPUT.manifest.json is written beside it")
     p.add_argument("--text-key", default="text", help="the json key (parquet/Arrow column) holding the text")
+    p.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL",
+                   help="evaluation texts (any --input format): documents sharing a word 13-gram with them are "
+                   "removed (--set decontam_ngram=N, --set decontam_action=report to only list them)")
+    p.add_argument("--eval-key", default="text", help="the key (column) of the evaluation texts")
     p.add_argument("--rules", help="a TOML file of CleanConfig fields (data_tools/clean_config.py), "
                    "top level or under [clean]")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -316,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     cfg = build_config(a.rules, a.set, a.off)
-    clean(a.input, a.output, cfg, a.text_key, a.quiet, a.log_interval, a.workers)
+    clean(a.input, a.output, cfg, a.text_key, a.quiet, a.log_interval, a.workers, a.decontaminate, a.eval_key)
     return 0
 
 

@@ -87,6 +87,10 @@ class CleanConfig:
     minhash_rows: int = 8
     """r: more rows per band raise it (14 x 8 ~ 0.72, datatrove's; 20 x 13 ~ 0.79, NeMo Curator's)."""
     minhash_seed: int = 1
+    decontam_ngram: int = 13
+    """With --decontaminate EVAL...: a document sharing a word n-gram of this n with them (GPT-3: 13)."""
+    decontam_action: str = "drop"
+    """drop: remove such documents ("contaminated"); report: keep them and list them in the manifest."""
     samples_per_rule: int = 5
     """Removed documents kept in the manifest per rule, for a human to read (a seeded sample)."""
     sample_chars: int = 2000
@@ -126,7 +130,9 @@ class CleanConfig:
                 bad.append(f"{lo}={a} > {hi}={b}: nothing could pass; lower {lo} or raise {hi}")
         if self.min_stop_words is not None and self.min_stop_words > len(set(self.stop_words)):
             bad.append(f"min_stop_words={self.min_stop_words} > the {len(set(self.stop_words))} stop words given")
-        for name in ("minhash_shingle_words", "minhash_permutations", "minhash_bands", "minhash_rows"):
+        if self.decontam_action not in ("drop", "report"):
+            bad.append(f"decontam_action={self.decontam_action!r}: drop or report")
+        for name in ("minhash_shingle_words", "minhash_permutations", "minhash_bands", "minhash_rows", "decontam_ngram"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad.append(f"{name}={getattr(self, name)!r}: a whole number >= 1")
         if not bad and self.minhash_bands * self.minhash_rows != self.minhash_permutations:

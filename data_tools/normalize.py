@@ -29,6 +29,7 @@ _LINE_BREAKS = re.compile(r"\r\n|[\r\f\v\x85\u2028\u2029]")
 _CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ufeff]")  # \t \n kept; \x0b \x0c \x85 are breaks
 _TRAILING = re.compile(r"[ \t]+$", re.MULTILINE)
 _BLANK_RUNS = re.compile(r"\n{3,}")
+_TERMINAL_ESCAPES = re.compile(r"\033\[((?:\d|;)*)([a-zA-Z])")  # ftfy's own pattern
 
 _FTFY_CONFIG = None
 
@@ -60,7 +61,11 @@ def normalize(text: str, form: str = "NFC", fix_mojibake: bool = True) -> str:
 
 def _one_pass(text: str, form: str, fix_mojibake: bool) -> str:
     global _FTFY_CONFIG
-    if fix_mojibake:
+    if fix_mojibake and text.isascii():
+        # ASCII has no mojibake to repair; of ftfy's repairs only the terminal escapes apply (the
+        # rest below is ours), and ftfy's per-line work would cost ~40% of the whole cleaning.
+        text = _TERMINAL_ESCAPES.sub("", text)
+    elif fix_mojibake:
         if _FTFY_CONFIG is None or _FTFY_CONFIG.normalization != form:
             _FTFY_CONFIG = _ftfy_config(form)
         import ftfy

@@ -251,6 +251,8 @@ def test_normalize_is_idempotent_and_repairs_what_it_should():
         "e\u0301te\u0301": "été",  # NFC composes
         "a\r\nb\rc\x0cd\u2028e": "a\nb\nc\nd\ne",  # line endings
         "x\x00y\x1bz\x7f\ufeff": "xyz",  # control characters, BOM
+        "a \x1b[1;31mred\x1b[0m b": "a red b",  # terminal escapes (ASCII text: without ftfy)
+        "é \x1b[1;31mred\x1b[0m b": "é red b",  # (the same through ftfy)
         "line  \t\n\n\n\n  next\n\n": "line\n\n  next",  # trailing spaces, blank runs; indentation kept
         "“quoted” ﬁ Ａ": "“quoted” ﬁ Ａ",  # NFC keeps curly quotes, ligatures, full width
     }

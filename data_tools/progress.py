@@ -34,7 +34,8 @@ class Progress:
 
     def update(self, path: str, pos: int, docs: int) -> None:
         before = self.bytes
-        self.bytes += pos - self.done.get(path, 0)
+        prev = self.done.get(path, 0)
+        self.bytes += pos - (prev if pos >= prev else 0)  # pos went back: the same file given again
         self.done[path] = pos
         now = time.perf_counter()
         if self.bar is not None:

@@ -433,3 +433,14 @@ def test_decontamination_removes_documents_sharing_a_13gram_with_evaluation_text
                         decontaminate=[tmp_path / "eval.parquet"], eval_key="question")
     assert m["documents"]["kept"] == len(originals) and "contaminated" not in m["rules"]
     assert [d["where"] for d in m["decontamination"]["reported"]["sample"]] == where
+
+
+def test_progress_counts_a_file_given_twice_twice():
+    """`--input a.jsonl a.jsonl` (as the README's dedup example could be run): the progress counts
+    the second pass from 0 instead of going back (it showed 30.4 MB, then 7.3 MB of 66.5 MB)."""
+    from data_tools.progress import Progress
+
+    p = Progress("clean", 200, quiet=True)
+    for pos in (50, 100, 40, 100):
+        p.update("a.jsonl", pos, 1)
+    assert p.bytes == 200

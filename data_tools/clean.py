@@ -7,8 +7,9 @@ Reads what preprocess reads (jsonl(.gz/.zst), parquet, Arrow, folders, quoted gl
 data_tools.inputs) and, per document, in this order:
   1. normalize the text (data_tools.normalize: ftfy mojibake repair, NFC, line endings, control
      characters, trailing whitespace); a document left empty is removed ("empty");
-  2. Gopher's quality filters (data_tools.gopher_quality), then its repetition filters
-     (data_tools.gopher_repetition): the first rule failed removes the document;
+  2. optionally C4's line filters (data_tools.c4_lines; --set c4_lines=true); Gopher's quality
+     filters (data_tools.gopher_quality), then its repetition filters (data_tools.gopher_repetition):
+     the first rule failed removes the document;
   3. with --decontaminate EVAL...: documents sharing a word 13-gram with the evaluation texts are
      removed ("contaminated"; data_tools.decontaminate), or listed in the manifest (report);
   4. exact dedup of what is left (data_tools.dedup): the first occurrence in input order is kept
@@ -45,6 +46,7 @@ from typing import Iterable, Iterator, Sequence
 
 import orjson
 
+from data_tools.c4_lines import c4_filter, sentence_counter
 from data_tools.clean_config import RULE_FIELDS, CleanConfig, build_config
 from data_tools.clean_manifest import TOOL, Tallies, file_hash, manifest_path, write_json
 from data_tools.decontaminate import is_contaminated, load_eval_ngrams
@@ -68,6 +70,8 @@ REPETITION_RULES = list(RULE_FIELDS)[8:]
 def rule_order(cfg: CleanConfig, decontaminate: bool = False) -> list[str]:
     """The rules this config checks, in the order they are checked (the manifest's order)."""
     on = [r for r, names in RULE_FIELDS.items() if any(getattr(cfg, n) is not None for n in names)]
+    if cfg.c4_lines:
+        on[:0] = ["c4_lorem_ipsum", "c4_curly_bracket", "c4_too_few_sentences"]
     if decontaminate and cfg.decontam_action == "drop":
         on.append("contaminated")
     return ["empty", *on, *(["exact_duplicate"] if cfg.exact_dedup else []),
@@ -109,6 +113,7 @@ class _Doc:
     changed: bool = False
     signature: bytes = b""  # MinHash signature (near dedup), of documents the filters kept
     contaminated: bool = False  # shares an n-gram with the evaluation texts (decontam_action="report")
+    c4_lines_removed: int = 0
 
 
 _W: dict = {}
@@ -117,6 +122,7 @@ _W: dict = {}
 def _init_worker(cfg: CleanConfig, text_key: str, eval_ngrams: frozenset[int] = frozenset()) -> None:
     rules = rule_order(cfg)
     _W.update(cfg=cfg, text_key=text_key, split=words_splitter(cfg.word_splitter), eval_ngrams=eval_ngrams,
+              sentences=sentence_counter(cfg.word_splitter) if cfg.c4_lines else None,
               quality=any(r in rules for r in QUALITY_RULES), repetition=any(r in rules for r in REPETITION_RULES))
 
 
@@ -152,7 +158,11 @@ def _process(chunk: RecordChunk) -> list[_Doc]:
         doc.changed = text != original
         if not text.strip():
             doc.rule = "empty"
-        elif _W["quality"] or _W["repetition"]:
+        elif cfg.c4_lines:
+            text, doc.rule, doc.c4_lines_removed = c4_filter(text, cfg.c4_min_words_per_line, cfg.c4_min_sentences,
+                                                             _W["sentences"])
+            doc.rule = doc.rule or (None if text else "empty")
+        if doc.rule is None and (_W["quality"] or _W["repetition"]):
             words = _W["split"](text)
             doc.rule = quality_failure(text, words, cfg) if _W["quality"] else None
             if doc.rule is None and _W["repetition"]:
@@ -241,7 +251,7 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
               file=sys.stderr)
     docs = {"in": 0, "kept": 0, "removed": 0}
     nbytes = {"in": 0, "kept": 0, "removed": 0}
-    changed = 0
+    changed = c4_lines_removed = 0
     skipped: dict[str, int] = {}
     first_skipped: dict[str, list[str]] = {}
     progress = Progress("clean", input_bytes(inputs), quiet, log_interval)
@@ -263,6 +273,7 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
                         docs["in"] += 1
                         nbytes["in"] += d.size
                         changed += d.changed
+                        c4_lines_removed += d.c4_lines_removed
                         if d.contaminated:
                             reported.add("contaminated", d.where, d.text, d.size)
                         if d.rule is None and seen is not None and seen.is_duplicate(d.text):
@@ -293,6 +304,7 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
                 "documents": docs,
                 "bytes": nbytes,
                 "normalize": {"changed_documents": changed},
+                "c4_lines": {"lines_removed": c4_lines_removed} if cfg.c4_lines else None,
                 "near_dedup": {"effective_threshold": round(threshold, 4)} if near is not None else None,
                 "decontamination": decontam and {**decontam, **({"reported": reported.as_dict()["contaminated"]}
                                                                if cfg.decontam_action == "report" else {})},

@@ -30,6 +30,13 @@ class CleanConfig:
     fix_mojibake: bool = True
     """Repair wrongly decoded text with ftfy."""
 
+    # -- C4's line filters (data_tools.c4_lines), off by default
+    c4_lines: bool = False
+    """Keep only lines ending in terminal punctuation, of 3+ words, without javascript/cookie notices;
+    drop documents with "lorem ipsum", "{" or under 5 sentences left (C4, Raffel et al. 2020)."""
+    c4_min_words_per_line: int = 3
+    c4_min_sentences: int = 5
+
     # -- quality (data_tools.gopher_quality); Gopher: "between 50 and 100,000 words" ...
     word_splitter: str = "whitespace"
     """What a word is: "whitespace" (tokens between spaces, as the paper's word counts), or
@@ -132,7 +139,8 @@ class CleanConfig:
             bad.append(f"min_stop_words={self.min_stop_words} > the {len(set(self.stop_words))} stop words given")
         if self.decontam_action not in ("drop", "report"):
             bad.append(f"decontam_action={self.decontam_action!r}: drop or report")
-        for name in ("minhash_shingle_words", "minhash_permutations", "minhash_bands", "minhash_rows", "decontam_ngram"):
+        for name in ("minhash_shingle_words", "minhash_permutations", "minhash_bands", "minhash_rows", "decontam_ngram",
+                     "c4_min_words_per_line", "c4_min_sentences"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad.append(f"{name}={getattr(self, name)!r}: a whole number >= 1")
         if not bad and self.minhash_bands * self.minhash_rows != self.minhash_permutations:

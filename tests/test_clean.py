@@ -444,3 +444,42 @@ def test_progress_counts_a_file_given_twice_twice():
     for pos in (50, 100, 40, 100):
         p.update("a.jsonl", pos, 1)
     assert p.bytes == 200
+
+
+C4_RULE = {"lorem_ipsum": "c4_lorem_ipsum", "curly_bracket": "c4_curly_bracket", "too_few_sentences": "c4_too_few_sentences"}
+
+
+def test_c4_line_filters_equal_datatrove_c4_quality_filter(docs, datatrove, tmp_path):
+    """C4's line filters with datatrove's sentence splitter against datatrove's C4QualityFilter: the
+    same decision, rule and kept text for every document (stdlib prose, code and planted lines); and
+    the same through data_tools.clean (--set c4_lines=true), its removed lines counted."""
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import C4QualityFilter
+
+    from data_tools.c4_lines import c4_filter, sentence_counter
+
+    planted = {
+        "c4:web": "Home | About | Contact\nWe use cookies to improve your experience.\nThe river rises in the hills "
+                  "and runs to the sea. It is long. It floods in spring. Farmers like it. Boats use it.\n"
+                  "Enable JavaScript to view this page.\nRead more...\nSee the map [1] and the notes [edit].",
+        "c4:lorem": "Lorem ipsum dolor sit amet, it is a placeholder. " * 6,
+        "c4:braces": "This line is fine and ends well.\nfunction f() { return 1; } is code.",
+    }
+    reference, counter, got = C4QualityFilter(), sentence_counter("datatrove"), {}
+    for name, text in {**docs, **planted}.items():
+        d = Document(text=text, id="x")
+        verdict = reference.filter(d)
+        want = (d.text, None) if verdict is True else (None, C4_RULE[verdict[1]])
+        got[name] = c4_filter(text, 3, 5, counter)[:2], want
+    assert {k: v for k, v in got.items() if v[0] != v[1]} == {}
+    rules = [want[1] for _, want in got.values()]
+    assert rules.count(None) > 10 and {"c4_lorem_ipsum", "c4_curly_bracket", "c4_too_few_sentences"} <= set(rules)
+    assert got["c4:web"][0][0] == ("The river rises in the hills and runs to the sea. It is long. It floods in "
+                                   "spring. Farmers like it. Boats use it.\nSee the map  and the notes .")
+    # through data_tools.clean, with nltk Punkt's sentences (the default)
+    _write_jsonl(tmp_path / "web.jsonl", list(planted.values()))
+    m = clean_mod.clean([tmp_path / "web.jsonl"], tmp_path / "out.jsonl",
+                        build_config(sets=["c4_lines=true"], off=["quality", "repetition"]), quiet=True)
+    assert [r["text"] for r in _read_jsonl(tmp_path / "out.jsonl")] == [got["c4:web"][0][0]]
+    assert m["c4_lines"] == {"lines_removed": 4} and m["rules"]["c4_lorem_ipsum"]["documents"] == 1
+    assert m["rules"]["c4_curly_bracket"]["documents"] == 1

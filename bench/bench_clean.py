@@ -82,7 +82,8 @@ def main() -> None:
 
     timed("mtds normalize + Gopher filters (whitespace words)", texts, mtds(CleanConfig()))
     if not a.skip_datatrove:
-        timed("mtds normalize + Gopher filters (datatrove's words)", texts, mtds(CleanConfig(word_splitter="datatrove")))
+        timed("mtds normalize + Gopher filters (datatrove's words)", texts,
+              mtds(CleanConfig(word_splitter="datatrove")))
         from datatrove.data import Document
         from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
         from datatrove.pipeline.formatters import FTFYFormatter

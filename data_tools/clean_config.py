@@ -144,9 +144,9 @@ class CleanConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 bad.append(f"{name}={getattr(self, name)!r}: a whole number >= 1")
         if not bad and self.minhash_bands * self.minhash_rows != self.minhash_permutations:
-            bad.append(f"minhash_bands x minhash_rows = {self.minhash_bands} x {self.minhash_rows} = "
-                       f"{self.minhash_bands * self.minhash_rows}, not minhash_permutations={self.minhash_permutations}; "
-                       "make them equal")
+            bands, rows = self.minhash_bands, self.minhash_rows
+            bad.append(f"minhash_bands x minhash_rows = {bands} x {rows} = {bands * rows}, not "
+                       f"minhash_permutations={self.minhash_permutations}; make them equal")
         if self.samples_per_rule < 0 or self.sample_chars < 0:
             bad.append("samples_per_rule and sample_chars: must be >= 0")
         return bad
@@ -215,8 +215,8 @@ def build_config(rules_file: str | None = None, sets: list[str] = (), off: list[
     for rule in off:
         targets = GROUPS.get(rule, [rule])
         if any(t not in RULE_FIELDS for t in targets) and rule not in FLAGS:
-            bad.append(f"--off {rule}: unknown rule; rules: quality, repetition, exact_dedup, near_dedup, fix_mojibake, "
-                       + ", ".join(RULE_FIELDS))
+            bad.append(f"--off {rule}: unknown rule; rules: quality, repetition, exact_dedup, near_dedup, "
+                       "fix_mojibake, " + ", ".join(RULE_FIELDS))
             continue
         if rule in FLAGS:
             values[rule] = False

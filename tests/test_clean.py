@@ -1,6 +1,6 @@
-"""data_tools.clean: Gopher's filters against datatrove's, exact dedup, normalization, the manifest,
-bad inputs, and preprocess recording the cleaning. All in-process (datatrove's spaCy import is the
-largest cost)."""
+"""data_tools.clean: Gopher's and C4's filters against datatrove's, exact and near dedup,
+decontamination, normalization, the manifest, bad inputs, and preprocess recording the cleaning.
+All in-process (datatrove's spaCy import is the largest cost)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import re
 import sysconfig
 
 import pytest
+from helpers import missing
 
 from data_tools import clean as clean_mod
 from data_tools.clean_config import CleanConfig, build_config
@@ -19,7 +20,6 @@ from data_tools.errors import DataToolsError, run_cli
 from data_tools.gopher_quality import quality_failure
 from data_tools.gopher_repetition import repetition_failure
 from data_tools.normalize import normalize
-from helpers import missing
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 
@@ -72,14 +72,15 @@ def _planted(prose: list[str]) -> dict[str, str]:
     words = [w for w in " ".join(prose).split() if w.isalpha()]
     sentences = re.split(r"(?<=[.!?])\s+", " ".join(" ".join(prose).split()))
     long_sent = [s for s in sentences if 10 < len(s.split()) < 30 and "#" not in s]
-    sample = lambda k: " ".join(rng.sample(words, k))  # noqa: E731
-    intro = lambda: " ".join(rng.sample(long_sent, 2))  # noqa: E731  (stop words, so quality passes)
+    sample = lambda k: " ".join(rng.sample(words, k))
+    intro = lambda: " ".join(rng.sample(long_sent, 2))
     return {
         "words": "The cat and the dog sat with that hat to be seen.",
         "mean_word_length": " ".join(rng.choice(["internationalization", "characteristically", "the",
                                                  "telecommunications", "with", "representationally"])
                                      for _ in range(80)),
-        "hash_ratio": intro() + " " + " ".join(f"{w} #{v}" for w, v in zip(rng.sample(words, 60), rng.sample(words, 60))),
+        "hash_ratio": intro() + " " + " ".join(f"{w} #{v}" for w, v in zip(rng.sample(words, 60),
+                                                                            rng.sample(words, 60))),
         "ellipsis_ratio": intro() + " " + " ".join(f"{w}…" for w in rng.sample(words, 80)),
         "bullet_lines": "\n".join(f"- {' '.join(s.split()[:8])}" for s in rng.sample(long_sent, 30)),
         "ellipsis_lines": "\n".join(f"{' '.join(s.split()[:9])}…" if i % 2 else s
@@ -244,7 +245,8 @@ def test_the_manifest_counts_hashes_and_samples(docs, tmp_path):
 
 
 def test_normalize_is_idempotent_and_repairs_what_it_should():
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     cases = {
         "CafÃ© au lait": "Café au lait",  # mojibake (UTF-8 read as cp1252)
@@ -263,7 +265,7 @@ def test_normalize_is_idempotent_and_repairs_what_it_should():
 
     # ASCII, Latin-1 (mojibake's raw material), C0/C1 controls, combining marks, line separators,
     # compatibility forms, CJK, emoji (sampled from a list: no Unicode table to build, fast)
-    chars = [chr(c) for c in [*range(0, 0x100), *range(0x300, 0x310), 0x2028, 0x2029, 0x2026, 0xfb01, 0xff21,
+    chars = [chr(c) for c in [*range(0x100), *range(0x300, 0x310), 0x2028, 0x2029, 0x2026, 0xfb01, 0xff21,
                               0x00b2, 0x4e2d, 0x1f600, 0x200d, 0xfeff, 0x2019, 0x201c, 0x20ac]]
 
     @settings(max_examples=60, deadline=None, database=None)
@@ -338,7 +340,8 @@ def test_preprocess_records_the_cleaning_manifest_beside_the_idx(docs, tiny_data
     from mtds.data.sources import data_identity  # what every checkpoint records about its data
 
     assert data_identity(str(tmp_path / "tok_text_document"))["cleaning_manifests"] == prov["cleaning_manifests"]
-    preprocess.preprocess([tmp_path / "raw.jsonl"], tmp_path / "tok", tiny_data["tokenizer_model"], workers=1, quiet=True)
+    preprocess.preprocess([tmp_path / "raw.jsonl"], tmp_path / "tok", tiny_data["tokenizer_model"], workers=1,
+                          quiet=True)
     assert not (tmp_path / "tok_text_document.provenance.json").exists()  # the stale record went
     with open(tmp_path / "c.jsonl", "a") as f:
         f.write('{"text": "added after cleaning"}\n')
@@ -412,7 +415,7 @@ def test_decontamination_removes_documents_sharing_a_13gram_with_evaluation_text
     import pyarrow.parquet as pq
 
     originals = [t for t in sorted(set(docs.values())) if len(t.split()) > 100][:20]
-    plain = lambda t: " " + " ".join(re.sub(r"[\W_]+", " ", t.lower()).split()) + " "  # noqa: E731
+    plain = lambda t: " " + " ".join(re.sub(r"[\W_]+", " ", t.lower()).split()) + " "
     a, b = plain(originals[3]).split(), plain(originals[7]).split()
     evals = [" ".join(a[40:60]).upper().replace(" ", ", ", 3), " ".join(b[40:52]), "an unrelated question?"]
     pq.write_table(pa.table({"question": evals}), tmp_path / "eval.parquet")
@@ -424,7 +427,8 @@ def test_decontamination_removes_documents_sharing_a_13gram_with_evaluation_text
     windows = [" " + " ".join(span[i:i + 13]) + " " for i in range(len(span) - 12)]
     hit = [i for i, t in enumerate(originals) if any(w in plain(t) for w in windows)]
     assert 3 in hit and 7 not in hit
-    assert [r["text"] for r in _read_jsonl(tmp_path / "out.jsonl")] == [t for i, t in enumerate(originals) if i not in hit]
+    kept = [t for i, t in enumerate(originals) if i not in hit]
+    assert [r["text"] for r in _read_jsonl(tmp_path / "out.jsonl")] == kept
     where = [f"{tmp_path / 'in.jsonl'}:{i + 1}" for i in hit][:5]
     assert [d["where"] for d in m["rules"]["contaminated"]["sample"]] == where
     assert m["decontamination"]["texts"] == 3 and m["decontamination"]["shorter_than_n"] == 2
@@ -446,7 +450,8 @@ def test_progress_counts_a_file_given_twice_twice():
     assert p.bytes == 200
 
 
-C4_RULE = {"lorem_ipsum": "c4_lorem_ipsum", "curly_bracket": "c4_curly_bracket", "too_few_sentences": "c4_too_few_sentences"}
+C4_RULE = {"lorem_ipsum": "c4_lorem_ipsum", "curly_bracket": "c4_curly_bracket",
+           "too_few_sentences": "c4_too_few_sentences"}
 
 
 def test_c4_line_filters_equal_datatrove_c4_quality_filter(docs, datatrove, tmp_path):

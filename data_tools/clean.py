@@ -37,7 +37,9 @@ import collections
 import gzip
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -126,6 +128,16 @@ def _init_worker(cfg: CleanConfig, text_key: str, eval_ngrams: frozenset[int] = 
               quality=any(r in rules for r in QUALITY_RULES), repetition=any(r in rules for r in REPETITION_RULES))
 
 
+def _init_pool_worker(parent_pid: int, *initargs) -> None:
+    """_init_worker in a worker process that leaves Ctrl-C to its parent and exits when orphaned
+    (preprocess's workers do the same, for the reasons given there)."""
+    from data_tools.preprocess import _exit_when_orphaned
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    _init_worker(*initargs)
+
+
 def _record_skip(rec, key: str) -> str | None:
     if rec is None:
         return "blank_line"
@@ -191,8 +203,8 @@ def _results(chunks: Iterable[RecordChunk], workers: int, cfg: CleanConfig, text
             yield c, _process(c)
         return
     # spawn, not fork, for preprocess's reason (a caller with torch's threads loaded)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(cfg, text_key, eval_ngrams)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_pool_worker,
+                             initargs=(os.getpid(), cfg, text_key, eval_ngrams)) as pool:
         pending: collections.deque = collections.deque()
         try:
             for c in chunks:

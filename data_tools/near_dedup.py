@@ -2,7 +2,7 @@
 
 A document's shingles are its word n-grams (`minhash_shingle_words`, 5 by default, as datatrove;
 a document shorter than that is one shingle). Its MinHash signature (`rensa.RMinHash`, Rust:
-~20x datasketch's speed here, measured on 400 stdlib documents) has b x r values, cut into b bands
+~3.5x datasketch's signatures + LSH per core, bench/bench_clean.py) has b x r values, cut into b bands
 of r rows; two documents whose band values agree in any band are near duplicates. A pair with
 shingle Jaccard similarity s is flagged with probability 1 - (1 - s^r)^b, which is 1/2 at about
 s = (1/b)^(1/r), the effective threshold clean prints before it runs (14 x 8, datatrove's default:

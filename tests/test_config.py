@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -323,7 +324,7 @@ def test_size_recipes_follow_the_gpt3_paper(size):
     toml_path = os.path.join(ROOT, f"mtds/configs/gpt_{size}.toml")
     run = load_file(toml_path)
     assert run["model"]["preset"] == f"gpt-{size}" and run["data"]["seq_length"] == 2048
-    assert f"--deepspeed-config ds_configs/gpt3_{size}.json --config mtds/configs/gpt_{size}.toml" in open(toml_path).read()
+    assert f"--deepspeed-config ds_configs/gpt3_{size}.json --config mtds/configs/gpt_{size}.toml" in Path(toml_path).read_text()
     raw = load_ds_config(ds_path)
     for world in (1, 8, 64):
         cfg = resolve_ds_config(raw, ds_path, world, run["training"]["train_iters"], cuda_available=True, log=lambda *_: None)

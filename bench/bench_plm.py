@@ -40,7 +40,7 @@ def batches(T: int, b: int, K: int, vocab: int, mask_id: int):
     return causal, plm
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="gpt-tiny")
     p.add_argument("--seq", type=int, default=256)
@@ -49,7 +49,7 @@ def main() -> int:
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a = p.parse_args()
+    a = p.parse_args(argv)
 
     from megatron.core import parallel_state
 
@@ -62,8 +62,10 @@ def main() -> int:
     on_gpu = device.type == "cuda"
     if not on_gpu:
         enable_if_no_cuda()
-    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
-    parallel_state.initialize_model_parallel(1, 1)
+    if not torch.distributed.is_initialized():  # a test may have set up this world of one already
+        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
     T, K = a.seq, math.ceil(a.seq / a.c)
     causal_batch, plm_batch = batches(T, a.batch, K, a.vocab, mask_id=6)
     rows = {}

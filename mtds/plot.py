@@ -1,11 +1,12 @@
-"""Plot a run's training and validation loss against consumed tokens, as a PNG.
+"""Plot runs' training and validation loss against consumed tokens, as a PNG.
 
-    python -m mtds.plot RUN_DIR [--out loss.png] [--log-x]
+    python -m mtds.plot RUN_DIR [RUN_DIR ...] [--out loss.png] [--log-x]
 
 Reads the TensorBoard events under RUN_DIR/tensorboard with TensorBoard's own reader
 (`EventAccumulator`): the `train_vs_tokens/loss` and `val_vs_tokens/loss` scalars that
 mtds.train.metrics writes with the consumed-token count as the step, so runs with different batch
-sizes share one x axis. A resumed run appends to the same directory; when a step was written
+sizes share one x axis. Several runs go on one figure, a colour each (the line training, the dots
+validation), labelled by their directory names. A resumed run appends to the same directory; when a step was written
 twice (a resumed run repeating steps after its last checkpoint) the later value wins.
 """
 
@@ -40,8 +41,8 @@ def read_scalars(event_dir: str, tags: tuple[str, ...]) -> dict[str, list[tuple[
     return {t: sorted((s, v) for s, (_, v) in pts.items()) for t, pts in out.items()}
 
 
-def plot(run_dir: str, out: str, log_x: bool = False) -> dict[str, int]:
-    """Write the PNG; returns the number of points per curve."""
+def run_series(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """The run's train and validation loss series; LoadError when it has none."""
     event_dir = os.path.join(run_dir, "tensorboard")
     if not os.path.isdir(run_dir):
         raise LoadError(f"{run_dir}: run directory not found")
@@ -50,6 +51,14 @@ def plot(run_dir: str, out: str, log_x: bool = False) -> dict[str, int]:
     series = read_scalars(event_dir, (TRAIN_TAG, VAL_TAG))
     if not any(series.values()):
         raise LoadError(f"{event_dir}: no {TRAIN_TAG} or {VAL_TAG} scalars yet (the first log interval writes them)")
+    return series
+
+
+def plot(run_dirs: str | list[str], out: str, log_x: bool = False) -> dict[str, int]:
+    """Write the PNG of one run or several; returns the number of points per curve, over all runs."""
+    run_dirs = [run_dirs] if isinstance(run_dirs, str) else list(run_dirs)
+    runs = {d: run_series(d) for d in run_dirs}  # every run checked before anything is drawn
+    names = [os.path.basename(os.path.normpath(d)) for d in run_dirs]
 
     import matplotlib
 
@@ -57,37 +66,43 @@ def plot(run_dir: str, out: str, log_x: bool = False) -> dict[str, int]:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for tag, label, style in ((TRAIN_TAG, "train", "-"), (VAL_TAG, "validation", "o-")):
-        if series[tag]:
-            steps, values = zip(*series[tag])
-            ax.plot(steps, values, style, label=label, markersize=4)
+    one = len(runs) == 1
+    for i, (name, series) in enumerate(zip(names, runs.values())):
+        # one run: the default colours and plain labels; several: a colour per run, named
+        for tag, label, style in ((TRAIN_TAG, "train", "-"), (VAL_TAG, "validation", "o-" if one else "o:")):
+            if series[tag]:
+                steps, values = zip(*series[tag])
+                ax.plot(steps, values, style, label=label if one else f"{name} ({label})", markersize=4,
+                        color=None if one else f"C{i}")
     ax.set_xlabel("consumed tokens")
     ax.set_ylabel("loss")
     if log_x:
         ax.set_xscale("symlog")
-    ax.set_title(os.path.basename(os.path.normpath(run_dir)))
+    ax.set_title(names[0] if one else "loss against consumed tokens")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
-    return {"train": len(series[TRAIN_TAG]), "val": len(series[VAL_TAG])}
+    return {"train": sum(len(s[TRAIN_TAG]) for s in runs.values()), "val": sum(len(s[VAL_TAG]) for s in runs.values())}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mtds.plot", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory a training run wrote")
-    p.add_argument("--out", help="PNG to write (default: RUN_DIR/loss.png)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directory a training run wrote (several: one figure, a colour each)")
+    p.add_argument("--out", help="PNG to write (default: the first RUN_DIR's loss.png)")
     p.add_argument("--log-x", action="store_true", help="logarithmic token axis")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    out = a.out or os.path.join(a.run_dir, "loss.png")
-    counts = plot(a.run_dir, out, a.log_x)
-    print(f"wrote {out} ({counts['train']} train and {counts['val']} validation points)")
+    out = a.out or os.path.join(a.run_dirs[0], "loss.png")
+    counts = plot(a.run_dirs, out, a.log_x)
+    runs = f" of {len(a.run_dirs)} runs" if len(a.run_dirs) > 1 else ""
+    print(f"wrote {out} ({counts['train']} train and {counts['val']} validation points{runs})")
     return 0
 
 

@@ -86,3 +86,16 @@ def test_document_mask_bench_runs_on_cpu_and_both_paths_agree():
     assert out.returncode == 0, out.stderr[-2000:]
     diff = float(out.stdout.split("max |flex - dense| ")[1].split()[0])
     assert diff < 1e-5 and out.stdout.count("\n| ") == 4, out.stdout  # header and three rows
+
+
+
+def test_plm_bench_runs_on_cpu_and_prints_both_kinds(world_of_one, capsys):
+    """Permutation LM against causal LM at a tiny shape, in this process: a row per kind and the ratio line."""
+    from bench.bench_plm import main
+
+    assert main(["--seq", "16", "--batch", "1", "--c", "4", "--vocab", "256", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln.split(" | ") for ln in out.splitlines() if ln.startswith(("| gpt |", "| gpt_plm |"))]
+    assert [r[0] for r in rows] == ["| gpt", "| gpt_plm"], out
+    assert all(float(r[1]) > 0 and r[-1].strip(" |").endswith("M") for r in rows), out
+    assert "K = ceil(16 / 4) = 4" in out and "(T + K) / T = 1.250" in out, out

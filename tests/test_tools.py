@@ -254,6 +254,26 @@ def test_plot_refuses_run_without_events(tmp_path, capsys):
     assert rc == 2 and "no TensorBoard event files" in err
 
 
+def test_plot_puts_several_runs_on_one_figure(tmp_path, capsys):
+    """Runs' curves side by side (the README's objectives figure); a run without events is refused first."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from mtds.plot import TRAIN_TAG, VAL_TAG, main
+
+    for name, start in (("gpt", 9.0), ("bert", 10.0)):
+        with SummaryWriter(log_dir=str(tmp_path / name / "tensorboard")) as w:
+            for i in range(1, 6):
+                w.add_scalar(TRAIN_TAG, start - i, i * 1024)
+            w.add_scalar(VAL_TAG, start - 5, 5 * 1024)
+    out = tmp_path / "both.png"
+    rc, stdout, err = call(main, [str(tmp_path / "gpt"), str(tmp_path / "bert"), "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(10 train and 2 validation points of 2 runs)" in stdout
+    (tmp_path / "empty").mkdir()
+    rc, _, err = call(main, [str(tmp_path / "gpt"), str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")], capsys)
+    assert rc == 2 and "empty/tensorboard: no TensorBoard event files" in err and not (tmp_path / "x.png").exists()
+
+
 # -- slow: on checkpoints trained by the real entry point -------------------------------------
 @pytest.fixture(scope="module")
 def loaded(runs):

@@ -223,15 +223,142 @@ def _results(chunks: Iterable[RecordChunk], workers: int, cfg: CleanConfig, text
                 f.cancel()
 
 
-def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, cfg: CleanConfig | None = None,
-          text_key: str = "text", quiet: bool = False, log_interval: float = 1.0, workers: int = 1,
-          decontaminate: Sequence[str | os.PathLike] = (), eval_key: str = "text") -> dict:
-    """Clean `input_paths` into `output` (jsonl) and `output`.manifest.json; returns the manifest.
-    `decontaminate`: evaluation inputs (any format) whose word n-grams documents must not share.
-    Raises a one-line DataToolsError for bad inputs, rules or output before reading a document."""
-    t0 = time.perf_counter()
-    cfg = cfg or CleanConfig()
-    bad = cfg.validate() + ([f"--workers {workers}: must be >= 1"] if workers < 1 else [])
+class Counts:
+    """What a pass (or one shard) tallies: documents and bytes in/kept/removed, per rule with a seeded
+    sample, normalized documents, skipped lines with their first places; `state()` and `merge()`
+    carry a shard's counts to the merge (data_tools.clean_shards)."""
+
+    def __init__(self, cfg: CleanConfig, decontaminate: bool, shard: int = 0):
+        self.tallies = Tallies(rule_order(cfg, decontaminate), cfg.samples_per_rule, cfg.sample_chars, cfg.seed, shard)
+        self.reported = Tallies(["contaminated"], cfg.samples_per_rule, cfg.sample_chars, cfg.seed, shard)
+        self.docs = {"in": 0, "kept": 0, "removed": 0}
+        self.nbytes = {"in": 0, "kept": 0, "removed": 0}
+        self.changed = self.c4_lines_removed = 0
+        self.skipped: dict[str, int] = {}
+        self.first_skipped: dict[str, list[str]] = {}
+
+    def take(self, d: _Doc) -> bool:
+        """Count `d`; True when no filter removed it (a dedup candidate, counted when decided)."""
+        if d.skip is not None:
+            self.skipped[d.skip] = self.skipped.get(d.skip, 0) + 1
+            first = self.first_skipped.setdefault(d.skip, [])
+            if len(first) < FIRST_SKIPS_KEPT:
+                first.append(d.where)
+            return False
+        self.docs["in"] += 1
+        self.nbytes["in"] += d.size
+        self.changed += d.changed
+        self.c4_lines_removed += d.c4_lines_removed
+        if d.contaminated:
+            self.reported.add("contaminated", d.where, d.text, d.size)
+        if d.rule is not None:
+            self.remove(d.rule, d.where, d.original, d.size)
+            return False
+        return True
+
+    def remove(self, rule: str, where: str, text, size: int) -> None:
+        self.tallies.add(rule, where, text, size)
+        self.docs["removed"] += 1
+        self.nbytes["removed"] += size
+
+    def keep(self, nbytes: int) -> None:
+        self.docs["kept"] += 1
+        self.nbytes["kept"] += nbytes
+
+    def state(self) -> dict:
+        return {"documents": self.docs, "bytes": self.nbytes, "changed": self.changed,
+                "c4_lines_removed": self.c4_lines_removed, "skipped": self.skipped,
+                "first_skipped": self.first_skipped, "rules": self.tallies.state(),
+                "reported": self.reported.state()}
+
+    def merge(self, st: dict) -> None:
+        for k in self.docs:
+            self.docs[k] += st["documents"][k]
+            self.nbytes[k] += st["bytes"][k]
+        self.changed += st["changed"]
+        self.c4_lines_removed += st["c4_lines_removed"]
+        for reason, n in st["skipped"].items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
+        for reason, where in st["first_skipped"].items():
+            first = self.first_skipped.setdefault(reason, [])
+            first += where[:FIRST_SKIPS_KEPT - len(first)]
+        self.tallies.merge(st["rules"])
+        self.reported.merge(st["reported"])
+
+    def check_not_empty(self, first_input: str) -> None:
+        if self.docs["in"] == 0:
+            raise DataToolsError(f"{first_input}: no documents in the input (skipped lines: "
+                                 f"{self.skipped or 'nothing to read'})")
+
+
+@dataclass
+class Run:
+    """One clean invocation, checked: what every mode (in memory, a shard, the merge) needs."""
+
+    cfg: CleanConfig
+    inputs: list
+    output: str
+    text_key: str
+    quiet: bool
+    log_interval: float
+    workers: int
+    decontaminate: list[str]
+    eval_key: str
+    t0: float
+
+    @property
+    def threshold(self) -> float:
+        return effective_threshold(self.cfg.minhash_bands, self.cfg.minhash_rows)
+
+    def eval_ngrams(self) -> tuple[frozenset[int], dict | None]:
+        if not self.decontaminate:
+            return frozenset(), None
+        ngrams, decontam = load_eval_ngrams(self.decontaminate, self.eval_key, self.cfg.decontam_ngram,
+                                            self.cfg.unicode_form)
+        decontam.update(n=self.cfg.decontam_ngram, action=self.cfg.decontam_action)
+        return ngrams, decontam
+
+    def print_threshold(self) -> None:
+        if self.cfg.near_dedup and not self.quiet:
+            cfg = self.cfg
+            print(f"clean: near dedup: MinHash of {cfg.minhash_shingle_words}-word shingles, "
+                  f"{cfg.minhash_permutations} permutations = {cfg.minhash_bands} bands x {cfg.minhash_rows} rows: "
+                  f"effective Jaccard threshold ~{self.threshold:.2f} ((1/b)^(1/r): pairs this similar are caught "
+                  "half the time, 0.85+ almost always)", file=sys.stderr)
+
+    def manifest(self, inputs_meta: list[dict], tmp_out: str, counts: Counts, decontam: dict | None,
+                 **extra) -> dict:
+        cfg = self.cfg
+        return {
+            "tool": TOOL,
+            "config": cfg.as_dict(),
+            "text_key": self.text_key,
+            "inputs": inputs_meta,
+            "output": {"path": self.output, "format": "jsonl", "bytes": os.path.getsize(tmp_out),
+                       "xxh3_128": file_hash(tmp_out)},
+            "documents": counts.docs,
+            "bytes": counts.nbytes,
+            "normalize": {"changed_documents": counts.changed},
+            "c4_lines": {"lines_removed": counts.c4_lines_removed} if cfg.c4_lines else None,
+            "near_dedup": {"effective_threshold": round(self.threshold, 4)} if cfg.near_dedup else None,
+            "decontamination": decontam and {**decontam, **({"reported": counts.reported.as_dict()["contaminated"]}
+                                                           if cfg.decontam_action == "report" else {})},
+            "skipped": counts.skipped,
+            "first_skipped": counts.first_skipped,
+            "rules": counts.tallies.as_dict(),
+            **extra,
+            "seconds": round(time.perf_counter() - self.t0, 3),
+        }
+
+
+def inputs_meta(inputs) -> list[dict]:
+    return [{"path": f.path, "format": f.format, "bytes": os.path.getsize(f.path), "xxh3_128": file_hash(f.path)}
+            for f in inputs]
+
+
+def check_run(input_paths, output, cfg: CleanConfig, text_key: str) -> tuple[list, str]:
+    """The resolved inputs and the output, checked with what the rules need (one line each)."""
+    bad = cfg.validate()
     if bad:
         raise DataToolsError("bad cleaning rules:\n  " + "\n  ".join(bad) if len(bad) > 1 else bad[0])
     inputs = resolve_inputs(input_paths)
@@ -246,91 +373,75 @@ def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, c
             import rensa  # noqa: F401
         except ImportError:
             raise DataToolsError("near_dedup needs rensa (pip install rensa), or --off near_dedup") from None
-    eval_ngrams, decontam = frozenset(), None
-    if decontaminate:
-        eval_ngrams, decontam = load_eval_ngrams([os.fspath(p) for p in decontaminate], eval_key,
-                                                 cfg.decontam_ngram, cfg.unicode_form)
-        decontam.update(n=cfg.decontam_ngram, action=cfg.decontam_action)
-    tallies = Tallies(rule_order(cfg, bool(decontaminate)), cfg.samples_per_rule, cfg.sample_chars, cfg.seed)
-    reported = Tallies(["contaminated"], cfg.samples_per_rule, cfg.sample_chars, cfg.seed)
+    return inputs, output
+
+
+def clean(input_paths: Sequence[str | os.PathLike], output: str | os.PathLike, cfg: CleanConfig | None = None,
+          text_key: str = "text", quiet: bool = False, log_interval: float = 1.0, workers: int = 1,
+          decontaminate: Sequence[str | os.PathLike] = (), eval_key: str = "text",
+          work_dir: str | os.PathLike | None = None, shards: int = 1, shard: int | None = None, merge: bool = False,
+          memory_mb: float = 1024) -> dict:
+    """Clean `input_paths` into `output` (jsonl) and `output`.manifest.json; returns the manifest.
+    `decontaminate`: evaluation inputs (any format) whose word n-grams documents must not share.
+    `work_dir`: dedup from keys on disk in `memory_mb`, the input cut into `shards` runs of files
+    (data_tools.clean_shards); `shard` I: only that shard (returns its marker), `merge`: only the merge.
+    Raises a one-line DataToolsError for bad inputs, rules or output before reading a document."""
+    t0 = time.perf_counter()
+    cfg = cfg or CleanConfig()
+    bad = cfg.validate() + ([f"--workers {workers}: must be >= 1"] if workers < 1 else [])
+    if work_dir is None and (shard is not None or merge or shards != 1):
+        bad.append("--shard, --shards and --merge need --work-dir (where shards leave their work for the merge)")
+    if memory_mb <= 0:
+        bad.append(f"--memory-mb {memory_mb}: must be > 0")
+    if bad:
+        raise DataToolsError("bad cleaning rules:\n  " + "\n  ".join(bad) if len(bad) > 1 else bad[0])
+    inputs, output = check_run(input_paths, output, cfg, text_key)
+    run = Run(cfg, inputs, output, text_key, quiet, log_interval, workers, [os.fspath(p) for p in decontaminate],
+              eval_key, t0)
+    if work_dir is not None:
+        from data_tools.clean_shards import run_on_disk
+
+        return run_on_disk(run, os.fspath(work_dir), shards, shard, merge, memory_mb)
+    return _clean_in_memory(run)
+
+
+def _clean_in_memory(run: Run) -> dict:
+    """One pass: filter, then dedup against indexes in memory (~1 KB a kept document), in input order."""
+    cfg = run.cfg
+    eval_ngrams, decontam = run.eval_ngrams()
+    counts = Counts(cfg, bool(run.decontaminate))
     seen = ExactDedup() if cfg.exact_dedup else None
     near = NearDedup(cfg.minhash_bands, cfg.minhash_rows) if cfg.near_dedup else None
-    threshold = effective_threshold(cfg.minhash_bands, cfg.minhash_rows)
-    if near is not None and not quiet:
-        print(f"clean: near dedup: MinHash of {cfg.minhash_shingle_words}-word shingles, {cfg.minhash_permutations} "
-              f"permutations = {cfg.minhash_bands} bands x {cfg.minhash_rows} rows: effective Jaccard threshold "
-              f"~{threshold:.2f} ((1/b)^(1/r): pairs this similar are caught half the time, 0.85+ almost always)",
-              file=sys.stderr)
-    docs = {"in": 0, "kept": 0, "removed": 0}
-    nbytes = {"in": 0, "kept": 0, "removed": 0}
-    changed = c4_lines_removed = 0
-    skipped: dict[str, int] = {}
-    first_skipped: dict[str, list[str]] = {}
-    progress = Progress("clean", input_bytes(inputs), quiet, log_interval)
-    final = [output, manifest_path(output)]
+    run.print_threshold()
+    progress = Progress("clean", input_bytes(run.inputs), run.quiet, run.log_interval)
+    final = [run.output, manifest_path(run.output)]
     results = None
     try:
         with atomic_outputs(final) as (tmp_out, tmp_manifest):
-            with _open_output(tmp_out, output) as out:
-                results = _results(iter_records(inputs, None), workers, cfg, text_key, eval_ngrams)
+            with _open_output(tmp_out, run.output) as out:
+                results = _results(iter_records(run.inputs, None), run.workers, cfg, run.text_key, eval_ngrams)
                 for chunk, processed in results:
                     lines = []
                     for d in processed:
-                        if d.skip is not None:
-                            skipped[d.skip] = skipped.get(d.skip, 0) + 1
-                            first = first_skipped.setdefault(d.skip, [])
-                            if len(first) < FIRST_SKIPS_KEPT:
-                                first.append(d.where)
+                        if not counts.take(d):
                             continue
-                        docs["in"] += 1
-                        nbytes["in"] += d.size
-                        changed += d.changed
-                        c4_lines_removed += d.c4_lines_removed
-                        if d.contaminated:
-                            reported.add("contaminated", d.where, d.text, d.size)
-                        if d.rule is None and seen is not None and seen.is_duplicate(d.text):
-                            d.rule, d.original = "exact_duplicate", d.record[text_key]
-                        elif d.rule is None and near is not None and near.is_duplicate(d.signature):
-                            d.rule, d.original = "near_duplicate", d.record[text_key]
-                        if d.rule is not None:
-                            tallies.add(d.rule, d.where, d.original, d.size)
-                            docs["removed"] += 1
-                            nbytes["removed"] += d.size
-                            continue
-                        docs["kept"] += 1
-                        nbytes["kept"] += len(d.text.encode("utf-8"))
-                        lines.append(orjson.dumps(d.record, default=str, option=orjson.OPT_APPEND_NEWLINE))
+                        if seen is not None and seen.is_duplicate(d.text):
+                            counts.remove("exact_duplicate", d.where, d.text, d.size)
+                        elif near is not None and near.is_duplicate(d.signature):
+                            counts.remove("near_duplicate", d.where, d.text, d.size)
+                        else:
+                            counts.keep(len(d.text.encode("utf-8")))
+                            lines.append(orjson.dumps(d.record, default=str, option=orjson.OPT_APPEND_NEWLINE))
                     out.write(b"".join(lines))
-                    progress.update(chunk.path, chunk.input_pos, docs["in"])
-            if docs["in"] == 0:
-                raise DataToolsError(f"{inputs[0].path}: no documents in the input (skipped lines: "
-                                     f"{skipped or 'nothing to read'})")
-            manifest = {
-                "tool": TOOL,
-                "config": cfg.as_dict(),
-                "text_key": text_key,
-                "inputs": [{"path": f.path, "format": f.format, "bytes": os.path.getsize(f.path),
-                            "xxh3_128": file_hash(f.path)} for f in inputs],
-                "output": {"path": output, "format": "jsonl", "bytes": os.path.getsize(tmp_out),
-                           "xxh3_128": file_hash(tmp_out)},
-                "documents": docs,
-                "bytes": nbytes,
-                "normalize": {"changed_documents": changed},
-                "c4_lines": {"lines_removed": c4_lines_removed} if cfg.c4_lines else None,
-                "near_dedup": {"effective_threshold": round(threshold, 4)} if near is not None else None,
-                "decontamination": decontam and {**decontam, **({"reported": reported.as_dict()["contaminated"]}
-                                                               if cfg.decontam_action == "report" else {})},
-                "skipped": skipped,
-                "first_skipped": first_skipped,
-                "rules": tallies.as_dict(),
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
+                    progress.update(chunk.path, chunk.input_pos, counts.docs["in"])
+            counts.check_not_empty(run.inputs[0].path)
+            manifest = run.manifest(inputs_meta(run.inputs), tmp_out, counts, decontam)
             write_json(tmp_manifest, manifest)
     finally:
         if results is not None:
             results.close()  # stops the worker pool now
         progress.close()
-    if not quiet:
+    if not run.quiet:
         print(summary_line(manifest, final[1]), file=sys.stderr)
     return manifest
 
@@ -363,12 +474,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "exact_dedup or fix_mojibake (repeatable)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes normalizing and filtering (dedup and writing stay in order in this one)")
+    p.add_argument("--work-dir", help="dedup from keys on disk in bounded memory, with the candidates and keys "
+                   "kept here (data_tools/clean_shards.py); reruns skip finished shards")
+    p.add_argument("--shards", type=int, default=1, help="with --work-dir: cut the input files into N shards")
+    p.add_argument("--shard", metavar="I/N", help="with --work-dir: run shard I of N only (0-based; a SLURM array "
+                   "task: slurm/clean.sh), then the merge with --merge")
+    p.add_argument("--merge", action="store_true", help="with --work-dir: only the merge of --shards finished "
+                   "shards (cross-shard exact and near dedup, the output and its manifest)")
+    p.add_argument("--memory-mb", type=float, default=1024,
+                   help="with --work-dir: memory the merge's dedup may use for its sorts and buffers")
+    p.add_argument("--count-inputs", action="store_true",
+                   help="check the rules, inputs and output as a run would, print the number of input files, "
+                   "write nothing (slurm/clean.sh sizes its array with it)")
     p.add_argument("--log-interval", type=float, default=1.0,
                    help="seconds between progress updates (off a terminal: one plain line each)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     cfg = build_config(a.rules, a.set, a.off)
-    clean(a.input, a.output, cfg, a.text_key, a.quiet, a.log_interval, a.workers, a.decontaminate, a.eval_key)
+    shards, shard = a.shards, None
+    if a.shard is not None:
+        try:
+            shard, shards = (int(x) for x in a.shard.split("/"))
+        except ValueError:
+            raise DataToolsError(f"--shard {a.shard}: I/N, e.g. --shard 3/8 (shard 3 of 0..7)") from None
+    if a.count_inputs:
+        print(len(check_run(a.input, a.output, cfg, a.text_key)[0]))
+        return 0
+    clean(a.input, a.output, cfg, a.text_key, a.quiet, a.log_interval, a.workers, a.decontaminate, a.eval_key,
+          a.work_dir, shards, shard, a.merge, a.memory_mb)
     return 0
 
 

@@ -5,18 +5,20 @@
                            "rules": {RULE: {documents, bytes, sample: [{where, text}]}}, "skipped", ...}
 
 Bytes are UTF-8 bytes of the text field: as read for "in" and for each rule's removals, as written
-(normalized) for "kept". `sample` is a seeded reservoir sample of the rule's removed documents (the
-same inputs and seed give the same sample), each cut to `sample_chars`. Content hashes are xxh3-128
+(normalized) for "kept". `sample` is a seeded sample of the rule's removed documents (the same
+inputs and seed give the same sample, however the run was split into shards), each cut to
+`sample_chars`. Content hashes are xxh3-128
 of the files' bytes. `preprocess` finds the manifest of an input it reads (`manifest_of`) and
 records the manifest's own hash beside the `.idx` it writes.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
-import random
 from dataclasses import dataclass, field
+from typing import Callable
 
 import xxhash
 
@@ -40,36 +42,63 @@ def file_hash(path: str) -> str:
 
 @dataclass
 class RuleTally:
-    """Documents and bytes one rule removed, and a seeded reservoir sample of them."""
+    """Documents and bytes one rule removed, and a seeded sample of k of them: the k whose seeded
+    hash of FILE:LINE is smallest. Unlike a reservoir sample this does not depend on the order or
+    the split of the stream, so the tallies of shards merge into what one pass draws."""
 
     k: int
-    rng: random.Random
+    seed: str
     documents: int = 0
     bytes: int = 0
-    sample: list[tuple[int, str, str]] = field(default_factory=list)  # (order seen, where, text)
+    # a max-heap on the hash: (-hash, order, where, text); order = (shard, n-th removal) sorts the output
+    sample: list[tuple[int, tuple[int, int], str, str]] = field(default_factory=list)
 
-    def add(self, where: str, text: str, nbytes: int, chars: int) -> None:
+    def add(self, where: str, text: str | Callable[[], str], nbytes: int, chars: int, shard: int = 0) -> None:
+        """`text` may be a function giving it, called only when the document enters the sample."""
         self.documents += 1
         self.bytes += nbytes
-        if len(self.sample) < self.k:
-            self.sample.append((self.documents, where, text[:chars]))
-        elif self.k and (j := self.rng.randrange(self.documents)) < self.k:
-            self.sample[j] = (self.documents, where, text[:chars])
+        if not self.k:
+            return
+        h = xxhash.xxh3_64_intdigest(f"{self.seed}:{where}".encode("utf-8", "surrogatepass"))
+        if len(self.sample) < self.k or h < -self.sample[0][0]:
+            entry = (-h, (shard, self.documents), where, (text if isinstance(text, str) else text())[:chars])
+            (heapq.heappush if len(self.sample) < self.k else heapq.heapreplace)(self.sample, entry)
+
+    def merge(self, other: dict) -> None:
+        """Add a shard's `state()` (shards merged in input order)."""
+        self.documents += other["documents"]
+        self.bytes += other["bytes"]
+        for h, order, where, text in other["sample"]:
+            entry = (h, tuple(order), where, text)
+            if len(self.sample) < self.k:
+                heapq.heappush(self.sample, entry)
+            elif h > self.sample[0][0]:
+                heapq.heapreplace(self.sample, entry)
+
+    def state(self) -> dict:
+        return {"documents": self.documents, "bytes": self.bytes, "sample": [list(e) for e in self.sample]}
 
     def as_dict(self) -> dict:
         return {"documents": self.documents, "bytes": self.bytes,
-                "sample": [{"where": w, "text": t} for _, w, t in sorted(self.sample)]}
+                "sample": [{"where": w, "text": t} for _, _, w, t in sorted(self.sample, key=lambda e: e[1])]}
 
 
 class Tallies:
-    """Per-rule tallies, in the order the rules are checked."""
+    """Per-rule tallies, in the order the rules are checked; `shard` orders merged samples."""
 
-    def __init__(self, rules: list[str], k: int, chars: int, seed: int):
-        self.chars = chars
-        self.rules = {r: RuleTally(k, random.Random(f"{seed}:{r}")) for r in rules}
+    def __init__(self, rules: list[str], k: int, chars: int, seed: int, shard: int = 0):
+        self.chars, self.shard = chars, shard
+        self.rules = {r: RuleTally(k, f"{seed}:{r}") for r in rules}
 
-    def add(self, rule: str, where: str, text: str, nbytes: int) -> None:
-        self.rules[rule].add(where, text, nbytes, self.chars)
+    def add(self, rule: str, where: str, text: str | Callable[[], str], nbytes: int) -> None:
+        self.rules[rule].add(where, text, nbytes, self.chars, self.shard)
+
+    def merge(self, state: dict) -> None:
+        for r, st in state.items():
+            self.rules[r].merge(st)
+
+    def state(self) -> dict:
+        return {r: t.state() for r, t in self.rules.items()}
 
     def as_dict(self) -> dict:
         return {r: t.as_dict() for r, t in self.rules.items()}

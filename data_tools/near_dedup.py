@@ -9,8 +9,10 @@ s = (1/b)^(1/r), the effective threshold clean prints before it runs (14 x 8, da
 ~0.72; at s = 0.85 the chance is 0.99, at s = 0.4 under 1%). Candidates are not verified further.
 
 Clusters keep their first document in input order: every document's bands go into the index,
-removed ones too, so a chain A ~ B ~ C removes B and C even when C is not close to A. The index
-lives in memory: b entries per document (~1 KB for 14 bands in Python sets).
+removed ones too, so a chain A ~ B ~ C removes B and C even when C is not close to A. `NearDedup`
+keeps the index in memory: b entries per document (~1 KB for 14 bands in Python sets);
+data_tools.disk_dedup takes the same band keys from disk, hash range by hash range, for corpora
+whose index would not fit (clean --work-dir), with the same result.
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def signature(text: str, n: int, permutations: int, seed: int) -> bytes:
     return np.asarray(m.digest(), dtype=np.uint32).tobytes()
 
 
+def band_keys(sig: bytes, bands: int, rows: int) -> list[int]:
+    """One 64-bit key per band: xxh3 of the band's r signature values (equal bands, equal keys)."""
+    width = 4 * rows  # bytes per band
+    return [xxhash.xxh3_64_intdigest(sig[b * width:(b + 1) * width]) for b in range(bands)]
+
+
 class NearDedup:
     """`is_duplicate(sig)` in input order: True when a band of `sig` matches an earlier document's."""
 
@@ -48,8 +56,7 @@ class NearDedup:
         self.buckets: list[set[int]] = [set() for _ in range(bands)]
 
     def is_duplicate(self, sig: bytes) -> bool:
-        width = 4 * self.rows  # bytes per band
-        keys = [xxhash.xxh3_64_intdigest(sig[b * width:(b + 1) * width]) for b in range(self.bands)]
+        keys = band_keys(sig, self.bands, self.rows)
         hit = any(k in bucket for k, bucket in zip(keys, self.buckets))
         for k, bucket in zip(keys, self.buckets):
             bucket.add(k)

@@ -280,7 +280,8 @@ def test_normalize_is_idempotent_and_repairs_what_it_should():
 
 
 @pytest.mark.parametrize("case", ["missing_input", "missing_column", "empty_corpus", "min_above_max", "bands_x_rows",
-                                  "missing_eval_file",
+                                  "missing_eval_file", "shard_out_of_range", "more_shards_than_files",
+                                  "shard_without_work_dir",
                                   "fraction_above_one", "unknown_rule", "output_is_input", "output_not_jsonl"])
 def test_bad_inputs_and_rules_are_one_line_and_nothing_is_written(case, tmp_path, capsys):
     import pyarrow as pa
@@ -297,7 +298,10 @@ def test_bad_inputs_and_rules_are_one_line_and_nothing_is_written(case, tmp_path
             "missing_eval_file": ["--decontaminate", str(tmp_path / "no_eval.jsonl")],
             "unknown_rule": ["--off", "no_such_rule"],
             "output_is_input": ["--output", str(good)],
-            "output_not_jsonl": ["--output", str(tmp_path / "out" / "clean.parquet")]}.get(case, [])
+            "output_not_jsonl": ["--output", str(tmp_path / "out" / "clean.parquet")],
+            "shard_out_of_range": ["--work-dir", str(out.parent / "w"), "--shard", "3/3"],
+            "more_shards_than_files": ["--work-dir", str(out.parent / "w"), "--shards", "2"],
+            "shard_without_work_dir": ["--shard", "0/2"]}.get(case, [])
     if case == "missing_column":
         pq.write_table(pa.table({"body": ["x"]}), tmp_path / "t.parquet")
         args = ["--input", str(tmp_path / "t.parquet")]
@@ -488,3 +492,117 @@ def test_c4_line_filters_equal_datatrove_c4_quality_filter(docs, datatrove, tmp_
     assert [r["text"] for r in _read_jsonl(tmp_path / "out.jsonl")] == [got["c4:web"][0][0]]
     assert m["c4_lines"] == {"lines_removed": 4} and m["rules"]["c4_lorem_ipsum"]["documents"] == 1
     assert m["rules"]["c4_curly_bracket"]["documents"] == 1
+
+
+# -- dedup on disk, shards and their merge ---------------------------------------------------------
+def test_disk_dedup_flags_equal_the_in_memory_indexes():
+    """Random digests and band keys with many collisions, cut into ~100 hash-range files by a 4 KB
+    budget: every candidate gets the decision ExactDedup then NearDedup give it one after another."""
+    import numpy as np
+
+    from data_tools.disk_dedup import EXACT, NEAR, dedup_flags, sig_dtype
+
+    rng = np.random.default_rng(0)
+    n, bands = 3000, 4
+    rec = np.zeros(n, sig_dtype(bands))
+    spread = np.uint64(0x9E3779B97F4A7C15)  # small numbers to keys with every top bit in use
+    rec["digest"][:, 0] = rng.integers(0, 2000, n, dtype=np.uint64) * spread
+    rec["digest"][:, 1] = rng.integers(0, 2, n, dtype=np.uint64)
+    rec["bands"] = rng.integers(0, 3 * n, (n, bands), dtype=np.uint64) * spread
+    want, seen, index = [], set(), [set() for _ in range(bands)]
+    for r in rec:
+        digest, keys = tuple(int(x) for x in r["digest"]), [int(k) for k in r["bands"]]
+        if digest in seen:
+            want.append(EXACT)
+            continue
+        seen.add(digest)
+        want.append(NEAR if any(k in b for k, b in zip(keys, index)) else 0)
+        for k, b in zip(keys, index):
+            b.add(k)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        for i, part in enumerate(np.array_split(rec, 3)):  # three shards' files
+            part.tofile(os.path.join(d, f"{i}.sig"))
+        flags = dedup_flags([os.path.join(d, f"{i}.sig") for i in range(3)], os.path.join(d, "scratch"), bands,
+                            True, True, memory_mb=4096 / 2**20, quiet=True)
+        assert list(flags) == want
+        assert 300 < want.count(EXACT) and 300 < want.count(NEAR) and 300 < want.count(0)
+
+
+def _planted_corpus(docs, folder) -> tuple[list[str], int, int]:
+    """Three jsonl files: 30 originals, near copies of every third (1.5% of words replaced), exact
+    copies (CRLF) of every fifth, one a chain (a near copy of a near copy, in the last file), junk."""
+    rng = random.Random(3)
+    originals = [t for t in sorted(set(docs.values())) if len(t.split()) > 200][:30]
+    vocab = " ".join(originals).split()
+    near = [" ".join(_edited(t.split(), 0.015, vocab, rng)) for t in originals[::3]]
+    chain = " ".join(_edited(near[0].split(), 0.015, vocab, rng))
+    exact = [t.replace("\n", "\r\n") for t in originals[::5]]
+    texts = originals[:12] + near[:4] + exact[:3] + originals[12:] + near[4:] + exact[3:] + [chain, "\x00"]
+    files = [texts[:15], texts[15:30], texts[30:]]
+    for i, part in enumerate(files):
+        _write_jsonl(folder / f"part_{i}.jsonl", part)
+    with open(folder / "part_1.jsonl", "a") as f:
+        f.write('{"text": \n')
+    return originals, len(near) + 1, len(exact)
+
+
+def test_disk_dedup_and_shards_keep_what_one_pass_in_memory_keeps(docs, tmp_path, capsys):
+    """The same planted corpus cleaned four ways: in memory; with --work-dir (keys on disk, a tiny
+    memory budget: many hash ranges); as 3 shards in one command; and shard by shard through the CLI
+    then --merge. The same output bytes and the same manifest counts and samples each time."""
+    (tmp_path / "in").mkdir()
+    originals, n_near, n_exact = _planted_corpus(docs, tmp_path / "in")
+    cfg = build_config(off=["quality", "repetition"])
+    inputs = [tmp_path / "in"]
+    runs = {"memory": clean_mod.clean(inputs, tmp_path / "memory.jsonl", cfg, quiet=True),
+            "disk": clean_mod.clean(inputs, tmp_path / "disk.jsonl", cfg, quiet=True, work_dir=tmp_path / "w1",
+                                    memory_mb=0.01),
+            "shards": clean_mod.clean(inputs, tmp_path / "shards.jsonl", cfg, quiet=True, work_dir=tmp_path / "w3",
+                                      shards=3, workers=2)}
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "cli.jsonl"), "--off", "quality", "--off",
+            "repetition", "--work-dir", str(tmp_path / "wc"), "--log-interval", "0"]
+    for i in range(3):
+        assert run_cli(clean_mod.main, [*argv, "--shard", f"{i}/3"]) == 0
+    capsys.readouterr()
+    assert run_cli(clean_mod.main, [*argv, "--shards", "3", "--merge"]) == 0
+    err = capsys.readouterr().err
+    assert "effective Jaccard threshold ~0.72" in err.splitlines()[0] and "clean: dedup: " in err
+    runs["cli"] = json.loads((tmp_path / "cli.jsonl.manifest.json").read_text())
+    assert [r["text"] for r in _read_jsonl(tmp_path / "memory.jsonl")] == originals
+    m = runs["memory"]
+    assert m["rules"]["near_duplicate"]["documents"] == n_near
+    assert m["rules"]["exact_duplicate"]["documents"] == n_exact
+    assert m["skipped"] == {"malformed_json": 1} and m["rules"]["empty"]["documents"] == 1
+    for name, other in runs.items():
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == (tmp_path / "memory.jsonl").read_bytes(), name
+        for k in ("documents", "bytes", "rules", "skipped", "first_skipped", "normalize", "inputs"):
+            assert other[k] == m[k], (name, k)
+
+
+def test_a_rerun_skips_finished_shards_and_the_merge_names_what_is_missing(docs, tmp_path, capsys):
+    """Rerunning the sharded command redoes only the shard whose marker is gone (or whose input
+    changed); --merge with a shard missing, or done with other rules, is one line and writes nothing."""
+    (tmp_path / "in").mkdir()
+    _planted_corpus(docs, tmp_path / "in")
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out.jsonl"), "--off", "quality",
+            "--work-dir", str(tmp_path / "w"), "--shards", "3"]
+    assert run_cli(clean_mod.main, argv) == 0
+    first = (tmp_path / "out.jsonl").read_bytes()
+    capsys.readouterr()
+    os.remove(tmp_path / "w" / "shard_00001.json")
+    os.utime(tmp_path / "in" / "part_2.jsonl", ns=(1, 1))  # "changed": its mtime differs from the marker's
+    assert run_cli(clean_mod.main, argv) == 0
+    err = capsys.readouterr().err
+    assert "shard 0/3 done before" in err and "shard 1/3 done:" in err and "shard 2/3 done:" in err
+    assert "shard 1/3 done before" not in err and "shard 2/3 done before" not in err
+    assert (tmp_path / "out.jsonl").read_bytes() == first
+    os.remove(tmp_path / "out.jsonl")
+    os.remove(tmp_path / "w" / "shard_00002.json")
+    assert run_cli(clean_mod.main, [*argv, "--merge"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "shard 2/3" in err and "not done" in err
+    assert run_cli(clean_mod.main, [*argv[:-4], "--off", "repetition", *argv[-4:], "--merge"]) == 2
+    assert "other rules or inputs" in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()

@@ -31,7 +31,8 @@ JOB_TIMEOUT = 900  # seconds; the first DeepSpeed run on a machine JIT-compiles 
 
 def test_slurm_scripts_exist():
     names = {p.name for p in SCRIPTS}
-    assert {"pretrain_64gpu.sh", "preprocess.sh", "preprocess_shard.sh", "preprocess_merge.sh"} <= names
+    assert {"pretrain_64gpu.sh", "preprocess.sh", "preprocess_shard.sh", "preprocess_merge.sh", "clean.sh",
+            "clean_shard.sh", "clean_merge.sh"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -232,3 +233,55 @@ def test_preprocess_array_job_then_merge(cluster, tiny_data, tmp_path):
     # Shard order: the first document of the merge is shard 0's first line.
     first_shard = open_indexed_dataset(tiny_data["prefix"])
     assert list(docs[0]) == list(first_shard[0])
+
+
+def _wait_jobs(cluster, ids: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and cluster.run("squeue", "-h", "-j", ids, check=False).stdout.strip():
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_clean_array_job_then_merge_keeps_what_one_pass_keeps(cluster, tmp_path):
+    """slurm/clean.sh: 3 shard tasks, then the merge's cross-shard dedup: the output is what
+    data_tools.clean keeps in one pass in memory (exact and near copies across shards removed);
+    submitted again, every shard is skipped (its marker names the same rules and inputs)."""
+    import json
+    import random
+
+    from data_tools.clean import clean
+    from data_tools.clean_config import build_config
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(3000)]
+    docs = [rng.choices(vocab, k=120) for _ in range(24)]
+    near = [list(d) for d in docs[::4]]
+    for d in near:  # 2 words of 120 replaced: shingle Jaccard ~0.85
+        for i in rng.sample(range(len(d)), 2):
+            d[i] = rng.choice(vocab)
+    texts = [" ".join(d) for d in docs[:8] + near[:2] + docs[8:] + near[2:] + docs[::5]]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        with open(raw / f"part_{i}.jsonl", "w") as f:
+            f.writelines(json.dumps({"text": t}) + "\n" for t in texts[i * len(texts) // 3:(i + 1) * len(texts) // 3])
+    out = tmp_path / "out" / "clean.jsonl"
+    env = {**cluster.env, "INPUTS": str(raw / "*.jsonl"), "OUTPUT": str(out), "CLEAN_ARGS": "--off quality --off "
+           "repetition", "CPUS_PER_TASK": "1", "MEMORY_MB": "64", "PYTHON": sys.executable}
+    (tmp_path / "out").mkdir()
+    cfg = build_config(off=["quality", "repetition"])
+    # shard 1 finished earlier (a restart): its task finds the marker and skips it
+    clean([str(raw / "*.jsonl")], out, cfg, quiet=True, work_dir=f"{out}.work", shards=3, shard=1)
+    proc = subprocess.run(["bash", str(Path(ROOT) / "slurm" / "clean.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ids = re.search(r"3 shard\(s\) of 3 input file\(s\) as array job (\d+) and the merge as job (\d+)",
+                    proc.stdout).groups()
+    _wait_jobs(cluster, ",".join(ids))
+    logs = {p.name: p.read_text() for p in sorted((tmp_path / "logs" / "slurm").glob("*.out"))}
+    assert out.is_file(), logs
+    assert ["done before" in logs[f"mtds-clean-{ids[0]}_{i}.out"] for i in range(3)] == [False, True, False]
+    assert not Path(f"{out}.work").exists()  # removed after the merge
+    one = clean([raw], tmp_path / "one.jsonl", cfg, quiet=True)
+    assert out.read_bytes() == (tmp_path / "one.jsonl").read_bytes()
+    assert one["rules"]["near_duplicate"]["documents"] == 6 and one["rules"]["exact_duplicate"]["documents"] == 5

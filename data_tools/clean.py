@@ -28,6 +28,11 @@ a seeded sample of removed documents per rule. Both are written under temp names
 complete; bad inputs and rules are one line each before any work, and nothing is written.
 Lines that are not documents (bad JSON, no text field, ...) are skipped and counted, as preprocess
 skips them.
+
+Dedup needs every earlier document, so by default its indexes live in memory (~1.4 KB a kept
+document). `--work-dir W` keeps the keys on disk instead and dedups them in bounded memory, with
+the same result; the input files can then be cut into shards run anywhere (`--shard I/N`, a SLURM
+array task: slurm/clean.sh) and merged (`--merge`): data_tools.clean_shards.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ import orjson
 
 from data_tools.c4_lines import c4_filter, sentence_counter
 from data_tools.clean_config import RULE_FIELDS, CleanConfig, build_config
-from data_tools.clean_manifest import TOOL, Tallies, file_hash, manifest_path, write_json
+from data_tools.clean_manifest import TOOL, Counts, file_hash, manifest_path, write_json
 from data_tools.decontaminate import is_contaminated, load_eval_ngrams
 from data_tools.dedup import ExactDedup
 from data_tools.errors import DataToolsError, run_cli
@@ -64,7 +69,6 @@ from data_tools.normalize import normalize
 from data_tools.progress import Progress
 
 OUTPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
-FIRST_SKIPS_KEPT = 5
 QUALITY_RULES = list(RULE_FIELDS)[:8]
 REPETITION_RULES = list(RULE_FIELDS)[8:]
 
@@ -223,74 +227,6 @@ def _results(chunks: Iterable[RecordChunk], workers: int, cfg: CleanConfig, text
                 f.cancel()
 
 
-class Counts:
-    """What a pass (or one shard) tallies: documents and bytes in/kept/removed, per rule with a seeded
-    sample, normalized documents, skipped lines with their first places; `state()` and `merge()`
-    carry a shard's counts to the merge (data_tools.clean_shards)."""
-
-    def __init__(self, cfg: CleanConfig, decontaminate: bool, shard: int = 0):
-        self.tallies = Tallies(rule_order(cfg, decontaminate), cfg.samples_per_rule, cfg.sample_chars, cfg.seed, shard)
-        self.reported = Tallies(["contaminated"], cfg.samples_per_rule, cfg.sample_chars, cfg.seed, shard)
-        self.docs = {"in": 0, "kept": 0, "removed": 0}
-        self.nbytes = {"in": 0, "kept": 0, "removed": 0}
-        self.changed = self.c4_lines_removed = 0
-        self.skipped: dict[str, int] = {}
-        self.first_skipped: dict[str, list[str]] = {}
-
-    def take(self, d: _Doc) -> bool:
-        """Count `d`; True when no filter removed it (a dedup candidate, counted when decided)."""
-        if d.skip is not None:
-            self.skipped[d.skip] = self.skipped.get(d.skip, 0) + 1
-            first = self.first_skipped.setdefault(d.skip, [])
-            if len(first) < FIRST_SKIPS_KEPT:
-                first.append(d.where)
-            return False
-        self.docs["in"] += 1
-        self.nbytes["in"] += d.size
-        self.changed += d.changed
-        self.c4_lines_removed += d.c4_lines_removed
-        if d.contaminated:
-            self.reported.add("contaminated", d.where, d.text, d.size)
-        if d.rule is not None:
-            self.remove(d.rule, d.where, d.original, d.size)
-            return False
-        return True
-
-    def remove(self, rule: str, where: str, text, size: int) -> None:
-        self.tallies.add(rule, where, text, size)
-        self.docs["removed"] += 1
-        self.nbytes["removed"] += size
-
-    def keep(self, nbytes: int) -> None:
-        self.docs["kept"] += 1
-        self.nbytes["kept"] += nbytes
-
-    def state(self) -> dict:
-        return {"documents": self.docs, "bytes": self.nbytes, "changed": self.changed,
-                "c4_lines_removed": self.c4_lines_removed, "skipped": self.skipped,
-                "first_skipped": self.first_skipped, "rules": self.tallies.state(),
-                "reported": self.reported.state()}
-
-    def merge(self, st: dict) -> None:
-        for k in self.docs:
-            self.docs[k] += st["documents"][k]
-            self.nbytes[k] += st["bytes"][k]
-        self.changed += st["changed"]
-        self.c4_lines_removed += st["c4_lines_removed"]
-        for reason, n in st["skipped"].items():
-            self.skipped[reason] = self.skipped.get(reason, 0) + n
-        for reason, where in st["first_skipped"].items():
-            first = self.first_skipped.setdefault(reason, [])
-            first += where[:FIRST_SKIPS_KEPT - len(first)]
-        self.tallies.merge(st["rules"])
-        self.reported.merge(st["reported"])
-
-    def check_not_empty(self, first_input: str) -> None:
-        if self.docs["in"] == 0:
-            raise DataToolsError(f"{first_input}: no documents in the input (skipped lines: "
-                                 f"{self.skipped or 'nothing to read'})")
-
-
 @dataclass
 class Run:
     """One clean invocation, checked: what every mode (in memory, a shard, the merge) needs."""
@@ -409,7 +345,7 @@ def _clean_in_memory(run: Run) -> dict:
     """One pass: filter, then dedup against indexes in memory (~1 KB a kept document), in input order."""
     cfg = run.cfg
     eval_ngrams, decontam = run.eval_ngrams()
-    counts = Counts(cfg, bool(run.decontaminate))
+    counts = Counts(rule_order(cfg, bool(run.decontaminate)), cfg)
     seen = ExactDedup() if cfg.exact_dedup else None
     near = NearDedup(cfg.minhash_bands, cfg.minhash_rows) if cfg.near_dedup else None
     run.print_threshold()

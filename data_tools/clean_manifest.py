@@ -26,6 +26,7 @@ from data_tools.errors import DataToolsError
 
 SUFFIX = ".manifest.json"
 TOOL = "data_tools.clean"
+FIRST_SKIPS_KEPT = 5
 
 
 def manifest_path(output: str) -> str:
@@ -102,6 +103,74 @@ class Tallies:
 
     def as_dict(self) -> dict:
         return {r: t.as_dict() for r, t in self.rules.items()}
+
+
+class Counts:
+    """What a pass (or one shard) tallies: documents and bytes in/kept/removed, per rule with a seeded
+    sample, normalized documents, skipped lines with their first places; `state()` and `merge()`
+    carry a shard's counts to the merge (data_tools.clean_shards)."""
+
+    def __init__(self, rules: list[str], cfg, shard: int = 0):
+        self.tallies = Tallies(rules, cfg.samples_per_rule, cfg.sample_chars, cfg.seed, shard)
+        self.reported = Tallies(["contaminated"], cfg.samples_per_rule, cfg.sample_chars, cfg.seed, shard)
+        self.docs = {"in": 0, "kept": 0, "removed": 0}
+        self.nbytes = {"in": 0, "kept": 0, "removed": 0}
+        self.changed = self.c4_lines_removed = 0
+        self.skipped: dict[str, int] = {}
+        self.first_skipped: dict[str, list[str]] = {}
+
+    def take(self, d) -> bool:
+        """Count `d` (data_tools.clean's per-document result); True when no filter removed it (a dedup candidate, counted when decided)."""
+        if d.skip is not None:
+            self.skipped[d.skip] = self.skipped.get(d.skip, 0) + 1
+            first = self.first_skipped.setdefault(d.skip, [])
+            if len(first) < FIRST_SKIPS_KEPT:
+                first.append(d.where)
+            return False
+        self.docs["in"] += 1
+        self.nbytes["in"] += d.size
+        self.changed += d.changed
+        self.c4_lines_removed += d.c4_lines_removed
+        if d.contaminated:
+            self.reported.add("contaminated", d.where, d.text, d.size)
+        if d.rule is not None:
+            self.remove(d.rule, d.where, d.original, d.size)
+            return False
+        return True
+
+    def remove(self, rule: str, where: str, text, size: int) -> None:
+        self.tallies.add(rule, where, text, size)
+        self.docs["removed"] += 1
+        self.nbytes["removed"] += size
+
+    def keep(self, nbytes: int) -> None:
+        self.docs["kept"] += 1
+        self.nbytes["kept"] += nbytes
+
+    def state(self) -> dict:
+        return {"documents": self.docs, "bytes": self.nbytes, "changed": self.changed,
+                "c4_lines_removed": self.c4_lines_removed, "skipped": self.skipped,
+                "first_skipped": self.first_skipped, "rules": self.tallies.state(),
+                "reported": self.reported.state()}
+
+    def merge(self, st: dict) -> None:
+        for k in self.docs:
+            self.docs[k] += st["documents"][k]
+            self.nbytes[k] += st["bytes"][k]
+        self.changed += st["changed"]
+        self.c4_lines_removed += st["c4_lines_removed"]
+        for reason, n in st["skipped"].items():
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
+        for reason, where in st["first_skipped"].items():
+            first = self.first_skipped.setdefault(reason, [])
+            first += where[:FIRST_SKIPS_KEPT - len(first)]
+        self.tallies.merge(st["rules"])
+        self.reported.merge(st["reported"])
+
+    def check_not_empty(self, first_input: str) -> None:
+        if self.docs["in"] == 0:
+            raise DataToolsError(f"{first_input}: no documents in the input (skipped lines: "
+                                 f"{self.skipped or 'nothing to read'})")
 
 
 def manifest_of(path: str) -> dict | None:

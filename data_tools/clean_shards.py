@@ -29,8 +29,8 @@ import sys
 import numpy as np
 import orjson
 
-from data_tools.clean import Counts, Run, _open_output, _results, inputs_meta, summary_line
-from data_tools.clean_manifest import TOOL, manifest_path, write_json
+from data_tools.clean import Run, _open_output, _results, inputs_meta, rule_order, summary_line
+from data_tools.clean_manifest import TOOL, Counts, manifest_path, write_json
 from data_tools.disk_dedup import CHUNK, EXACT, SigWriter, dedup_flags, read_sig, sig_count
 from data_tools.errors import DataToolsError
 from data_tools.inputs import input_bytes, iter_records
@@ -72,7 +72,7 @@ def clean_shard(run: Run, work_dir: str, i: int, n: int) -> dict:
     cfg, paths = run.cfg, _paths(work_dir, i)
     files = shard_inputs(run.inputs, i, n)
     eval_ngrams, decontam = run.eval_ngrams()
-    counts = Counts(cfg, bool(run.decontaminate), shard=i)
+    counts = Counts(rule_order(cfg, bool(run.decontaminate)), cfg, shard=i)
     progress = Progress(f"clean shard {i}/{n}", input_bytes(files), run.quiet, run.log_interval)
     names = [paths["jsonl"], paths["where"], paths["sig"], paths["json"]]  # the marker renamed last
     results = None
@@ -118,7 +118,7 @@ def merge_shards(run: Run, work_dir: str, n: int, memory_mb: float) -> dict:
             raise DataToolsError(f"clean --merge: shard {i}/{n} in {work_dir} {why}; run it (--shard {i}/{n}) "
                                  "with this command's rules and inputs first")
         markers.append(marker)
-    counts = Counts(cfg, bool(run.decontaminate))
+    counts = Counts(rule_order(cfg, bool(run.decontaminate)), cfg)
     for m in markers:
         counts.merge(m["counts"])
     counts.check_not_empty(run.inputs[0].path)
@@ -142,18 +142,16 @@ def merge_shards(run: Run, work_dir: str, n: int, memory_mb: float) -> dict:
                     count = markers[i]["candidates"]
                     for off in range(0, count, CHUNK):
                         rec = read_sig(paths["sig"], cfg.minhash_bands, off, min(CHUNK, count - off))
-                        flag = np.asarray(flags[start + off:start + off + len(rec)])
-                        lines = []
-                        for j in range(len(rec)):
+                        flag = np.asarray(flags[start + off:start + off + len(rec)]).tolist()
+                        sizes, kept = rec["size"].tolist(), rec["kept_bytes"].tolist()
+                        for j in range(len(rec)):  # line by line: a chunk's lines could be GBs
                             line, place = cand.readline(), where.readline().rstrip("\n")
                             if flag[j]:
                                 rule = "exact_duplicate" if flag[j] & EXACT else "near_duplicate"
-                                counts.remove(rule, place, lambda line=line: orjson.loads(line)[key],
-                                              int(rec["size"][j]))
+                                counts.remove(rule, place, lambda line=line: orjson.loads(line)[key], sizes[j])
                             else:
-                                counts.keep(int(rec["kept_bytes"][j]))
-                                lines.append(line)
-                        out.write(b"".join(lines))
+                                counts.keep(kept[j])
+                                out.write(line)
                         progress.update(paths["jsonl"], cand.tell(), counts.docs["kept"])
                 start += count
         inputs = [f for m in markers for f in m["inputs"]]

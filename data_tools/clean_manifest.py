@@ -120,7 +120,8 @@ class Counts:
         self.first_skipped: dict[str, list[str]] = {}
 
     def take(self, d) -> bool:
-        """Count `d` (data_tools.clean's per-document result); True when no filter removed it (a dedup candidate, counted when decided)."""
+        """Count `d` (data_tools.clean's per-document result); True when no filter removed it: a dedup
+        candidate, counted when its dedup is decided."""
         if d.skip is not None:
             self.skipped[d.skip] = self.skipped.get(d.skip, 0) + 1
             first = self.first_skipped.setdefault(d.skip, [])

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mtds.evaluate", "validation/test loss of a checkpoint"),
     "export-hf": ("mtds.export_hf", "write a checkpoint as a Hugging Face model folder"),
     "import-hf": ("mtds.import_hf", "turn a Hugging Face model folder into an mtds run to train on"),
+    "average": ("mtds.average", "average the weights of several checkpoints into a new run dir"),
     "universal-checkpoint": ("mtds.universal_checkpoint", "convert a checkpoint to resume at another world size"),
     "plot": ("mtds.plot", "plot a run's TensorBoard curves to PNG"),
 }

@@ -185,6 +185,12 @@ class TrainingConfig:
     """Start from the weights of this run dir's newest complete checkpoint (any ZeRO stage and world
     size): iteration, data position, optimizer state and LR schedule start fresh (fine-tuning).
     With `load` too: resume wins once `load` has a checkpoint, so a requeued job resumes."""
+    branch_from: str | None = None
+    """RUN_DIR or RUN_DIR:TAG (e.g. runs/stable:iter_0004000): a new run (in run_dir) that goes on from
+    that checkpoint keeping its optimizer state, LR-schedule position and data position, unlike
+    init_from: a cooldown branch. The schedule may change (train_iters, the DeepSpeed JSON's decay),
+    the network may not. The parent's run dir, tag and checkpoint hash are recorded as
+    `branched_from`. With `load` too: resume wins once `load` has a checkpoint."""
     seed: int = 1234
     exit_duration_mins: float | None = None
     """Save and exit cleanly after this many minutes of training (for job time limits)."""
@@ -486,6 +492,9 @@ def validate(cfg: RunConfig) -> list[str]:
     for key in ("save_interval", "exit_interval"):
         if getattr(t, key) is not None and getattr(t, key) < 1:
             errs.append(f"training.{key} must be >= 1 or none")
+    if t.branch_from and t.init_from:
+        errs.append("training.branch_from and training.init_from: give one (a branch keeps the optimizer state, "
+                    "LR schedule and data position; init_from takes the weights only)")
     if t.load_tag is not None and not t.load:
         errs.append("training.load_tag needs training.load (the run dir whose checkpoint it names)")
     if t.dist_timeout_mins <= 0:

@@ -61,6 +61,20 @@ def consolidated_state_dict(ckpt_dir: str, saved: dict) -> dict:
     return merge(shards, parallel["tensor_layout"])
 
 
+def weights_source(ckpt_dir: str, saved: dict) -> str:
+    """Which weights consolidated_state_dict reads from this checkpoint, in words."""
+    from mtds.ds_config import precision
+
+    stage = zero_stage(saved)
+    if stage >= 1 and glob.glob(os.path.join(ckpt_dir, "*_optim_states.pt")):
+        return f"fp32 master weights (ZeRO-{stage} optimizer shards)"
+    trained_in = precision(saved.get("deepspeed", {}))
+    if trained_in == "fp32":
+        return "fp32 module weights (the master weights: ZeRO-0 in fp32 updates them in place)"
+    return (f"{trained_in} module weights (ZeRO-0 keeps its fp32 copy in DeepSpeed's {trained_in} optimizer state, "
+            "which zero_to_fp32 does not read)")
+
+
 def _one_tensor_rank(ckpt_dir: str, saved: dict) -> dict:
     """fp32 state dict of the files named mp_rank_00 (the only model-parallel rank, or a link to one)."""
     root, tag = os.path.split(ckpt_dir)

@@ -185,7 +185,7 @@ def _first_difference(old: dict, new: dict, below: int) -> int | None:
 
 
 def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_back_to_fp32: bool = False,
-                tag: str | None = None, tensor: int = 1) -> str | None:
+                tag: str | None = None, tensor: int = 1, key: str = "training.load") -> str | None:
     """The checkpoint to resume from (None: none yet), checked before DeepSpeed starts: the newest
     complete one, or `tag` (training.load_tag, e.g. the one before a damaged checkpoint).
 
@@ -196,6 +196,7 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_b
     DeepSpeed's optimizer state and file names differ by precision, so a resume keeps the
     checkpoint's. `cpu_fell_back_to_fp32`: the JSON asked for bf16 and this CPU trains it in fp32
     (mtds.ds_config); a bf16 checkpoint then resumes in bf16, slowly, rather than not at all.
+    `key`: the option the one-line errors name (training.branch_from goes on from a checkpoint too).
     """
     if os.path.exists(load_dir) and not os.path.isdir(load_dir):
         raise ConfigError(f"training.load={load_dir!r} is a file; give the run directory to resume from")
@@ -208,13 +209,14 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_b
     if ckpt is None:
         return None
     saved = read_config(ckpt)
+    check_has_optimizer_state(ckpt, saved, key)
     saved_dp = saved.get("parallel", {}).get("data", saved.get("world_size", dp_size))
     saved_tp = saved.get("parallel", {}).get("tensor", 1)
     if saved_tp != tensor:
         # DeepSpeed's universal checkpoint re-slices tensor-parallel shards only with Megatron-DeepSpeed's
         # per-parameter patterns, which megatron-core models lack: the weights are merged by mtds instead.
         raise ConfigError(
-            f"training.load: {ckpt} was saved at model.tensor_model_parallel_size={saved_tp} and this run uses "
+            f"{key}: {ckpt} was saved at model.tensor_model_parallel_size={saved_tp} and this run uses "
             f"{tensor}; resume it at {saved_tp}, or start from its weights (merged and re-split; the optimizer "
             f"state starts fresh) with --training.init_from={load_dir} and a new training.run_dir")
     stage = saved.get("deepspeed", {}).get("zero_optimization", {}).get("stage", 0)
@@ -223,21 +225,21 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_b
         # Measured with DeepSpeed 0.19.8: 1 <-> 2 loads; 0 <-> 1/2/3 and 1/2 <-> 3 fail mid-load
         # (different shard files and layouts), universal checkpoint or not.
         raise ConfigError(
-            f"training.load: {ckpt} was saved with ZeRO stage {stage} and this run uses stage {new_stage}; "
+            f"{key}: {ckpt} was saved with ZeRO stage {stage} and this run uses stage {new_stage}; "
             f"DeepSpeed resumes only between stages 1 and 2, so set zero_optimization.stage={stage} in the "
             "DeepSpeed JSON (or start a new run from exported weights)"
         )
-    _keep_precision(ckpt, saved.get("deepspeed", {}), ds_cfg, cpu_fell_back_to_fp32, log)
+    _keep_precision(ckpt, saved.get("deepspeed", {}), ds_cfg, cpu_fell_back_to_fp32, log, key)
     if saved_dp == dp_size or stage == 0:
         return ckpt
     if saved_tp > 1:
         raise ConfigError(
-            f"training.load: {ckpt} was saved by {saved_dp} data-parallel ranks (x {saved_tp} tensor-parallel) and this "
+            f"{key}: {ckpt} was saved by {saved_dp} data-parallel ranks (x {saved_tp} tensor-parallel) and this "
             f"run has {dp_size}; a tensor-parallel checkpoint resumes only at its own data-parallel size: launch "
             f"{saved_dp * saved_tp} ranks, or start from its weights with --training.init_from={load_dir}")
     if not is_universal(ckpt):
         raise ConfigError(
-            f"training.load: {ckpt} was saved by {saved_dp} data-parallel ranks and this run has {dp_size}, "
+            f"{key}: {ckpt} was saved by {saved_dp} data-parallel ranks and this run has {dp_size}, "
             f"and ZeRO-{stage} partitions the optimizer state per rank; convert it once with "
             f"`python -m mtds.universal_checkpoint --load {load_dir}` (it then resumes at any world size), "
             f"or resume with {saved_dp} ranks"
@@ -248,7 +250,8 @@ def plan_resume(load_dir: str, dp_size: int, ds_cfg: dict, log=print, cpu_fell_b
     return ckpt
 
 
-def _keep_precision(ckpt: str, saved_ds: dict, ds_cfg: dict, cpu_fell_back_to_fp32: bool, log) -> None:
+def _keep_precision(ckpt: str, saved_ds: dict, ds_cfg: dict, cpu_fell_back_to_fp32: bool, log,
+                    key: str = "training.load") -> None:
     old, new = precision(saved_ds), precision(ds_cfg)
     if old == new:
         return
@@ -257,9 +260,22 @@ def _keep_precision(ckpt: str, saved_ds: dict, ds_cfg: dict, cpu_fell_back_to_fp
         log(f"note: {ckpt} was saved in bf16; resuming in bf16 although this CPU has no bf16 instructions "
             "(slow; start a new run to train in fp32 here)")
         return
-    raise ConfigError(f"training.load: {ckpt} was saved training in {old} and this run trains in {new}; "
+    raise ConfigError(f"{key}: {ckpt} was saved training in {old} and this run trains in {new}; "
                       f"DeepSpeed's optimizer state differs between them, so train in {old} in the DeepSpeed "
                       "JSON (or start a new run with training.init_from)")
+
+
+# Weights-only checkpoints (no optimizer state or trainer position to go on from): what these tools write.
+WEIGHTS_ONLY = {"imported_from": "imported from Hugging Face by mtds.import_hf",
+                "averaged_from": "an average of checkpoints written by mtds.average"}
+
+
+def check_has_optimizer_state(ckpt: str, saved: dict, key: str) -> None:
+    """A weights-only checkpoint cannot be resumed or branched from: say so and name init_from."""
+    for record_key, what in WEIGHTS_ONLY.items():
+        if saved.get(record_key):
+            raise ConfigError(f"{key}: {ckpt} holds weights only ({what}): no optimizer state or data position to "
+                              f"go on from; start a new run from its weights with --training.init_from")
 
 
 def _stage_family(stage: int) -> str:

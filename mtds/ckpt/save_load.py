@@ -116,13 +116,13 @@ def start_timeline(resume_from: str, run_dir: str, log=print) -> list[str]:
     return moved
 
 
-def publish_weights(run_dir: str, state: dict, record: dict) -> str:
-    """A weights-only checkpoint `iter_0000000` (one process, no DeepSpeed engine: a Hugging Face
-    import), published as `save` publishes: written under `<tag>.tmp` in ZeRO-0's layout (the model
-    states file mtds.ckpt.consolidate reads), hashed into its manifest, renamed when complete, and
-    `latest` replaced atomically. Returns the checkpoint directory."""
+def publish_weights(run_dir: str, state: dict, record: dict, iteration: int = 0) -> str:
+    """A weights-only checkpoint `iter_<iteration>` (one process, no DeepSpeed engine: a Hugging Face
+    import, an average of checkpoints), published as `save` publishes: written under `<tag>.tmp` in
+    ZeRO-0's layout (the model states file mtds.ckpt.consolidate reads), hashed into its manifest,
+    renamed when complete, and `latest` replaced atomically. Returns the checkpoint directory."""
     root = os.path.join(run_dir, "checkpoints")
-    tag = tag_for(0)
+    tag = tag_for(iteration)
     final_dir, tmp_dir = os.path.join(root, tag), os.path.join(root, tag + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)

@@ -1,6 +1,6 @@
 """The plan of a training run: everything decided before any process group or model exists (run
-config, DeepSpeed JSON, batch sizes and run length, run dir and its lock, resume and init_from
-checks, the user's data and tokenizer). Config errors come before even the torch import.
+config, DeepSpeed JSON, batch sizes and run length, run dir and its lock, resume, branch_from and
+init_from checks, the user's data and tokenizer). Config errors come before even the torch import.
 mtds/train/run.py carries the plan out.
 """
 
@@ -28,6 +28,8 @@ class Plan:
     resume_from: str | None
     init_from: tuple[str, dict] | None = None
     """(checkpoint dir, its saved config) whose weights start the run (training.init_from)."""
+    branch: dict | None = None
+    """training.branch_from's record (mtds.ckpt.branch): resume_from is then the parent's checkpoint."""
     sources: object = None  # mtds.data.sources.DataSources; None until resolved (the default corpus: after init)
     tokenizer: object = None
 
@@ -63,15 +65,24 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides
         from mtds.train.run_lock import lock_run_dir
 
         lock_run_dir(t.run_dir, log=log)
-    resume_from = None
-    if t.load:
-        from mtds.ckpt.resume import plan_resume
+    from mtds.ckpt.resume import plan_resume
 
-        fell_back = not on_gpu and precision(ds_cfg) == "fp32" and precision(ds_raw) != "fp32"
+    fell_back = not on_gpu and precision(ds_cfg) == "fp32" and precision(ds_raw) != "fp32"
+    resume_from, branch, go_back = None, None, "resume from it with --training.load_tag={tag}"
+    if t.load:
         resume_from = plan_resume(t.load, parallel.data, ds_cfg, log=log, cpu_fell_back_to_fp32=fell_back,
                                   tag=t.load_tag, tensor=parallel.tensor)
         if resume_from is None:
-            log(f"note: no complete checkpoint under {t.load}; starting from scratch")
+            log(f"note: no complete checkpoint under {t.load}; "
+                + (f"branching from {t.branch_from}" if t.branch_from else "starting from scratch"))
+    if t.branch_from and resume_from is None:  # a requeued branch (with --load) resumes instead
+        from mtds.ckpt.branch import parse, plan_branch
+
+        resume_from, branch = plan_branch(t.branch_from, t.run_dir, resolved_dict(cfg))
+        parent = parse(t.branch_from)[0]  # world size, ZeRO stage and precision: checked as for a resume
+        plan_resume(parent, parallel.data, ds_cfg, log=log, cpu_fell_back_to_fp32=fell_back, tag=branch["tag"],
+                    tensor=parallel.tensor, key=f"training.branch_from={t.branch_from!r}")
+        go_back = f"branch from it with --training.branch_from={parent}:{{tag}}"
     check_not_overwriting(t.run_dir, resume_from)
     if resume_from:  # the config keys that move the data order, before the checkpoint is hashed or DeepSpeed starts
         from mtds.ckpt.layout import read_config
@@ -84,7 +95,7 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides
         from mtds.ckpt.init_from import plan_init
 
         init_from = plan_init(t.init_from, resolved_dict(cfg))
-    plan = Plan(cfg, ds_cfg, parallel, train_iters, on_gpu, resume_from, init_from)
+    plan = Plan(cfg, ds_cfg, parallel, train_iters, on_gpu, resume_from, init_from, branch)
     from mtds.ckpt.manifest import check_before_load
     from mtds.ckpt.safe_loading import enable
 
@@ -92,10 +103,9 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides
     # Content hashes: rank 0 alone reads the checkpoint; the other ranks cannot load anything
     # before it joins them in init_distributed, and its one-line refusal ends the job.
     hashed = int(os.environ.get("RANK", "0")) == 0
-    for ckpt, go_back in ((resume_from, "resume from it with --training.load_tag={tag}"),
-                          (init_from and init_from[0], None)):
+    for ckpt, earlier in ((resume_from, go_back), (init_from and init_from[0], None)):
         if ckpt:
-            check_before_load(ckpt, go_back, log, hashes=hashed)
+            check_before_load(ckpt, earlier, log, hashes=hashed)
     if cfg.data.paths:  # the user's data is checked now; the default corpus is built after init (rank 0)
         plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
     return plan

@@ -42,7 +42,8 @@ def train(plan: Plan, log=print) -> int:
                                        sources.weights, sources.valid_prefixes, sources.identity())
     resolved = run_record(cfg, deepspeed=ds_cfg, parallel=parallel.as_dict(), data_sources=data_sources,
                           vocab_size=vocab_size, num_parameters=n_params, train_iters=plan.train_iters,
-                          versions=versions())
+                          versions=versions(), **lineage(plan))
+    branched = resolved.get("branched_from") or {}
     if parallel.tensor > 1:  # how the shards merge, for the tools (mtds.ckpt.consolidate)
         from mtds.parallel.tensor_parallel import tensor_layout
 
@@ -58,7 +59,8 @@ def train(plan: Plan, log=print) -> int:
 
     # Enough training samples for the whole run, fixed validation/test sets.
     eval_samples = cfg.training.eval_iters * ds_cfg["train_micro_batch_size_per_gpu"] * parallel.data
-    sizes = [plan.train_iters * global_batch, eval_samples, eval_samples]
+    # A branch's training set is built for at least its parent's samples: the parent's order (mtds.ckpt.branch).
+    sizes = [max(plan.train_iters * global_batch, branched.get("train_samples", 0)), eval_samples, eval_samples]
     family, task = cfg.kind.family, cfg.kind.task  # the wiring hands the kind's hooks on (mtds/kinds.py)
     datasets = task.build_datasets(cfg, sources, plan.tokenizer, sizes, parallel.data)
     from mtds.data.loader import order_probes
@@ -76,6 +78,10 @@ def train(plan: Plan, log=print) -> int:
                       peak_tflops=cfg.training.tflops_peak or device_peak_tflops(precision(ds_cfg)),
                       before_backward=family.before_backward, summarize=task.summarize, log=log)
     if plan.resume_from:
+        if plan.branch:
+            from mtds.ckpt.branch import describe
+
+            log(describe(plan.branch))
         trainer.resume(plan.resume_from)
         if rank == 0:  # loaded and checked: a rollback's newer tags go aside before the first save (save_load)
             from mtds.ckpt.save_load import start_timeline
@@ -97,6 +103,18 @@ def train(plan: Plan, log=print) -> int:
                                      or task.seq2seq_logits is not None, exports=bool(family.hf_architectures)):
             log(f"next: {command}")
     return 0
+
+
+def lineage(plan: Plan) -> dict:
+    """`branched_from` of a branch (training.branch_from), kept by every later resume of it."""
+    if plan.branch:
+        return {"branched_from": plan.branch}
+    if plan.resume_from:
+        from mtds.ckpt.layout import read_config
+
+        saved = read_config(plan.resume_from).get("branched_from")
+        return {"branched_from": saved} if saved else {}
+    return {}
 
 
 def next_commands(run_dir: str, generates: bool, exports: bool) -> list[str]:

@@ -25,13 +25,15 @@ def tiny_args(tiny_data, run_dir, *extra):
 def test_readme_command_trains_default_gpt(tmp_path):
     """`deepspeed mtds/pretrain.py --deepspeed_config ds_configs/zero2.json --run-dir runs/demo` with no data flags:
     builds the stdlib corpus from scratch (corpus, tokenizer, .bin/.idx: data_tools.default_dataset), trains the default tiny GPT, validation loss falls, TensorBoard has
-    the scalars. Shortened to 60 iterations (the README's run does 300: `make demo`, bench/RESULTS.md)."""
+    the scalars. Shortened to 30 iterations, warming up for 15 (a --ds. override of the shipped JSON's 30); the
+    README's run does 300 (`make demo`, bench/RESULTS.md)."""
     ds_launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
     import subprocess
 
     proc = subprocess.run(
         [ds_launcher, "--master_port", free_port(), PRETRAIN, "--deepspeed_config", os.path.join(ROOT, "ds_configs/zero2.json"),
-         "--run-dir", "runs/demo", "--training.train_iters=60", "--training.eval_interval=30", "--training.progress_bar=false"],
+         "--run-dir", "runs/demo", "--training.train_iters=30", "--training.eval_interval=15",
+         "--ds.scheduler.params.warmup_num_steps=15", "--training.progress_bar=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     ok(proc)
     # The default corpus was built from scratch (the only test that does): a real dataset of the stdlib.
@@ -51,22 +53,22 @@ def test_readme_command_trains_default_gpt(tmp_path):
     val = [v for _, v in s["val/loss"]]
     assert s["val/loss"][0][0] == 0 and len(val) == 3
     assert val[-1] < val[0] - 2.0, f"validation loss did not fall clearly: {val}"
-    assert s["data/consumed_tokens"][-1][1] == 60 * 8 * 256
-    # The LR each logged step used: the shipped schedule's closed form (warmup 30 steps to 1e-3,
-    # cosine to 1e-4 at step 60), from step 1 on (mtds/train/lr_schedule.py).
-    closed = [1e-3 * (i / 30 if i <= 30 else 0.1 + 0.9 * (1 + math.cos(math.pi * (i - 30) / 30)) / 2)
-              for i in range(1, 61)]
+    assert s["data/consumed_tokens"][-1][1] == 30 * 8 * 256
+    # The LR each logged step used: the shipped schedule's closed form (warmup 15 steps to 1e-3,
+    # cosine to 1e-4 at step 30), from step 1 on (mtds/train/lr_schedule.py).
+    closed = [1e-3 * (i / 15 if i <= 15 else 0.1 + 0.9 * (1 + math.cos(math.pi * (i - 15) / 15)) / 2)
+              for i in range(1, 31)]
     assert [(step, pytest.approx(closed[step - 1], rel=1e-6)) for step, _ in s["train/lr"]] == s["train/lr"]
-    assert [step for step, _ in s["train/lr"]] == list(range(10, 61, 10))
-    assert "lr: linear warmup 30 steps to 0.001, cosine decay to 0.0001 over steps 31-60 (WarmupStableDecay)" in proc.stdout
-    resolved = json.load(open(run_dir / "checkpoints/iter_0000060/mtds_config.json"))
+    assert [step for step, _ in s["train/lr"]] == list(range(10, 31, 10))
+    assert "lr: linear warmup 15 steps to 0.001, cosine decay to 0.0001 over steps 16-30 (WarmupStableDecay)" in proc.stdout
+    resolved = json.load(open(run_dir / "checkpoints/iter_0000030/mtds_config.json"))
     assert resolved["deepspeed"]["train_batch_size"] == 8 and resolved["world_size"] == 1
     assert resolved["run"]["model"]["num_layers"] == 4 and "deepspeed" in resolved["versions"]
-    assert open(run_dir / "checkpoints/latest").read() == "iter_0000060"
+    assert open(run_dir / "checkpoints/latest").read() == "iter_0000030"
     # The run ends saying what it did and what comes next (mtds/train/run.py).
     lines = proc.stdout.splitlines()
     done = next(line for line in lines if line.startswith("done: "))
-    assert done.startswith("done: 60 iterations in ") and f"{60 * 8 * 256:,} tokens, validation loss {val[-1]:.4f}" in done
+    assert done.startswith("done: 30 iterations in ") and f"{30 * 8 * 256:,} tokens, validation loss {val[-1]:.4f}" in done
     assert 'next: python -m mtds.generate --load runs/demo --prompt "..."' in lines
     assert "next: tensorboard --logdir runs/demo/tensorboard" in lines
 

@@ -47,12 +47,15 @@ def consolidated(run_dir, tag=f"iter_{STEPS:07d}") -> dict:
 
 @pytest.fixture(scope="module")
 def gpt_runs(tiny_data, tmp_path_factory):
-    """{name: run dir}: the TP=1 reference on one rank, and TP=2 on two ranks with ZeRO 1, 2, 3 and
-    ZeRO-2 + sequence parallel. fp32, torch Adam (bit-reproducible across a load), micro-batch 4."""
+    """{name: run dir}: the TP=1 reference on one rank, and TP=2 on two ranks with ZeRO 2, 3 and
+    ZeRO-2 + sequence parallel. fp32, torch Adam (bit-reproducible across a load), micro-batch 4. Two ranks
+    at TP=2 are one data-parallel replica, so ZeRO partitions nothing here; ZeRO-1 runs the same code as ZeRO-2
+    (DeepSpeed's stage_1_and_2.py) and the stages' reductions over several replicas are tested at TP=1
+    (test_reliability.py)."""
     out = tmp_path_factory.mktemp("tp_gpt")
     ds = {stage: write_ds_config(str(out / f"z{stage}.json"), stage=stage, micro=4, precision="fp32", torch_adam=True)
-          for stage in (1, 2, 3)}
-    cases = {"tp1": (0, 2, []), "tp2-z1": (2, 1, TP2), "tp2-z2": (2, 2, TP2), "tp2-z3": (2, 3, TP2),
+          for stage in (2, 3)}
+    cases = {"tp1": (0, 2, []), "tp2-z2": (2, 2, TP2), "tp2-z3": (2, 3, TP2),
              "tp2-z2-sp": (2, 2, [*TP2, "--model.sequence_parallel=true"])}
     runs = {}
     for name, (ranks, stage, extra) in cases.items():
@@ -63,7 +66,7 @@ def gpt_runs(tiny_data, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["tp2-z1", "tp2-z2", "tp2-z3", "tp2-z2-sp"])
+@pytest.mark.parametrize("case", ["tp2-z2", "tp2-z3", "tp2-z2-sp"])
 def test_tp2_trains_like_tp1(gpt_runs, case):
     """Per-step loss and clipped-gradient norm of TP=2 equal TP=1's within 1e-5 relative for STEPS steps:
     DeepSpeed reduces over the data-parallel group and counts replicated parameters once in the

@@ -91,7 +91,7 @@ def plan_branch(value: str, run_dir: str, current_run: dict) -> tuple[str, dict]
     # The samples the parent's training set was built for: a branch builds its own for at least as many,
     # so a shorter branch reads the parent's order even where megatron-core's shuffle depends on the
     # count (a GPT run over several epochs; BERT and T5 always).
-    record["train_samples"] = int(saved["train_iters"]) * int(saved["deepspeed"]["train_batch_size"])
+    record["train_samples"] = int(saved.get("train_iters") or 0) * int(saved["deepspeed"].get("train_batch_size") or 0)
     if saved.get("branched_from"):  # a branch of a branch: the whole line back to the first run
         record["parent"] = saved["branched_from"]
         record["train_samples"] = max(record["train_samples"], saved["branched_from"].get("train_samples", 0))

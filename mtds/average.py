@@ -13,6 +13,9 @@ ZeRO-0 keeps no master copy DeepSpeed can consolidate, so there the module weigh
 The uniform mean is accumulated in float64 and rounded to fp32 once, so the mean of one checkpoint
 with itself is that checkpoint bit for bit.
 
+With `--ema` the members' moving averages of the weights (training.ema_decay, mtds/train/ema.py)
+are averaged instead; `--ema --tags iter_N` alone makes that checkpoint's EMA a run dir.
+
 The result is an ordinary run dir: a weights-only checkpoint tagged with the newest member's
 iteration (mtds.ckpt.save_load.publish_weights, as mtds.import_hf writes one), its record the newest
 member's with `averaged_from` (each member's run dir, tag, iteration and manifest hash) added, and
@@ -102,15 +105,29 @@ def check_same_network(records: dict[str, dict]) -> None:
                             "of one network")
 
 
-def mean_state(ckpts: list[str], records: dict[str, dict]) -> dict:
-    """The uniform mean of the members' consolidated weights: float64 sums, one rounding to fp32."""
+def ema_weights(ckpt: str, saved: dict | None = None) -> dict:
+    """The moving average of the weights a checkpoint holds (training.ema_decay, mtds/train/ema.py)."""
+    import torch
+
+    from mtds.train.ema import EMA_FILE
+
+    path = os.path.join(ckpt, EMA_FILE)
+    if not os.path.isfile(path):
+        raise LoadError(f"{ckpt}: no {EMA_FILE} (trained without training.ema_decay); "
+                        "average its weights without --ema")
+    return torch.load(path, map_location="cpu", weights_only=True)["weights"]
+
+
+def mean_state(ckpts: list[str], records: dict[str, dict], ema: bool = False) -> dict:
+    """The uniform mean of the members' consolidated weights (or of their EMAs): float64 sums, one
+    rounding to fp32."""
     import torch
 
     from mtds.ckpt.consolidate import consolidated_state_dict
 
     sums, first = {}, None
     for ckpt in ckpts:  # one member in memory at a time, beside the float64 sums
-        state = consolidated_state_dict(ckpt, records[ckpt])
+        state = ema_weights(ckpt) if ema else consolidated_state_dict(ckpt, records[ckpt])
         if first is None:
             first = {k: v for k, v in state.items() if not v.is_floating_point()}
             sums = {k: v.double() for k, v in state.items() if v.is_floating_point()}
@@ -131,8 +148,8 @@ def mean_state(ckpts: list[str], records: dict[str, dict]) -> dict:
     return {**{k: (v / len(ckpts)).float() for k, v in sums.items()}, **first}
 
 
-def average(load: str | None, tags: list[str] | None, last: int | None, out: str, log=print) -> str:
-    """Average the members into a new run dir `out`; returns its checkpoint dir."""
+def average(load: str | None, tags: list[str] | None, last: int | None, out: str, log=print, ema: bool = False) -> str:
+    """Average the members (their EMAs with `ema`) into a new run dir `out`; returns its checkpoint dir."""
     from mtds.ckpt.consolidate import weights_source
     from mtds.ckpt.layout import iteration_of, read_config
     from mtds.ckpt.save_load import publish_weights
@@ -143,9 +160,13 @@ def average(load: str | None, tags: list[str] | None, last: int | None, out: str
     hashes = {ckpt: verified(ckpt) for ckpt in ckpts}  # every member, before any weight is read
     records = {ckpt: read_config(ckpt) for ckpt in ckpts}
     check_same_network(records)
-    sources = sorted({weights_source(c, records[c]) for c in ckpts})
+    if ema:
+        sources = sorted({f"EMA of the weights (training.ema_decay="
+                          f"{records[c]['run']['training'].get('ema_decay')})" for c in ckpts})
+    else:
+        sources = sorted({weights_source(c, records[c]) for c in ckpts})
     log(f"average of {len(ckpts)} checkpoint(s): {' and '.join(sources)}")
-    state = mean_state(ckpts, records)
+    state = mean_state(ckpts, records, ema)
     newest = max(ckpts, key=lambda c: iteration_of(os.path.basename(c)))
     record = copy.deepcopy(records[newest])
     record.pop("train_order", None)  # the resume's order probes: a weights-only checkpoint resumes nothing
@@ -176,10 +197,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="checkpoint tags of --load (iter_0000040), or RUN_DIR:TAG of any run")
     which.add_argument("--last", type=int, metavar="K", help="the newest K complete checkpoints of --load")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="new run directory to write the average to")
+    p.add_argument("--ema", action="store_true",
+                   help="average the checkpoints' EMA of the weights (training.ema_decay) instead of their weights; "
+                        "one tag: that checkpoint's EMA as a run dir")
     a = p.parse_args(argv)
     if a.last is not None and not a.load:
         p.error("--last needs --load RUN_DIR")
-    final = average(a.load, a.tags, a.last, a.out, log=lambda line: print(line, file=sys.stderr))
+    final = average(a.load, a.tags, a.last, a.out, log=lambda line: print(line, file=sys.stderr), ema=a.ema)
     from mtds.ckpt.layout import read_config
     from mtds.kinds import KINDS
 

@@ -191,6 +191,11 @@ class TrainingConfig:
     init_from: a cooldown branch. The schedule may change (train_iters, the DeepSpeed JSON's decay),
     the network may not. The parent's run dir, tag and checkpoint hash are recorded as
     `branched_from`. With `load` too: resume wins once `load` has a checkpoint."""
+    ema_decay: float | None = None
+    """Keep an exponential moving average of the weights, updated after every applied optimizer step
+    (shadow = ema_decay x shadow + (1 - ema_decay) x weight, e.g. 0.999), saved in every checkpoint
+    (ema.pt) and resumed exactly; none = off. `python -m mtds.average --ema` makes it a run dir for
+    the tools. ZeRO stages 0-2 without tensor parallelism (mtds/train/ema.py)."""
     seed: int = 1234
     exit_duration_mins: float | None = None
     """Save and exit cleanly after this many minutes of training (for job time limits)."""
@@ -495,6 +500,8 @@ def validate(cfg: RunConfig) -> list[str]:
     if t.branch_from and t.init_from:
         errs.append("training.branch_from and training.init_from: give one (a branch keeps the optimizer state, "
                     "LR schedule and data position; init_from takes the weights only)")
+    if t.ema_decay is not None and not 0 < t.ema_decay < 1:
+        errs.append(f"training.ema_decay={t.ema_decay}: must be between 0 and 1 (e.g. 0.999), or none for no EMA")
     if t.load_tag is not None and not t.load:
         errs.append("training.load_tag needs training.load (the run dir whose checkpoint it names)")
     if t.dist_timeout_mins <= 0:

@@ -1,8 +1,9 @@
-"""Cooldown branches (training.branch_from) and checkpoint averaging (mtds.average), issue #27.
+"""Cooldown branches (training.branch_from), checkpoint averaging (mtds.average) and the weights' EMA
+(training.ema_decay), issue #27.
 
 One training run for the whole module (`parent`: 1 rank, ZeRO-2, fp32, torch Adam, dropout 0.1,
-gradient accumulation 2, warmup-stable-decay; checkpoints iter_0000002 and iter_0000004) and one
-2-step branch of it; everything else runs in this process against their checkpoints (the refusals
+gradient accumulation 2, warmup-stable-decay, an EMA of the weights; checkpoints iter_0000002 and
+iter_0000004) and one 2-step branch of it; everything else runs in this process against their checkpoints (the refusals
 end in the plan, before DeepSpeed starts)."""
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ TAG2, TAG4 = "iter_0000002", "iter_0000004"
 
 def args_for(tiny_data, run_dir, ds, *extra):
     return tiny_gpt_args(tiny_data, run_dir, ds, "--training.train_iters=4", "--training.eval_interval=100",
-                         "--model.hidden_dropout=0.1", "--model.attention_dropout=0.1", "--data.num_workers=0", *extra)
+                         "--model.hidden_dropout=0.1", "--model.attention_dropout=0.1", "--data.num_workers=0",
+                         "--training.ema_decay=0.9", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +75,9 @@ def manifest_hash(ckpt) -> str:
 @pytest.mark.slow
 def test_a_branch_with_the_parents_schedule_reproduces_its_next_steps_bitwise(parent, tiny_data, tmp_path):
     """The branch goes on from iter_0000002 with the parent's optimizer moments, LR-schedule step,
-    data position and RNG streams: its steps 3-4 are the parent's own, the same floats, and it ends
-    with the same weights. It records the parent's run dir, tag and manifest hash."""
+    data position, RNG streams and EMA of the weights: its steps 3-4 are the parent's own, the same
+    floats, and it ends with the same weights and EMA. It records the parent's run dir, tag and
+    manifest hash."""
     run, ds = parent
     branch = tmp_path / "branch"
     out = ok(run_pretrain(args_for(tiny_data, branch, ds, f"--training.branch_from={run}:{TAG2}")))
@@ -86,6 +89,10 @@ def test_a_branch_with_the_parents_schedule_reproduces_its_next_steps_bitwise(pa
     assert sorted(ours["data/consumed_samples"]) == sorted(theirs["data/consumed_samples"])[2:]
     a, b = fp32_weights(run / "checkpoints" / TAG4), fp32_weights(branch / "checkpoints" / TAG4)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ema_a, ema_b = (torch.load(d / "checkpoints" / TAG4 / "ema.pt", weights_only=True) for d in (run, branch))
+    assert ema_a["weights"].keys() == a.keys()
+    assert all(torch.equal(ema_a["weights"][k], ema_b["weights"][k]) for k in a)  # the EMA resumed exactly
+    assert not all(torch.equal(ema_a["weights"][k], a[k]) for k in a)
     expected = {"run_dir": str(run), "tag": TAG2, "iteration": 2,
                 "manifest_xxh3_128": manifest_hash(run / "checkpoints" / TAG2), "train_samples": 16}
     from mtds.ckpt.layout import read_config
@@ -233,3 +240,43 @@ def test_bad_averaging_inputs_are_one_line(parent, tmp_path, capsys):
     assert refused("--load", str(run), "--last", "3").startswith(f"error: --last 3: {run / 'checkpoints'} holds 2 "
                                                                  f"complete checkpoint(s) ({TAG2}, {TAG4})")
     assert refused("--load", str(run), "--tags", "iter_0000003").startswith("error: --tag 'iter_0000003': no complete")
+
+
+# -- the weights' EMA --------------------------------------------------------------------------
+def test_the_ema_follows_its_closed_form():
+    """Two updates from w0: 0.81 w0 + 0.09 w1 + 0.1 w2, per parameter; the saved weights hold
+    every state-dict key (a tied weight under both of its names)."""
+    from mtds.train.ema import WeightEMA
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    model.register_buffer("steps", torch.zeros(1))
+    ws = [model.weight.detach().clone()]
+    ema = WeightEMA(model, 0.9)
+    for _ in range(2):
+        with torch.no_grad():
+            model.weight.add_(torch.randn(2, 3))
+        ws.append(model.weight.detach().clone())
+        ema.update()
+    torch.testing.assert_close(ema.shadow["weight"], 0.81 * ws[0] + 0.09 * ws[1] + 0.1 * ws[2], rtol=0, atol=1e-6)
+    assert set(ema.state_dict()["weights"]) == {"weight", "bias", "steps"}
+
+
+def test_averaging_the_ema_makes_it_a_run_dir_and_bad_ema_settings_are_one_line(parent, tiny_data, tmp_path,
+                                                                               capsys):
+    from mtds.pretrain import main
+
+    run, _ = parent
+    out = tmp_path / "ema"
+    rc, _, err = call(average_main(), ["--load", str(run), "--tags", TAG4, "--ema", "--out", str(out)], capsys)
+    assert rc == 0 and "EMA of the weights (training.ema_decay=0.9)" in err, err
+    saved = torch.load(run / "checkpoints" / TAG4 / "ema.pt", weights_only=True)["weights"]
+    got = fp32_weights(out / "checkpoints" / TAG4)
+    assert got.keys() == saved.keys() and all(torch.equal(got[k], saved[k]) for k in got)
+    z3 = write_ds_config(str(tmp_path / "z3.json"), stage=3, micro=2, precision="fp32")
+    assert main(args_for(tiny_data, tmp_path / "new", z3)) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: training.ema_decay=0.9 needs whole parameters on every rank: ZeRO stage 0-2 without tensor "
+        "parallelism (this run: ZeRO 3, model.tensor_model_parallel_size=1)")
+    assert main(args_for(tiny_data, tmp_path / "new", z3, "--training.ema_decay=1.5")) == 2
+    assert "training.ema_decay=1.5: must be between 0 and 1" in capsys.readouterr().err

@@ -58,8 +58,9 @@ def set_rng_state(state: dict) -> None:
         tensor_parallel.get_cuda_rng_tracker().set_states(dict(state["megatron_tracker"]))
 
 
-def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: int, log=print) -> str:
-    """Save on every rank; publish only after all ranks finished. Returns the tag."""
+def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: int, log=print, ema=None) -> str:
+    """Save on every rank; publish only after all ranks finished. Returns the tag. `ema`: the
+    weights' moving average (mtds.train.ema), the same on every rank: rank 0 writes it."""
     root = os.path.join(run_dir, "checkpoints")
     tag = tag_for(trainer_state["iteration"])
     tmp_tag = tag + ".tmp"
@@ -74,6 +75,11 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         written.append(os.path.join(tmp_dir, f"rng_rank{rank}.pt"))
         torch.save(rng_state(), written[-1])
+        if is_rank0() and ema is not None:
+            from mtds.train.ema import EMA_FILE
+
+            written.append(os.path.join(tmp_dir, EMA_FILE))
+            torch.save(ema.state_dict(), written[-1])
         if is_rank0():
             written.append(os.path.join(tmp_dir, CONFIG_FILE))
             atomic_write(written[-1], json.dumps(manifest.named_in(resolved), indent=2))
@@ -197,8 +203,8 @@ def _prune(root: str, keep_last: int, log=print) -> None:
             kept += 1
 
 
-def load(engine, ckpt_dir: str, current_resolved: dict, log=print) -> dict:
-    """Load model/optimizer/scheduler and return the trainer state; restores RNG states."""
+def load(engine, ckpt_dir: str, current_resolved: dict, log=print, ema=None) -> dict:
+    """Load model/optimizer/scheduler (and `ema`'s shadows) and return the trainer state; restores RNG states."""
     check_compatible(read_config(ckpt_dir), current_resolved, log)
     root, tag = os.path.split(ckpt_dir)
     path, client = engine.load_checkpoint(root, tag=tag)
@@ -210,4 +216,13 @@ def load(engine, ckpt_dir: str, current_resolved: dict, log=print) -> dict:
         set_rng_state(torch.load(rng_file, weights_only=True))  # checked by mtds.ckpt.safe_loading before the resume
     else:
         log(f"warning: {rng_file} missing (different world size?); RNG streams restart")
+    if ema is not None:
+        from mtds.train.ema import EMA_FILE
+
+        ema_file = os.path.join(ckpt_dir, EMA_FILE)
+        if os.path.isfile(ema_file):
+            ema.load_state_dict(torch.load(ema_file, weights_only=True), log=log)
+        else:
+            log(f"note: {ckpt_dir} holds no {EMA_FILE}: the weights' EMA (training.ema_decay) starts from the "
+                "checkpoint's weights")
     return client["mtds"]

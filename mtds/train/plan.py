@@ -57,6 +57,10 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides
     if cfg.model.num_moe_experts and zero_stage(ds_cfg) == 3:
         raise ConfigError(f"{ds_config_path}: ZeRO stage 3 with a mixture of experts (model.num_moe_experts="
                           f"{cfg.model.num_moe_experts}) is not supported by DeepSpeed; use stage 1 or 2")
+    if t.ema_decay is not None and (zero_stage(ds_cfg) == 3 or parallel.tensor > 1):
+        raise ConfigError(f"training.ema_decay={t.ema_decay} needs whole parameters on every rank: ZeRO stage 0-2 "
+                          "without tensor parallelism (this run: ZeRO "
+                          f"{zero_stage(ds_cfg)}, model.tensor_model_parallel_size={parallel.tensor})")
     if cfg.model.recompute_activations and not on_gpu:
         raise ConfigError("model.recompute_activations=true needs CUDA (megatron-core's activation checkpointing "
                           "uses the CUDA RNG tracker); set it false on CPU")

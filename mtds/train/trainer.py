@@ -64,6 +64,11 @@ class Trainer:
         self.device = engine.device
         self._before_backward = before_backward
         self.state = TrainState()
+        self.ema = None  # the weights' moving average (training.ema_decay, mtds/train/ema.py)
+        if cfg.training.ema_decay is not None:
+            from mtds.train.ema import WeightEMA
+
+            self.ema = WeightEMA(engine.module, cfg.training.ema_decay)
         self._signal = 0  # number of the first stop signal received (0: none)
         self._stop_request: str | None = None
         self._skipped_in_row = 0
@@ -76,14 +81,14 @@ class Trainer:
         return asdict(self.state)
 
     def resume(self, ckpt_dir: str) -> None:
-        saved = checkpoint.load(self.engine, ckpt_dir, self.resolved, log=self.log)
+        saved = checkpoint.load(self.engine, ckpt_dir, self.resolved, log=self.log, ema=self.ema)
         self.state = TrainState(**{k: saved[k] for k in asdict(self.state)})
         self.log(f"resumed from {ckpt_dir} at iteration {self.state.iteration}, "
                  f"{self.state.consumed_samples} samples consumed")
 
     def save(self) -> None:
         checkpoint.save(self.engine, self.cfg.training.run_dir, self.trainer_state(), self.resolved,
-                        self.cfg.training.keep_last, log=self.log)
+                        self.cfg.training.keep_last, log=self.log, ema=self.ema)
 
     # -- loop ------------------------------------------------------------------------------
     def _on_stop_signal(self, signum, frame):
@@ -144,7 +149,10 @@ class Trainer:
         skipped_before = self.engine.skipped_steps
         self.step_lr = self.engine.get_lr()[0]  # the LR this step uses (the schedule advances in step())
         self.engine.step()  # the boundary: optimizer step, LR schedule, zero grads
-        self._check_overflow_streak(self.engine.skipped_steps > skipped_before)
+        skipped = self.engine.skipped_steps > skipped_before
+        if self.ema is not None and not skipped:
+            self.ema.update()
+        self._check_overflow_streak(skipped)
         # All-reduced: a rank that got no signal itself stops with the others, at the same step.
         self._stop_request = signal.Signals(sig).name if sig else ("time limit" if late else None)
         return shares, metrics

@@ -128,7 +128,7 @@ def merge_shards(run: Run, work_dir: str, n: int, memory_mb: float) -> dict:
         raise DataToolsError(f"clean --merge: the .sig files in {work_dir} do not hold what the markers count; "
                              "remove the work dir and rerun")
     flags = dedup_flags(sigs, os.path.join(work_dir, "dedup"), cfg.minhash_bands, cfg.exact_dedup, cfg.near_dedup,
-                        memory_mb, run.quiet)
+                        memory_mb, run.quiet, run.log_interval)
     total = sum(os.path.getsize(_paths(work_dir, i)["jsonl"]) for i in range(n))
     progress = Progress("clean merge", total, run.quiet, run.log_interval)
     final = [run.output, manifest_path(run.output)]

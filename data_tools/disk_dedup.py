@@ -24,6 +24,7 @@ import glob
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 import xxhash
@@ -114,8 +115,24 @@ def _top_bits(keys: np.ndarray, bits: int) -> np.ndarray:
     return keys >> np.uint64(64 - bits) if bits else np.zeros(len(keys), np.uint64)
 
 
+class _Log:
+    """A line on stderr now (`say`), or at most every `interval` seconds (`every`): progress in a SLURM log."""
+
+    def __init__(self, quiet: bool, interval: float):
+        self.quiet, self.interval, self.last = quiet, interval, time.perf_counter()
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"clean: dedup: {msg}", file=sys.stderr, flush=True)
+        self.last = time.perf_counter()
+
+    def every(self, msg) -> None:
+        if time.perf_counter() - self.last >= self.interval:
+            self.say(msg())
+
+
 def dedup_flags(sig_paths: list[str], scratch: str, bands: int, exact: bool, near: bool, memory_mb: float = 1024,
-                quiet: bool = False) -> np.ndarray:
+                quiet: bool = False, log_interval: float = 1.0) -> np.ndarray:
     """EXACT/NEAR flags (uint8, one per candidate, candidates numbered across `sig_paths` in order).
     `scratch`: an empty folder is made there (anything in it removed) for the range files."""
     counts = [sig_count(p, bands) for p in sig_paths]
@@ -127,8 +144,8 @@ def dedup_flags(sig_paths: list[str], scratch: str, bands: int, exact: bool, nea
     budget = max(int(memory_mb * 2**20) // 2, 4096)  # half to sort one file, half to buffer the scatter
     exact_bits = _range_bits(n, EXACT_PAIR.itemsize, budget)
     near_bits = _range_bits(n, NEAR_PAIR.itemsize, budget)
-    log = (lambda msg: None) if quiet else (lambda msg: print(f"clean: dedup: {msg}", file=sys.stderr, flush=True))
-    log(f"{n} candidates: keys into {2 ** exact_bits if exact else 0} exact and "
+    log = _Log(quiet, log_interval)
+    log.say(f"{n} candidates: keys into {2 ** exact_bits if exact else 0} exact and "
         f"{bands} x {2 ** near_bits if near else 0} near hash ranges under {scratch}")
     scatter = _Scatter(scratch, budget)
     start = 0
@@ -145,17 +162,23 @@ def dedup_flags(sig_paths: list[str], scratch: str, bands: int, exact: bool, nea
                     pairs = np.empty(len(rec), NEAR_PAIR)
                     pairs["key"], pairs["doc"] = rec["bands"][:, b], doc
                     scatter.add(f"near_{b:03d}", _top_bits(pairs["key"], near_bits), pairs)
+            log.every(lambda: f"keys of {start + off + len(rec)}/{n} candidates scattered")
         start += count
     scatter.flush()
     flags = np.lib.format.open_memmap(os.path.join(scratch, "flags.npy"), "w+", np.uint8, (n,))
+    exact_files = sorted(glob.glob(os.path.join(scratch, "exact_*.bin")))
+    near_files = sorted(glob.glob(os.path.join(scratch, "near_*.bin")))
+    total = len(exact_files) + len(near_files)
     # Exact first: a near duplicate is one that is not exact (the in-memory path's order).
-    for path in sorted(glob.glob(os.path.join(scratch, "exact_*.bin"))):
+    for k, path in enumerate(exact_files):
+        log.every(lambda: f"{k}/{total} hash-range files sorted")
         p = np.fromfile(path, EXACT_PAIR)
         p = p[np.lexsort((p["doc"], p["lo"], p["hi"]))]
         same = (p["hi"][1:] == p["hi"][:-1]) & (p["lo"][1:] == p["lo"][:-1])
         flags[p["doc"][1:][same]] = EXACT
         os.remove(path)
-    for path in sorted(glob.glob(os.path.join(scratch, "near_*.bin"))):
+    for k, path in enumerate(near_files, len(exact_files)):
+        log.every(lambda: f"{k}/{total} hash-range files sorted")
         p = np.fromfile(path, NEAR_PAIR)
         p = p[(flags[p["doc"]] & EXACT) == 0]  # exact duplicates are not in the index
         p = p[np.lexsort((p["doc"], p["key"]))]
@@ -163,6 +186,6 @@ def dedup_flags(sig_paths: list[str], scratch: str, bands: int, exact: bool, nea
         flags[docs] |= NEAR
         os.remove(path)
     flags.flush()
-    log(f"exact duplicates {int(np.count_nonzero(flags & EXACT))}, near duplicates "
+    log.say(f"exact duplicates {int(np.count_nonzero(flags & EXACT))}, near duplicates "
         f"{int(np.count_nonzero(flags == NEAR))}")
     return flags

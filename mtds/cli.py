@@ -25,7 +25,7 @@ from mtds.shipped import FOLDERS, shipped_dir, shipped_files
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("mtds.pretrain", "train a model (GPT, BERT, T5, MoE, SFT, classifier) from a run config"),
     "corpus": ("data_tools.corpus", "a jsonl corpus from a tree of source/text files"),
-    "clean": ("data_tools.clean", "normalize, Gopher quality/repetition filters and exact dedup of a corpus"),
+    "clean": ("data_tools.clean", "normalize, filter (Gopher, C4), decontaminate, exact + near dedup a corpus"),
     "train-tokenizer": ("data_tools.train_tokenizer", "train a sentencepiece or Hugging Face BPE tokenizer"),
     "preprocess": ("data_tools.preprocess", "tokenize jsonl/parquet/Arrow text into Megatron .bin/.idx"),
     "merge": ("data_tools.merge", "merge several .bin/.idx pairs into one"),

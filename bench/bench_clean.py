@@ -2,6 +2,7 @@
 
     python bench/bench_clean.py [--input corpus.jsonl] [--mb 4]
     python bench/bench_clean.py --limit-only [--limit-mb 256] [--factor 4]
+    python bench/bench_clean.py --vs-datatrove-only
 
 On the same documents (the first --mb MB of texts of --input; default: the stdlib corpus that
 `python -m data_tools.corpus` builds), each in this process, one core:
@@ -10,8 +11,8 @@ On the same documents (the first --mb MB of texts of --input; default: the stdli
   3. datatrove's FTFYFormatter + GopherQualityFilter + GopherRepetitionFilter
   4. MinHash signatures + LSH: mtds (rensa, 14 x 8 bands) and datasketch (MinHash + MinHashLSH, 14 x 8)
 Prints documents/s and MB/s (UTF-8 bytes of text) per row, the kept counts, and the peak RSS.
-datatrove's own MinHash is a multi-stage disk pipeline (signatures, buckets, clusters) and is
-not timed here.
+datatrove's own MinHash, a multi-stage disk pipeline (signatures, buckets, clusters), is timed
+end to end beside `clean --work-dir` last.
 
 Then dedup in bounded memory: a corpus --factor times --limit-mb (random 150-word documents, ~1 KB,
 with planted near and exact copies) cleaned by `python -m data_tools.clean --off quality --off
@@ -21,6 +22,14 @@ that rensa's import reserves and, refused, does without), one process (--workers
 memory (the index grows ~1.4 KB a document: it runs out) and once with --work-dir (keys on disk,
 --memory-mb an eighth of the limit). Each row: the child's own peak RSS (wait4), time, and what it
 removed against what was planted.
+
+Last, the MinHash dedup pipelines end to end, one worker each, in child processes, on the same
+random corpus (one block of 10,000 documents, letters for words): `data_tools.clean --off quality
+--off repetition --work-dir` (normalize, signatures, exact and near dedup from disk, the output)
+against datatrove's four stages (MinhashDedupSignature, MinhashDedupBuckets x 14 tasks,
+MinhashDedupCluster, MinhashDedupFilter + JsonlWriter, its MinhashConfig defaults: 5-grams, 14 x 8).
+datatrove 0.10.1 hashes shingles with xxhash's str API, which xxhash 4 removed: the bench passes
+them encoded (the only change).
 """
 
 from __future__ import annotations
@@ -68,14 +77,24 @@ def timed(name: str, texts: list[str], fn) -> dict:
     return row
 
 
-def write_corpus(path: str, mb: float, seed: int = 0) -> dict:
-    """Random documents of 150 words from 50,000 ("w0".."w49999") until `mb` MB: in each block of
-    10,000, every 50th a near copy of an earlier document of its block (2 words replaced: 5-gram
-    shingle Jaccard ~0.87) and every 97th (not a near copy) an exact copy."""
+def _letters(i: int) -> str:
+    out = ""
+    while True:
+        i, r = divmod(i, 26)
+        out += "abcdefghijklmnopqrstuvwxyz"[r]
+        if not i:
+            return out
+
+
+def write_corpus(path: str, mb: float, seed: int = 0, letters: bool = False) -> dict:
+    """Random documents of 150 words from 50,000 ("w0".."w49999", or with `letters` "a".."ctvb":
+    datatrove's MinHash turns every digit into 0) until `mb` MB: in each block of 10,000, every 50th
+    a near copy of an earlier document of its block (2 words replaced: 5-gram shingle Jaccard ~0.87)
+    and every 97th (not a near copy) an exact copy."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    vocab = np.array([f"w{i}" for i in range(50_000)])
+    vocab = np.array([_letters(i) if letters else f"w{i}" for i in range(50_000)])
     planted = {"documents": 0, "near": 0, "exact": 0, "bytes": 0}
     with open(path, "w", encoding="utf-8") as f:
         while planted["bytes"] < mb * 1e6:
@@ -143,6 +162,56 @@ def bounded_dedup(limit_mb: float, factor: float, folder: str) -> None:
               f"{r['rss_mb']:.0f} MB | {result} |", flush=True)
 
 
+def _datatrove_minhash(folder: str) -> None:
+    """datatrove's MinHash dedup of folder/in into folder/out (run in a child by vs_datatrove)."""
+    import xxhash
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
+                                          MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashes import xxhash as dt_xxhash
+
+    # datatrove 0.10.1 passes str to xxhash, which xxhash 4 refuses; encode, as older xxhash did
+    dt_xxhash.xxhash64 = lambda d: xxhash.xxh64_intdigest(d.encode() if isinstance(d, str) else d)
+    cfg = MinhashConfig()
+    stages = [([JsonlReader(f"{folder}/in"), MinhashDedupSignature(f"{folder}/sigs", config=cfg)], 1),
+              ([MinhashDedupBuckets(f"{folder}/sigs", f"{folder}/buckets", config=cfg)], cfg.num_buckets),
+              ([MinhashDedupCluster(f"{folder}/buckets", f"{folder}/remove", config=cfg)], 1),
+              ([JsonlReader(f"{folder}/in"), MinhashDedupFilter(f"{folder}/remove"), JsonlWriter(f"{folder}/out")], 1)]
+    for i, (pipeline, tasks) in enumerate(stages):
+        LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=f"{folder}/logs_{i}").run()
+
+
+def vs_datatrove(folder: str) -> None:
+    import gzip
+
+    os.makedirs(os.path.join(folder, "in"))
+    corpus = os.path.join(folder, "in", "corpus.jsonl")
+    planted = write_corpus(corpus, 1, letters=True)
+    mb = planted["bytes"] / 1e6
+    print(f"\nMinHash dedup end to end, one worker: {planted['documents']} documents, {mb:.1f} MB, "
+          f"{planted['near']} near and {planted['exact']} exact copies planted\n")
+    print("| pipeline | s | CPU s | MB per CPU s | peak RSS | removed |\n|---|---|---|---|---|---|")
+    mtds = [sys.executable, "-m", "data_tools.clean", "--input", corpus, "--output", os.path.join(folder, "m.jsonl"),
+            "--off", "quality", "--off", "repetition", "--work-dir", os.path.join(folder, "work"), "--quiet"]
+    theirs = [sys.executable, os.path.abspath(__file__), "--datatrove-minhash", folder]
+    for name, cmd in (("mtds clean --work-dir (rensa, disk dedup)", mtds),
+                      ("datatrove MinhashDedup* x 4 stages", theirs)):
+        r = limited_run(cmd, 1 << 20)
+        if r["rc"]:
+            print(f"| {name} | failed: {r['stderr'].strip().splitlines()[-1][:100]} |||||")
+            continue
+        if "datatrove" in name:
+            with gzip.open(os.path.join(folder, "out", "00000.jsonl.gz"), "rt") as f:
+                removed = planted["documents"] - sum(1 for _ in f)
+        else:
+            removed = json.loads(open(os.path.join(folder, "m.jsonl.manifest.json")).read())["documents"]["removed"]
+        print(f"| {name} | {r['seconds']:.1f} | {r['cpu_s']:.1f} | {mb / r['cpu_s']:.2f} | {r['rss_mb']:.0f} MB | "
+              f"{removed} |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", help="a jsonl corpus (default: the stdlib corpus, built in a temp dir)")
@@ -152,10 +221,14 @@ def main() -> None:
     p.add_argument("--factor", type=float, default=4, help="its corpus: this many times --limit-mb")
     p.add_argument("--limit-only", action="store_true", help="only the bounded-memory dedup")
     p.add_argument("--skip-limit", action="store_true", help="no bounded-memory dedup")
+    p.add_argument("--vs-datatrove-only", action="store_true", help="only the MinHash pipelines end to end")
+    p.add_argument("--datatrove-minhash", metavar="DIR", help=argparse.SUPPRESS)  # the child of vs_datatrove
     a = p.parse_args()
-    if a.limit_only:
+    if a.datatrove_minhash:
+        return _datatrove_minhash(a.datatrove_minhash)
+    if a.limit_only or a.vs_datatrove_only:
         with tempfile.TemporaryDirectory() as d:
-            bounded_dedup(a.limit_mb, a.factor, d)
+            (bounded_dedup(a.limit_mb, a.factor, d) if a.limit_only else vs_datatrove(d))
         return
     texts = load_texts(a.input, a.mb)
     print(f"{len(texts)} documents, {sum(len(t.encode()) for t in texts) / 1e6:.1f} MB, one process\n")
@@ -220,6 +293,9 @@ def finish(a) -> None:
     if not a.skip_limit:
         with tempfile.TemporaryDirectory() as d:
             bounded_dedup(a.limit_mb, a.factor, d)
+    if not a.skip_datatrove:
+        with tempfile.TemporaryDirectory() as d:
+            vs_datatrove(d)
 
 
 if __name__ == "__main__":

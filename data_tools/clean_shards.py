@@ -13,7 +13,8 @@ writes under W:
   shard_I.sig     one fixed-size record of keys a candidate (data_tools.disk_dedup)
   shard_I.json    the marker, written last (renamed into place): the rules and input files it
                   cleaned, their hashes, and its counts. A rerun skips a shard whose marker names the
-                  same rules, shard count and input files (path, size, mtime), and redoes any other.
+                  same rules, shard count, input and evaluation files (path, size, mtime), and redoes
+                  any other.
 The merge checks that every shard is done with these rules, decides exact and near duplicates
 across all shards from the keys on disk (data_tools.disk_dedup: bounded memory, the same decisions
 as the in-memory pass), and writes OUT and its manifest from the candidates. Shard and merge use
@@ -33,7 +34,7 @@ from data_tools.clean import Run, _open_output, _results, inputs_meta, rule_orde
 from data_tools.clean_manifest import TOOL, Counts, manifest_path, write_json
 from data_tools.disk_dedup import CHUNK, EXACT, SigWriter, dedup_flags, read_sig, sig_count
 from data_tools.errors import DataToolsError
-from data_tools.inputs import input_bytes, iter_records
+from data_tools.inputs import input_bytes, iter_records, resolve_inputs
 from data_tools.io_utils import atomic_outputs
 from data_tools.progress import Progress
 
@@ -50,10 +51,11 @@ def _paths(work_dir: str, i: int) -> dict[str, str]:
 
 def _plan(run: Run, i: int, n: int) -> dict:
     """What a shard's work depends on; a marker naming anything else is stale."""
-    files = [{"path": f.path, "bytes": os.path.getsize(f.path), "mtime_ns": os.stat(f.path).st_mtime_ns}
-             for f in shard_inputs(run.inputs, i, n)]
-    return {"tool": TOOL, "config": run.cfg.as_dict(), "text_key": run.text_key, "decontaminate": run.decontaminate,
-            "eval_key": run.eval_key, "shards": n, "shard": i, "files": files}
+    stamp = lambda f: {"path": f.path, "bytes": os.path.getsize(f.path), "mtime_ns": os.stat(f.path).st_mtime_ns}
+    evals = resolve_inputs(run.decontaminate) if run.decontaminate else []
+    return {"tool": TOOL, "config": run.cfg.as_dict(), "text_key": run.text_key,
+            "decontaminate": [stamp(f) for f in evals], "eval_key": run.eval_key, "shards": n, "shard": i,
+            "files": [stamp(f) for f in shard_inputs(run.inputs, i, n)]}
 
 
 def _marker(work_dir: str, run: Run, i: int, n: int) -> dict | None:

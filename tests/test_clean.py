@@ -606,3 +606,25 @@ def test_a_rerun_skips_finished_shards_and_the_merge_names_what_is_missing(docs,
     assert run_cli(clean_mod.main, [*argv[:-4], "--off", "repetition", *argv[-4:], "--merge"]) == 2
     assert "other rules or inputs" in capsys.readouterr().err
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_sharded_decontamination_equals_one_pass_and_an_edited_eval_file_redoes_the_shards(docs, tmp_path, capsys):
+    """--decontaminate through shards: the same output and manifest (report samples too) as one
+    pass in memory; evaluation texts changed since (mtime) make a rerun redo every shard."""
+    (tmp_path / "in").mkdir()
+    originals, _, _ = _planted_corpus(docs, tmp_path / "in")
+    _write_jsonl(tmp_path / "eval.jsonl", [" ".join(originals[4].split()[30:50]), " ".join(originals[20].split()[:40])])
+    argv = ["--input", str(tmp_path / "in"), "--off", "quality", "--off", "repetition", "--decontaminate",
+            str(tmp_path / "eval.jsonl")]
+    assert run_cli(clean_mod.main, [*argv, "--output", str(tmp_path / "one.jsonl"), "--quiet"]) == 0
+    sharded = [*argv, "--output", str(tmp_path / "three.jsonl"), "--work-dir", str(tmp_path / "w"), "--shards", "3"]
+    assert run_cli(clean_mod.main, [*sharded, "--quiet"]) == 0
+    one, three = (json.loads((tmp_path / f"{n}.jsonl.manifest.json").read_text()) for n in ("one", "three"))
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "three.jsonl").read_bytes()
+    assert one["rules"]["contaminated"]["documents"] >= 2 and one["rules"] == three["rules"]
+    assert one["decontamination"] == three["decontamination"]
+    os.utime(tmp_path / "eval.jsonl", ns=(1, 1))
+    capsys.readouterr()
+    assert run_cli(clean_mod.main, [*sharded, "--log-interval", "60"]) == 0
+    err = capsys.readouterr().err
+    assert "done before" not in err and err.count("clean: shard ") == 3

@@ -337,7 +337,8 @@ def test_preprocess_records_the_cleaning_manifest_beside_the_idx(docs, tiny_data
     _write_jsonl(tmp_path / "raw.jsonl", list(docs.values())[:60])
     clean_mod.clean([tmp_path / "raw.jsonl"], tmp_path / "c.jsonl", quiet=True)
     manifest = tmp_path / "c.jsonl.manifest.json"
-    preprocess.preprocess([tmp_path / "c.jsonl"], tmp_path / "tok", tiny_data["tokenizer_model"], workers=1, quiet=True)
+    preprocess.preprocess([tmp_path / "c.jsonl"], tmp_path / "tok", tiny_data["tokenizer_model"], workers=1,
+                          quiet=True)
     prov = json.loads((tmp_path / "tok_text_document.provenance.json").read_text())
     assert prov == {"cleaning_manifests": {str(tmp_path / "c.jsonl"): {
         "path": str(manifest), "xxh3_128": xxhash.xxh3_128_hexdigest(manifest.read_bytes())}}}
@@ -613,7 +614,8 @@ def test_sharded_decontamination_equals_one_pass_and_an_edited_eval_file_redoes_
     pass in memory; evaluation texts changed since (mtime) make a rerun redo every shard."""
     (tmp_path / "in").mkdir()
     originals, _, _ = _planted_corpus(docs, tmp_path / "in")
-    _write_jsonl(tmp_path / "eval.jsonl", [" ".join(originals[4].split()[30:50]), " ".join(originals[20].split()[:40])])
+    spans = [" ".join(originals[4].split()[30:50]), " ".join(originals[20].split()[:40])]
+    _write_jsonl(tmp_path / "eval.jsonl", spans)
     argv = ["--input", str(tmp_path / "in"), "--off", "quality", "--off", "repetition", "--decontaminate",
             str(tmp_path / "eval.jsonl")]
     assert run_cli(clean_mod.main, [*argv, "--output", str(tmp_path / "one.jsonl"), "--quiet"]) == 0

@@ -30,8 +30,8 @@ import sys
 import numpy as np
 import orjson
 
-from data_tools.clean import Run, _open_output, _results, inputs_meta, rule_order, summary_line
 from data_tools.clean_manifest import TOOL, Counts, manifest_path, write_json
+from data_tools.clean_pass import Run, _open_output, _results, inputs_meta, rule_order, summary_line
 from data_tools.disk_dedup import CHUNK, EXACT, SigWriter, dedup_flags, read_sig, sig_count
 from data_tools.errors import DataToolsError
 from data_tools.inputs import input_bytes, iter_records, resolve_inputs

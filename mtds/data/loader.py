@@ -15,6 +15,8 @@ import signal
 import numpy as np
 import torch
 
+from mtds.train.run_lock import release_run_dir_locks
+
 
 class ResumableBatchSampler:
     """Yields this rank's micro-batch index lists, starting after `consumed_samples`.
@@ -44,13 +46,17 @@ class ResumableBatchSampler:
             yield list(range(base, base + self.micro))
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
     # SLURM and DeepSpeed's launcher send SIGTERM to every process, loader workers included, and
     # Ctrl-C sends SIGINT to the terminal's whole process group. A worker dying of either makes the
     # DataLoader raise in the training process mid-save; the training process decides when to stop
     # (mtds.train.trainer) and its workers end with it (loader_batches).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits rank 0's open run-dir lock file, and flock holds while any copy is
+    # open: a worker still exiting after its run was killed kept the next run out of the directory
+    # ("in use by another run"). Closing the worker's copies leaves the training process's lock held.
+    release_run_dir_locks()
 
 
 @contextlib.contextmanager
@@ -81,7 +87,7 @@ def build_loader(dataset, sampler, num_workers: int, seed: int = 0) -> torch.uti
         batch_sampler=sampler,
         num_workers=num_workers,
         generator=torch.Generator().manual_seed(seed),
-        worker_init_fn=_ignore_stop_signals,
+        worker_init_fn=_init_worker,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
         prefetch_factor=4 if num_workers > 0 else None,

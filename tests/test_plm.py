@@ -218,14 +218,15 @@ def test_a_tokenizer_without_a_mask_token_is_refused_with_one_line():
 # -- the real entry point ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_gpt_plm_trains_resumes_bitwise_evaluates_and_generates(tiny_data, tmp_path, capsys):
-    """fp32, torch Adam (bit-reproducible after a load), accumulation 2: 4 steps straight, and a copy of
+    """ZeRO-3 (its partitioned parameters and optimizer state; the other stages share the GPT kinds' tests),
+    fp32, torch Adam (bit-reproducible after a load), accumulation 2: 4 steps straight, and a copy of
     its iteration-2 checkpoint resumed to 4: the same losses and weights bit for bit. Then mtds.evaluate
     reports the validation loss training logged, and mtds.generate continues a prompt."""
     from test_reliability import branch_at, final_weights, train_losses
 
     from mtds import evaluate, generate
 
-    ds = write_ds_config(str(tmp_path / "ds.json"), stage=2, micro=2, accum=2, precision="fp32", torch_adam=True)
+    ds = write_ds_config(str(tmp_path / "ds.json"), stage=3, micro=2, accum=2, precision="fp32", torch_adam=True)
     common = ["--model.model_type=gpt_plm", "--task.partial_prediction=4", "--data.seq_length=32",
               "--training.train_iters=4", "--training.eval_interval=4"]
     straight, split = tmp_path / "straight", tmp_path / "split"

@@ -166,6 +166,13 @@ class TrainingConfig:
     eval_interval: int = 100
     eval_iters: int = 10
     """Micro-batches per rank for each validation pass."""
+    downstream_evals: list[str] = field(default_factory=list)
+    """Eval packs (`python -m data_tools.eval_pack`, built with this run's tokenizer) scored in the loop:
+    acc, acc_norm and bits per byte, over every example whatever the world size, as TensorBoard
+    `downstream/<task>/<metric>`, RUN_DIR/downstream.json and the checkpoint's record (mtds/train/downstream.py).
+    GPT kinds (a task with continuation_logits) without tensor parallelism."""
+    downstream_interval: int | None = None
+    """Score the downstream_evals every N iterations (and at the end); none = eval_interval."""
     log_interval: int = 10
     save_interval: int | None = None
     """Save every N iterations (and always at the end); None = only at the end."""
@@ -494,7 +501,7 @@ def validate(cfg: RunConfig) -> list[str]:
     for key in ("eval_interval", "log_interval", "keep_last"):
         if getattr(t, key) < 1:
             errs.append(f"training.{key} must be >= 1")
-    for key in ("save_interval", "exit_interval"):
+    for key in ("save_interval", "exit_interval", "downstream_interval"):
         if getattr(t, key) is not None and getattr(t, key) < 1:
             errs.append(f"training.{key} must be >= 1 or none")
     if t.branch_from and t.init_from:

@@ -84,6 +84,10 @@ class Task:
     """Optional `next_token_logits(model, context, tokenizer=None) -> [b, s', V]`, the last row the next
     token's logits: `mtds.generate` works for tasks that have it (and gives the run's tokenizer: permutation
     LM's query token is its mask token)."""
+    continuation_logits: Callable | None = None
+    """Optional `continuation_logits(model, context) -> [b, s, V]`: a causal model's logits at every
+    position of `context` (row t predicts token t + 1). Downstream evals (training.downstream_evals,
+    mtds/train/downstream.py) score continuations with it; a task without it refuses them."""
     cached_logits: Callable | None = None
     """Optional `cached_logits(model, max_length) -> cache`, a KV cache for `mtds.generate`:
     `cache(new_ids [1, k]) -> logits [1, V]` after the last id, fed the prompt then one id at a time

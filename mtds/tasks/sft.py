@@ -119,5 +119,6 @@ TASK = Task(
     name="sft", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
     forward_step=forward_step, count_targets=count_targets, next_token_logits=next_token_logits,
+    continuation_logits=next_token_logits,
     cached_logits=cached_logits,
 )

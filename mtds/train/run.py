@@ -31,6 +31,11 @@ def train(plan: Plan, log=print) -> int:
         plan.sources, plan.tokenizer = data_and_tokenizer(cfg)
     sources = plan.sources
     vocab_size = cfg.model.padded_vocab_size(plan.tokenizer.vocab_size)
+    downstream = None
+    if cfg.training.downstream_evals:  # the packs, of this run's tokenizer (mtds/train/downstream.py)
+        from mtds.train.downstream import Downstream, load_packs
+
+        downstream = Downstream(cfg, load_packs(cfg, sources.tokenizer_model), cfg.kind.task.continuation_logits)
     if plan.init_from:
         from mtds.ckpt.init_from import check_special_tokens, check_vocab
 
@@ -76,7 +81,8 @@ def train(plan: Plan, log=print) -> int:
                       train_iters=plan.train_iters,
                       flops_per_token=family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size, **flops_args),
                       peak_tflops=cfg.training.tflops_peak or device_peak_tflops(precision(ds_cfg)),
-                      before_backward=family.before_backward, summarize=task.summarize, log=log)
+                      before_backward=family.before_backward, summarize=task.summarize, log=log,
+                      downstream=downstream)
     if plan.resume_from:
         if plan.branch:
             from mtds.ckpt.branch import describe

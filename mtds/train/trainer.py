@@ -36,7 +36,7 @@ class TrainState:
 class Trainer:
     def __init__(self, cfg, engine, datasets, resolved, forward, count_targets, metrics: Metrics, *,
                  parallel: ParallelSizes, rank, train_iters, flops_per_token, peak_tflops, before_backward=None,
-                 summarize=None, log=print):
+                 summarize=None, log=print, downstream=None):
         """`forward(model, batch, device) -> (loss sums, metric sums)` is the task's forward step and
         `count_targets(batch) -> {part: n}` its target count (mtds.train.reduction: per-token losses);
         the loop never looks inside a batch, so every kind shares it. The kind's optional hooks come the same
@@ -49,6 +49,8 @@ class Trainer:
         self.metrics, self.log = metrics, log
         self._summarize = summarize
         self.parallel = parallel
+        self.rank = rank
+        self.downstream = downstream  # training.downstream_evals: a mtds.train.downstream.Downstream, or None
         self.dp_rank, self.dp_size = parallel.data_rank(rank), parallel.data
         self.dp_group = data_parallel_group()
         self.count_targets = count_targets
@@ -205,6 +207,9 @@ class Trainer:
             self.metrics.advance(it)
             if it % t.eval_interval == 0 or it == self.train_iters:
                 self.evaluate()
+            if self.downstream is not None and self.downstream.due(it, self.train_iters):
+                self.downstream.run(self.engine, it, self.state.consumed_tokens, self.rank, self.dp_rank, self.dp_size,
+                                    self.dp_group, self.metrics, self.resolved)
             if t.exit_interval and it % t.exit_interval == 0 and it != self.train_iters:
                 self._stop_request = f"exit_interval={t.exit_interval}"
             if self._stop_request:

@@ -29,13 +29,13 @@ from mtds.errors import ConfigError
 METRICS = ("acc", "acc_norm", "bpb")
 
 
-def check_plan(cfg, tensor: int) -> None:
-    """Refusals before DeepSpeed starts: a kind that cannot score continuations, tensor parallelism,
-    a pack file that is not there."""
+def check_plan(cfg, scores_continuations: bool, tensor: int) -> None:
+    """Refusals before DeepSpeed starts: a kind that cannot score continuations (its task has no
+    continuation_logits), tensor parallelism, a pack file that is not there."""
     t = cfg.training
     if not t.downstream_evals:
         return
-    if cfg.kind.task.continuation_logits is None:
+    if not scores_continuations:
         raise ConfigError(f"training.downstream_evals: model.model_type={cfg.model.model_type!r} is not a causal "
                           "(GPT) kind, whose continuations downstream evals score; drop downstream_evals or use gpt")
     if tensor > 1:

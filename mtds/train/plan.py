@@ -63,7 +63,7 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides
                           f"{zero_stage(ds_cfg)}, model.tensor_model_parallel_size={parallel.tensor})")
     from mtds.train.downstream import check_plan
 
-    check_plan(cfg, parallel.tensor)  # training.downstream_evals: a GPT kind, TP 1, the packs there
+    check_plan(cfg, cfg.kind.task.continuation_logits is not None, parallel.tensor)  # training.downstream_evals
     if cfg.model.recompute_activations and not on_gpu:
         raise ConfigError("model.recompute_activations=true needs CUDA (megatron-core's activation checkpointing "
                           "uses the CUDA RNG tracker); set it false on CPU")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import pytest
 import torch
 
-from helpers import DIST_ENV, flags, ok, run_pretrain, scalars, tiny_gpt_args, tiny_model, write_ds_config
+from helpers import DIST_ENV, flags, missing, ok, run_pretrain, scalars, tiny_gpt_args, tiny_model, write_ds_config
 
 N_MC, N_CLOZE = 7, 5
 
@@ -168,15 +169,67 @@ def check_run(run_dir, packs):
     return record
 
 
-def test_in_loop_scores_equal_plain_scoring_at_one_and_two_ranks(tiny_data, packs, tmp_path):
-    """fp32 runs of 2 steps at 1 rank and 2 ranks (the launcher), packs of 7 and 5 examples: every
-    example counted once at each world size, scores those of the saved weights."""
-    ds = write_ds_config(str(tmp_path / "ds.json"), stage=1, micro=2, accum=1, precision="fp32")
-    proc = ok(run_pretrain(args_for(tiny_data, packs, tmp_path / "one", ds)))
+@pytest.fixture(scope="module")
+def runs(tiny_data, packs, tmp_path_factory):
+    """{"one": run dir, "two": run dir}: fp32 runs of 2 steps at 1 rank and at 2 ranks (the launcher)
+    scoring both packs at steps 1 and 2."""
+    tmp = tmp_path_factory.mktemp("downstream_runs")
+    ds = write_ds_config(str(tmp / "ds.json"), stage=1, micro=2, accum=1, precision="fp32")
+    proc = ok(run_pretrain(args_for(tiny_data, packs, tmp / "one", ds)))
     assert "downstream at iter 2 | mc (n 7) | acc " in proc.stdout
-    ok(run_pretrain(args_for(tiny_data, packs, tmp_path / "two", ds), ranks=2))
-    check_run(tmp_path / "one", packs)
-    check_run(tmp_path / "two", packs)
+    ok(run_pretrain(args_for(tiny_data, packs, tmp / "two", ds), ranks=2))
+    return {"one": tmp / "one", "two": tmp / "two"}
+
+
+def test_in_loop_scores_equal_plain_scoring_at_one_and_two_ranks(runs, packs):
+    """Packs of 7 and 5 examples: every example counted once at each world size, the scores those of
+    the saved weights."""
+    check_run(runs["one"], packs)
+    check_run(runs["two"], packs)
+
+
+LM_EVAL_TASK = """task: mc_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: ctx
+doc_to_choice: endings
+doc_to_target: label
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+
+def test_lm_eval_through_the_adapter_equals_the_in_loop_scores(runs, packs, tmp_path, capsys, monkeypatch):
+    """The multiple-choice pack's data as a local lm-eval YAML task (dataset_path: json): lm-eval's
+    acc / acc_norm of the run through mtds.lm_eval equal the in-loop ones; without lm-eval, one line."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        missing("lm-eval is not installed (pip install -e '.[eval]')")
+    from mtds import lm_eval as adapter
+    from helpers import call
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "mc_local.yaml").write_text(LM_EVAL_TASK.format(data=packs["dir"] / "mc.jsonl"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    results = adapter.evaluate(str(runs["one"]), ["mc_local"], include_path=str(tasks))
+    got = results["results"]["mc_local"]
+    want = json.loads((runs["one"] / "downstream.json").read_text())["tasks"]["mc"]
+    assert results["n-samples"]["mc_local"]["effective"] == N_MC
+    assert (got["acc,none"], got["acc_norm,none"]) == (want["acc"], want["acc_norm"])
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    capsys.readouterr()
+    rc, _, err = call(adapter.main, ["--load", str(runs["one"]), "--tasks", "mc_local"], capsys)
+    assert rc == 2 and err.strip().splitlines() == [
+        "error: mtds.lm_eval needs the lm-eval package (lm_eval): pip install 'mtds-pretrain[eval]' "
+        "(lm-evaluation-harness)"]
 
 
 def test_downstream_refusals_are_one_line(tiny_data, packs, tmp_path, capsys):

@@ -160,7 +160,7 @@ class DataConfig:
 @dataclass
 class TrainingConfig:
     train_iters: int | None = 300
-    """Optimizer steps to train; exclusive with train_tokens."""
+    """Optimizer steps to train; exclusive with train_tokens (giving train_tokens alone drops this default)."""
     train_tokens: int | None = None
     """Train until this many tokens were consumed (sets train_iters from the batch size)."""
     eval_interval: int = 100
@@ -319,13 +319,18 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
+def _is_none(value) -> bool:
+    """None as a file or the command line writes it (`none`, `null`)."""
+    return value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+
+
 def _coerce(value, annotation, where: str):
     """Convert a file/CLI value to the field's declared type, or raise ConfigError."""
     tp = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation
     args = typing.get_args(tp)
     optional = type(None) in args
     if optional:
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if _is_none(value):
             return None
         tp = next(a for a in args if a is not type(None))
     origin = typing.get_origin(tp)
@@ -438,6 +443,10 @@ def build_config(file_dict: dict | None = None, overrides: dict | None = None) -
     """Defaults < preset < file < overrides, type-checked and validated; all errors at once."""
     raw = _merge(file_dict or {}, overrides or {})
     errors: list[str] = []
+    training_raw = raw.get("training")
+    if isinstance(training_raw, dict) and "train_iters" not in training_raw and not _is_none(
+            training_raw.get("train_tokens")):  # a token budget, alone, replaces the default step count
+        raw["training"] = {**training_raw, "train_iters": None}
     for section in raw:
         if section not in SECTIONS:
             errors.append(f"unknown section {section!r}{_did_you_mean(section, SECTIONS)}")

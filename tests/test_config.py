@@ -127,8 +127,13 @@ def test_data_errors():
     assert "data.split='a,b,c'" in errors_of(data={"split": "a,b,c"})
 
 
-def test_train_length_exclusive():
-    assert "set exactly one of train_iters and train_tokens" in errors_of(training={"train_tokens": 1000})
+def test_train_length_exclusive_and_a_token_budget_alone_replaces_the_default_steps():
+    assert "set exactly one of train_iters and train_tokens" in errors_of(training={"train_tokens": 1000,
+                                                                                   "train_iters": 10})
+    assert "set exactly one of train_iters and train_tokens" in errors_of(training={"train_iters": "none"})
+    alone = build_config(None, {"training": {"train_tokens": "153600"}}).training
+    assert (alone.train_iters, alone.train_tokens) == (None, 153600)
+    assert build_config(None, {"training": {"train_tokens": "none"}}).training.train_iters == 300
 
 
 def test_vocab_smaller_than_tokenizer():

@@ -14,7 +14,7 @@ import torch
 from helpers import ROOT, tiny_cfg
 from mtds.ds_config import load_ds_config, resolve_ds_config
 from mtds.errors import ConfigError
-from mtds.train.lr_schedule import WarmupStableDecay, deepspeed_arguments, schedule_from_params
+from mtds.train.lr_schedule import Schedule, WarmupStableDecay, deepspeed_arguments, schedule_from_params
 
 PEAKS = (1e-3, 5e-4)  # two param groups: each follows the schedule from its own peak
 
@@ -121,6 +121,11 @@ def test_the_optimizers_saved_lr_does_not_override_the_schedule_after_a_load():
     assert [g["lr"] for g in longer.optimizer.param_groups] == [p * linear_reference(7, 2, 20, 0) for p in PEAKS]
     assert notes == ["note: the LR schedule differs from the checkpoint's; continuing at step 7 of this run's: "
                      "linear warmup 2 steps to 0.001, linear decay to 0 over steps 3-20"]
+
+
+def test_the_schedule_line_names_a_one_step_decay_as_one_step():
+    assert Schedule(1, 3, 1, "linear", 0.1).describe(1e-3) == ("linear warmup 1 steps to 0.001, constant to step 2, "
+                                                               "linear decay to 0.0001 over step 3")
 
 
 def resolve(scheduler_block, iters=100):

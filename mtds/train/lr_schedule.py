@@ -73,8 +73,8 @@ class Schedule:
         if decay_start > self.warmup_steps:
             parts.append(f"constant to step {decay_start}")
         if self.decay_steps:
-            parts.append(f"{self.decay_style} decay to {peak * self.min_lr_ratio:g} over steps "
-                         f"{decay_start + 1}-{self.total_steps}")
+            steps = f"step {self.total_steps}" if self.decay_steps == 1 else f"steps {decay_start + 1}-{self.total_steps}"
+            parts.append(f"{self.decay_style} decay to {peak * self.min_lr_ratio:g} over {steps}")
         return ", ".join(parts)
 
 

@@ -134,9 +134,10 @@ def score_pack(logits_fn, model, pack: dict, seq_length: int, rank: int, size: i
     return out
 
 
-def stderr(p: float, n: float) -> float:
-    """Standard error of a mean of n 0/1 outcomes, sqrt(p (1 - p) / (n - 1)) (lm-eval's, sample variance)."""
-    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
+def stderr(p: float, n: float) -> float | None:
+    """Standard error of a mean of n 0/1 outcomes, sqrt(p (1 - p) / (n - 1)) (lm-eval's, sample variance);
+    None for one example (JSON has no NaN)."""
+    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else None
 
 
 class Downstream:
@@ -168,7 +169,8 @@ class Downstream:
         values = {f"downstream/{t}/{m}": r[m] for t, r in tasks.items() for m in METRICS if m in r}
         metrics.scalars(values, iteration)
         for t, r in tasks.items():
-            shown = "".join(f" | {m} {r[m]:.4f} ± {r[m + '_stderr']:.4f}" for m in ("acc", "acc_norm") if m in r)
+            shown = "".join(f" | {m} {r[m]:.4f} ± " + ("n/a" if r[m + "_stderr"] is None else f"{r[m + '_stderr']:.4f}")
+                            for m in ("acc", "acc_norm") if m in r)
             metrics.print(f"downstream at iter {iteration} | {t} (n {r['n']}){shown} | bpb {r['bpb']:.4f}")
         if rank == 0:
             path = os.path.join(self.run_dir, "downstream.json")

@@ -240,6 +240,7 @@ def pretrain_in_process(args: list[str], cwd: str = ROOT) -> subprocess.Complete
 
     from mtds import pretrain
 
+    forget_per_process_state()
     out, err = io.StringIO(), io.StringIO()
     before_env, before_cwd = dict(os.environ), os.getcwd()
     try:
@@ -256,6 +257,18 @@ def pretrain_in_process(args: list[str], cwd: str = ROOT) -> subprocess.Complete
         os.environ.clear()
         os.environ.update(before_env)
     return subprocess.CompletedProcess([sys.executable, PRETRAIN, *args], rc, out.getvalue(), err.getvalue())
+
+
+def forget_per_process_state() -> None:
+    """What mtds remembers for the life of a process and a new one would not know: checkpoints it wrote or
+    verified (a test that damages one must see it checked again), warnings given once, the usable-document
+    scan of a BERT prefix (a test may rebuild the data at the same path)."""
+    from mtds.ckpt import manifest, save_load
+    from mtds.tasks import masked_lm
+
+    manifest._known.clear()
+    save_load._warned_damaged.clear()
+    masked_lm.usable_documents.cache_clear()
 
 
 def end_world() -> None:

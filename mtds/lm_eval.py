@@ -122,10 +122,17 @@ def evaluate(run_dir: str, tasks: list[str], include_path: str | None = None, li
 
     from mtds.load_trained import load_trained
 
+    # Indexing lm-eval's own registry reads ~14,000 YAML files (seconds): skipped when --include-path has every task.
+    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    if manager is None or not set(tasks) <= set(manager.all_tasks):
+        manager = TaskManager(include_path=include_path)
+    unknown = sorted(set(tasks) - set(manager.all_tasks))
+    if unknown:
+        raise LoadError(f"--tasks: lm-eval knows no task {', '.join(unknown)}"
+                        + ("" if include_path else " (a local YAML task: give its folder with --include-path)"))
     run = load_trained(run_dir, tag, device)
     return lm_eval.simple_evaluate(model=make_adapter(run, device), tasks=tasks, num_fewshot=num_fewshot,
-                                   task_manager=TaskManager(include_path=include_path), limit=limit,
-                                   log_samples=False, bootstrap_iters=0)
+                                   task_manager=manager, limit=limit, log_samples=False, bootstrap_iters=0)
 
 
 def main(argv: list[str] | None = None) -> int:

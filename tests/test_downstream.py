@@ -85,7 +85,8 @@ def test_pack_layouts_and_bad_inputs_are_one_line(tiny_data, tmp_path, capsys):
     def pack(records, *extra):
         src = tmp_path / "in.jsonl"
         src.write_text("".join(json.dumps(r) + "\n" for r in records))
-        rc = run_cli(main, ["--input", str(src), "--tokenizer-model", tok, "--output", str(tmp_path / "p.json"), *extra])
+        rc = run_cli(main, ["--input", str(src), "--tokenizer-model", tok, "--output", str(tmp_path / "p.json"),
+                            *extra])
         err = capsys.readouterr().err
         return (read_pack(str(tmp_path / "p.json")) if rc == 0 else None), err.strip().splitlines()
 
@@ -97,13 +98,14 @@ def test_pack_layouts_and_bad_inputs_are_one_line(tiny_data, tmp_path, capsys):
     for choices, answer in ((["a string", "a file"], 0), ({"text": ["a string", "a file"], "label": ["A", "B"]}, "A"),
                             ([{"text": "a string", "label": "A"}, {"text": "a file", "label": "B"}], "A")):
         p, _ = pack([{"question": "json.dumps returns", "choices": choices, "answerKey": answer}])
-        assert p["layout"] == "choices" and p["examples"][0]["gold"] == 0 and len(p["examples"][0]["continuations"]) == 2
+        ex = p["examples"][0]
+        assert p["layout"] == "choices" and ex["gold"] == 0 and len(ex["continuations"]) == 2
     p, _ = pack([{"text": "the message has a body"}])
     assert p["layout"] == "cloze" and p["examples"][0]["continuations"] == [sp.encode("the message has a body")[
         len(sp.encode("the message has a")):]]
     assert pack([{"foo": 1, "bar": 2}])[1] == [
-        f"error: {tmp_path / 'in.jsonl'}:1: layout not recognised from its fields (bar, foo); known layouts: hellaswag: "
-        "ctx, endings, label; choices: question, choices, answer; cloze: text (or pass --layout)"]
+        f"error: {tmp_path / 'in.jsonl'}:1: layout not recognised from its fields (bar, foo); known layouts: "
+        "hellaswag: ctx, endings, label; choices: question, choices, answer; cloze: text (or pass --layout)"]
     assert pack([{"ctx": "a b"}], "--layout", "hellaswag")[1] == [
         f"error: {tmp_path / 'in.jsonl'}:1: missing field endings, label of layout hellaswag (fields: ctx)"]
     assert pack([])[1] == [f"error: {tmp_path / 'in.jsonl'}: no examples in the input (empty set)"]

@@ -169,8 +169,9 @@ class Downstream:
         values = {f"downstream/{t}/{m}": r[m] for t, r in tasks.items() for m in METRICS if m in r}
         metrics.scalars(values, iteration)
         for t, r in tasks.items():
-            shown = "".join(f" | {m} {r[m]:.4f} ± " + ("n/a" if r[m + "_stderr"] is None else f"{r[m + '_stderr']:.4f}")
-                            for m in ("acc", "acc_norm") if m in r)
+            errs = {m: "n/a" if r[m + "_stderr"] is None else f"{r[m + '_stderr']:.4f}" for m in ("acc", "acc_norm")
+                    if m in r}
+            shown = "".join(f" | {m} {r[m]:.4f} ± {e}" for m, e in errs.items())
             metrics.print(f"downstream at iter {iteration} | {t} (n {r['n']}){shown} | bpb {r['bpb']:.4f}")
         if rank == 0:
             path = os.path.join(self.run_dir, "downstream.json")

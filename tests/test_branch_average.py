@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import shutil
 
 import pytest
 import torch
 
-from helpers import DIST_ENV, call, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
+from helpers import call, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
+from test_checkpoint_manifest import flip_bits
 
 # 4 steps: warmup 1, constant to step 2, linear decay over steps 3-4 to 0.1 x peak.
 WSD = {"type": "WarmupStableDecay", "params": {"warmup_num_steps": 1, "decay_num_steps": 2, "decay_style": "linear",
@@ -40,29 +40,11 @@ def parent(tiny_data, tmp_path_factory):
     return tmp / "run", ds
 
 
-@pytest.fixture(autouse=True)
-def _restore_dist_env():
-    """The tools loaded in-process set the variables of a world of one; later runs pick their own port."""
-    saved = {k: os.environ.get(k) for k in DIST_ENV}
-    yield
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-
-
 def fp32_weights(ckpt) -> dict[str, torch.Tensor]:
     from mtds.ckpt.consolidate import consolidated_state_dict
     from mtds.ckpt.layout import read_config
 
     return consolidated_state_dict(str(ckpt), read_config(str(ckpt)))
-
-
-def flip_bits(path) -> None:
-    """XOR an exponent bit of ten fp32 values in the middle of the file."""
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2 // 4 * 4
-    for i in range(10):
-        data[middle + 4 * i + 3] ^= 0x40
-    path.write_bytes(bytes(data))
 
 
 def manifest_hash(ckpt) -> str:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 
 import pytest
 import torch
 
-from helpers import DIST_ENV, flags, missing, ok, run_pretrain, scalars, tiny_gpt_args, tiny_model, write_ds_config
+from helpers import flags, missing, ok, run_pretrain, scalars, tiny_gpt_args, tiny_model, write_ds_config
 
 N_MC, N_CLOZE = 7, 5
 
@@ -55,15 +54,6 @@ def packs(tiny_data, tmp_path_factory):
         assert main(["--input", str(d / f"{name}.jsonl"), "--tokenizer-model", tiny_data["tokenizer_model"],
                      "--output", str(d / f"{name}.pack.json")]) == 0
     return {"mc": str(d / "mc.pack.json"), "cloze": str(d / "cloze.pack.json"), "dir": d}
-
-
-@pytest.fixture(autouse=True)
-def _restore_dist_env():
-    """load_trained sets the variables of a world of one; later runs pick their own port."""
-    saved = {k: os.environ.get(k) for k in DIST_ENV}
-    yield
-    for k, v in saved.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def args_for(tiny_data, packs, run_dir, ds, *extra):

@@ -43,6 +43,9 @@ def compile_on_first_call(fn=None, **options):
             compiled = torch.compile(fn, **options)
         return compiled(*args, **kwargs)
 
+    # Inside an outer torch.compile (training.compile=layers), dynamo traces `fn` itself into the outer
+    # graph instead of this wrapper, as it does for torch.compile's own wrapper (which sets the same attribute).
+    run._torchdynamo_inline = fn
     return run
 
 

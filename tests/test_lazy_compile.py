@@ -56,3 +56,19 @@ def test_compile_on_first_call_compiles_once_with_the_decorators_options(monkeyp
     assert torch.equal(gelu_times_two(x + 1), torch.nn.functional.gelu(x + 1) * 2)
     assert calls == [{"backend": "eager", "dynamic": False}]  # once, with the options given
     assert gelu_times_two.__name__ == "gelu_times_two"
+
+
+def test_inside_an_outer_compile_the_function_is_traced_into_the_outer_graph(monkeypatch):
+    """As with torch.compile's own wrapper: dynamo inlines the function into the outer graph (no graph break:
+    fullgraph=True would raise) and compiles nothing of its own for it."""
+    real, compiled = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compiled.append(fn.__name__) or real(fn, **options))
+
+    @compile_on_first_call
+    def doubled(x):
+        return x * 2
+
+    outer = real(lambda x: doubled(x) + 1, backend="eager", fullgraph=True)
+    x = torch.randn(3)
+    assert torch.equal(outer(x), x * 2 + 1)
+    assert compiled == []  # without the inlining, tracing called torch.compile(doubled) (and kept the result)

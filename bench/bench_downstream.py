@@ -41,10 +41,11 @@ import torch  # noqa: E402
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
-def docstring_sentences(limit: int, seed: int = 0) -> list[list[str]]:
-    """First sentences (at least two, 3-40 words each, one line each) of the standard library's
-    function and class docstrings, files in sorted order, then shuffled with `seed`."""
-    root = sysconfig.get_paths()["stdlib"]
+def docstring_sentences(limit: int, seed: int = 0, root: str | None = None) -> list[list[str]]:
+    """First sentences (at least two, 3-40 words each, one line each) of the function and class
+    docstrings of the .py files under `root` (default: the standard library), files in sorted order,
+    then shuffled with `seed`."""
+    root = root or sysconfig.get_paths()["stdlib"]
     out: list[list[str]] = []
     for dirpath, dirnames, files in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in ("test", "tests", "site-packages", "idlelib"))
@@ -70,9 +71,9 @@ def docstring_sentences(limit: int, seed: int = 0) -> list[list[str]]:
     return out
 
 
-def write_inputs(folder: str, n: int, seed: int = 0) -> tuple[str, str]:
+def write_inputs(folder: str, n: int, seed: int = 0, root: str | None = None) -> tuple[str, str]:
     """(choices jsonl, cloze jsonl) of n examples each, from distinct docstrings."""
-    docs = docstring_sentences(n, seed)
+    docs = docstring_sentences(n, seed, root)
     if len(docs) < 2 * n:
         raise SystemExit(f"only {len(docs)} usable docstrings for {n} examples of each pack")
     rng = random.Random(seed)
@@ -130,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=200, help="examples per pack (the figures are per 1,000)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="timed training steps (after 2 warm-ups)")
+    p.add_argument("--write-inputs", metavar="DIR", help="only write the two packs' jsonl inputs into DIR")
+    p.add_argument("--root", help="docstrings from the .py files under this folder (default: the standard library)")
     a = p.parse_args(argv)
+    if a.write_inputs:
+        os.makedirs(a.write_inputs, exist_ok=True)
+        print("\n".join(write_inputs(a.write_inputs, a.examples, root=a.root)))
+        return 0
 
     from bench.loop_overhead import bare_steps
     from bench.train_throughput import synthetic_batches
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     vocab = sentencepiece.SentencePieceProcessor(model_file=tokenizer).vocab_size()
     interval = build_config().training.eval_interval
     with tempfile.TemporaryDirectory() as folder:
-        mc_in, cloze_in = write_inputs(folder, a.examples)
+        mc_in, cloze_in = write_inputs(folder, a.examples, root=a.root)
         packs = [build_pack([mc_in], tokenizer, "choices", name="docstrings_mc"),
                  build_pack([cloze_in], tokenizer, "cloze", name="docstrings_cloze")]
     engine, prec, micro = build_engine(a.preset, a.deepspeed_config, vocab)

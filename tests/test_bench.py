@@ -99,3 +99,17 @@ def test_plm_bench_runs_on_cpu_and_prints_both_kinds(world_of_one, capsys):
     assert [r[0] for r in rows] == ["| gpt", "| gpt_plm"], out
     assert all(float(r[1]) > 0 and r[-1].strip(" |").endswith("M") for r in rows), out
     assert "K = ceil(16 / 4) = 4" in out and "(T + K) / T = 1.250" in out, out
+
+
+def test_downstream_bench_writes_both_packs_inputs(tmp_path, capsys):
+    """bench_downstream's docstring inputs: 4-choice records with the gold in range, cloze texts."""
+    import json
+
+    from bench.bench_downstream import main
+
+    assert main(["--write-inputs", str(tmp_path), "--examples", "5"]) == 0
+    mc = [json.loads(line) for line in (tmp_path / "docstrings_mc.jsonl").read_text().splitlines()]
+    cloze = [json.loads(line) for line in (tmp_path / "docstrings_cloze.jsonl").read_text().splitlines()]
+    assert len(mc) == len(cloze) == 5
+    assert all(len(r["choices"]) == 4 and 0 <= r["answer"] < 4 and r["question"] for r in mc), mc
+    assert all(len(r["text"].split()) >= 6 for r in cloze), cloze

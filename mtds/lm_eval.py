@@ -115,8 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate(run_dir: str, tasks: list[str], include_path: str | None = None, limit: float | None = None,
-             tag: str | None = None, device: str = "cpu", num_fewshot: int | None = None) -> dict:
-    """lm-eval's `simple_evaluate` results for an mtds run."""
+             tag: str | None = None, device: str = "cpu", num_fewshot: int | None = None,
+             log_samples: bool = False) -> dict:
+    """lm-eval's `simple_evaluate` results for an mtds run (with `log_samples`, lm-eval's per-example
+    records too: `results["samples"][task]`, each choice's log-likelihood in `resps`)."""
     lm_eval = import_lm_eval()
     from lm_eval.tasks import TaskManager
 
@@ -132,7 +134,7 @@ def evaluate(run_dir: str, tasks: list[str], include_path: str | None = None, li
                         + ("" if include_path else " (a local YAML task: give its folder with --include-path)"))
     run = load_trained(run_dir, tag, device)
     return lm_eval.simple_evaluate(model=make_adapter(run, device), tasks=tasks, num_fewshot=num_fewshot,
-                                   task_manager=manager, limit=limit, log_samples=False, bootstrap_iters=0)
+                                   task_manager=manager, limit=limit, log_samples=log_samples, bootstrap_iters=0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,6 +158,8 @@ def check_run(run_dir, packs):
         assert got["acc_stderr"] == pytest.approx(math.sqrt(got["acc"] * (1 - got["acc"]) / (n - 1)))
         assert [s for s, _ in tb[f"downstream/{name}/acc"]] == [1, 2]
         assert tb[f"downstream/{name}/bpb"][-1][1] == pytest.approx(got["bpb"], rel=1e-6)
+        # the series mtds.plot draws: consumed tokens as the step
+        assert [s for s, _ in tb[f"downstream_vs_tokens/{name}/acc"]][-1] == record["consumed_tokens"]
     return record
 
 
@@ -196,25 +198,45 @@ metric_list:
 """
 
 
-def test_lm_eval_through_the_adapter_equals_the_in_loop_scores(runs, packs, tmp_path, capsys, monkeypatch):
-    """The multiple-choice pack's data as a local lm-eval YAML task (dataset_path: json): lm-eval's
-    acc / acc_norm of the run through mtds.lm_eval equal the in-loop ones; without lm-eval, one line."""
+@pytest.fixture(scope="module")
+def lm_eval_task(packs, tmp_path_factory):
+    """The multiple-choice pack's data as a local lm-eval YAML task (dataset_path: json): its folder.
+    lm-eval reads it offline, its datasets cache in a temporary folder."""
     try:
         import lm_eval  # noqa: F401
     except ImportError:
         missing("lm-eval is not installed (pip install -e '.[eval]')")
+    tasks = tmp_path_factory.mktemp("lm_eval_tasks")
+    (tasks / "mc_local.yaml").write_text(LM_EVAL_TASK.format(data=packs["dir"] / "mc.jsonl"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_DATASETS_CACHE", str(tasks / "hf_cache"))
+        yield tasks
+
+
+def per_example(results) -> list[tuple[int, list[float], float, float]]:
+    """lm-eval's logged samples of mc_local, by doc: (doc id, each choice's log-likelihood, acc, acc_norm)."""
+    return sorted((s["doc_id"], [r[0] for r in s["filtered_resps"]], s["acc"], s["acc_norm"])
+                  for s in results["samples"]["mc_local"])
+
+
+@pytest.fixture(scope="module")
+def adapter_results(runs, lm_eval_task):
+    from mtds import lm_eval as adapter
+
+    return adapter.evaluate(str(runs["one"]), ["mc_local"], include_path=str(lm_eval_task), log_samples=True)
+
+
+def test_lm_eval_through_the_adapter_equals_the_in_loop_scores(runs, adapter_results, capsys, monkeypatch):
+    """lm-eval's acc / acc_norm of the run through mtds.lm_eval equal the in-loop ones; without lm-eval,
+    one line."""
     from mtds import lm_eval as adapter
     from helpers import call
 
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "mc_local.yaml").write_text(LM_EVAL_TASK.format(data=packs["dir"] / "mc.jsonl"))
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    results = adapter.evaluate(str(runs["one"]), ["mc_local"], include_path=str(tasks))
-    got = results["results"]["mc_local"]
+    got = adapter_results["results"]["mc_local"]
     want = json.loads((runs["one"] / "downstream.json").read_text())["tasks"]["mc"]
-    assert results["n-samples"]["mc_local"]["effective"] == N_MC
+    assert adapter_results["n-samples"]["mc_local"]["effective"] == N_MC
     assert (got["acc,none"], got["acc_norm,none"]) == (want["acc"], want["acc_norm"])
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     capsys.readouterr()
@@ -222,6 +244,31 @@ def test_lm_eval_through_the_adapter_equals_the_in_loop_scores(runs, packs, tmp_
     assert rc == 2 and err.strip().splitlines() == [
         "error: mtds.lm_eval needs the lm-eval package (lm_eval): pip install 'mtds-pretrain[eval]' "
         "(lm-evaluation-harness)"]
+
+
+def test_lm_eval_hf_model_on_the_export_equals_the_adapter(runs, adapter_results, lm_eval_task, tmp_path):
+    """lm-eval's own `hf` model (transformers) on the run exported by mtds.export_hf scores the task as
+    the adapter on the run does: the same counts, the same choice picked for every example (acc and
+    acc_norm per doc), each choice's log-likelihood within fp32 rounding of a different kernel order."""
+    import lm_eval
+
+    from mtds.export_hf import export
+
+    export(str(runs["one"]), str(tmp_path / "hf"), log=lambda *a: None)
+    # add_bos_token=False: pairs are encoded without special tokens, as HFLM does for causal models by
+    # default and data_tools.eval_pack does (an exported sentencepiece tokenizer would otherwise prepend <s>).
+    results = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'hf'},dtype=float32,"
+                                      "add_bos_token=False", tasks=["mc_local"], device="cpu", log_samples=True,
+                                      task_manager=lm_eval.tasks.TaskManager(include_path=str(lm_eval_task),
+                                                                             include_defaults=False),
+                                      bootstrap_iters=0)
+    assert results["n-samples"]["mc_local"]["effective"] == N_MC
+    ours, theirs = per_example(adapter_results), per_example(results)
+    assert [(d, acc, norm) for d, _, acc, norm in ours] == [(d, acc, norm) for d, _, acc, norm in theirs]
+    for (_, lls, _, _), (_, hf_lls, _, _) in zip(ours, theirs):
+        assert hf_lls == pytest.approx(lls, abs=1e-4)
+    for metric in ("acc,none", "acc_norm,none"):
+        assert results["results"]["mc_local"][metric] == adapter_results["results"]["mc_local"][metric]
 
 
 def test_downstream_refusals_are_one_line(tiny_data, packs, tmp_path, capsys):

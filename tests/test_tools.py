@@ -255,20 +255,33 @@ def test_plot_refuses_run_without_events(tmp_path, capsys):
 
 
 def test_plot_puts_several_runs_on_one_figure(tmp_path, capsys):
-    """Runs' curves side by side (the README's objectives figure); a run without events is refused first."""
+    """Runs' curves side by side (the README's objectives figure), their downstream scores in panels below
+    (the README's cooldown branches: one panel per task and metric, --downstream picks); a run without
+    events is refused first, an unknown metric is one line."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from mtds.plot import TRAIN_TAG, VAL_TAG, main
+    from mtds.plot import DOWNSTREAM_PREFIX, TRAIN_TAG, VAL_TAG, main, plot
 
     for name, start in (("gpt", 9.0), ("bert", 10.0)):
         with SummaryWriter(log_dir=str(tmp_path / name / "tensorboard")) as w:
             for i in range(1, 6):
                 w.add_scalar(TRAIN_TAG, start - i, i * 1024)
             w.add_scalar(VAL_TAG, start - 5, 5 * 1024)
+            if name == "gpt":  # scored at two steps, one task
+                for i in (2, 4):
+                    w.add_scalar(DOWNSTREAM_PREFIX + "cloze/acc", 0.1 * i, i * 1024)
+                    w.add_scalar(DOWNSTREAM_PREFIX + "cloze/bpb", 4 - 0.1 * i, i * 1024)
     out = tmp_path / "both.png"
     rc, stdout, err = call(main, [str(tmp_path / "gpt"), str(tmp_path / "bert"), "--out", str(out)], capsys)
     assert rc == 0, err
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(10 train and 2 validation points of 2 runs)" in stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(10 train and 2 validation points, 4 downstream scores of 2 runs)" in stdout
+    runs = [str(tmp_path / "gpt"), str(tmp_path / "bert")]
+    assert plot(runs, str(tmp_path / "bpb.png"), downstream=["bpb"])["downstream"] == 2
+    assert plot(runs, str(tmp_path / "none.png"), downstream=[])["downstream"] == 0
+    rc, _, err = call(main, [*runs, "--downstream", "accuracy", "--out", str(tmp_path / "x.png")], capsys)
+    assert rc == 2 and err.strip().splitlines() == [
+        "error: --downstream accuracy: no metric accuracy; give some of acc, acc_norm, bpb, or none"]
     (tmp_path / "empty").mkdir()
     rc, _, err = call(main, [str(tmp_path / "gpt"), str(tmp_path / "empty"), "--out", str(tmp_path / "x.png")], capsys)
     assert rc == 2 and "empty/tensorboard: no TensorBoard event files" in err and not (tmp_path / "x.png").exists()

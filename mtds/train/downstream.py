@@ -167,7 +167,7 @@ class Downstream:
         record = {"iteration": iteration, "consumed_tokens": tokens, "tasks": tasks}
         resolved["downstream"] = record
         values = {f"downstream/{t}/{m}": r[m] for t, r in tasks.items() for m in METRICS if m in r}
-        metrics.scalars(values, iteration)
+        metrics.scalars(values, iteration, tokens)  # also downstream_vs_tokens/*, for mtds.plot
         for t, r in tasks.items():
             errs = {m: "n/a" if r[m + "_stderr"] is None else f"{r[m + '_stderr']:.4f}" for m in ("acc", "acc_norm")
                     if m in r}

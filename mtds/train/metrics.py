@@ -1,7 +1,7 @@
 """Console lines, a progress bar and TensorBoard scalars — all from rank 0 only.
 
-Tag names (greppable, one scheme): train/*, val/*, throughput/*, data/*, memory/*; every loss
-is also written as `<group>_vs_tokens/<name>` with consumed tokens as the step, so runs with
+Tag names (greppable, one scheme): train/*, val/*, throughput/*, data/*, memory/*, downstream/*; every
+loss and downstream score is also written as `<group>_vs_tokens/<name>` with consumed tokens as the step, so runs with
 different batch sizes can be compared on one axis. With training.wandb_project the same scalars go to
 Weights & Biases too (`wandb`, a mtds/train/wandb_log.py run that mtds/train/run.py starts).
 """
@@ -76,11 +76,12 @@ class Metrics:
     def scalars(self, values: dict[str, float], iteration: int, tokens: int | None = None) -> None:
         if self.writer is None:
             return
+        from mtds.train.wandb_log import tokens_tag
+
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, iteration)
-            group, _, name = tag.partition("/")
-            if tokens is not None and "loss" in name:
-                self.writer.add_scalar(f"{group}_vs_tokens/{name}", value, tokens)
+            if tokens is not None and tokens_tag(tag):
+                self.writer.add_scalar(tokens_tag(tag), value, tokens)
         if self.wandb is not None:
             self.wandb.scalars(values, iteration, tokens)
 

@@ -25,6 +25,14 @@ import os
 from mtds.errors import ConfigError
 
 RUN_ID_FILE = "wandb_run_id"
+
+
+def tokens_tag(tag: str) -> str | None:
+    """The tag a scalar is also written under with consumed tokens as its step (`<group>_vs_tokens/<name>`):
+    losses and downstream scores, the series runs of different batch sizes are compared by (mtds.plot);
+    None for the rest. Here, torch-free, as TensorBoard's writer (mtds/train/metrics.py) shares it."""
+    group, _, name = tag.partition("/")
+    return f"{group}_vs_tokens/{name}" if "loss" in name or group == "downstream" else None
 MODES = ("online", "offline", "disabled")
 
 
@@ -48,9 +56,8 @@ class WandbRun:
         if tokens is not None:  # TensorBoard's <group>_vs_tokens/<name> series; their x-axis is tokens (start)
             row["data/consumed_tokens"] = float(tokens)
             for tag, value in values.items():
-                group, _, name = tag.partition("/")
-                if "loss" in name:
-                    row[f"{group}_vs_tokens/{name}"] = value
+                if tokens_tag(tag):
+                    row[tokens_tag(tag)] = value
         # step given: rows of one iteration (training, then validation) merge into one W&B step
         self._guarded(lambda: self.run.log(row, step=iteration))
 

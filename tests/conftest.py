@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from helpers import DIST_ENV, USED_PORTS, build_tiny_data, missing, release_shm_buffers
+from helpers import DIST_ENV, USED_PORTS, build_tiny_data, end_world, missing, release_shm_buffers
 
 _SESSION_DIST_ENV = {k: os.environ.get(k) for k in DIST_ENV}
 
@@ -93,6 +93,15 @@ def no_inherited_rendezvous():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_world_left_behind():
+    """After each module (its own fixtures torn down first), take down a world a test left in this worker
+    (mtds.load_trained makes a gloo group of one and keeps it): while one exists, helpers.run_pretrain
+    must start a subprocess per run (~4 s each) instead of training in-process, for every later module."""
+    yield
+    end_world()
 
 
 # The modules with the longest training runs, first: `make test` runs two xdist workers a module at a

@@ -299,12 +299,21 @@ def scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def call(main, argv, capsys) -> tuple[int, str, str]:
-    """Run a tool's main in-process through its CLI wrapper; (exit code, stdout, stderr)."""
+    """Run a tool's main in-process through its CLI wrapper; (exit code, stdout, stderr). A world of one
+    the tool made for its model (mtds.load_trained) is taken down after it, as the tool's own process
+    would end, so the test's later training runs stay in-process (`can_pretrain_in_process`)."""
     from mtds.tool_cli import run_tool
 
+    had_world = not can_pretrain_in_process()
+    before = {k: os.environ.get(k) for k in DIST_ENV}
     try:
         rc = run_tool(main, argv)
     except SystemExit as e:  # argparse: --help (0) and usage errors (2)
         rc = e.code
+    finally:
+        if not had_world:
+            end_world()
+            for k, v in before.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     out = capsys.readouterr()
     return rc, out.out, out.err

@@ -260,18 +260,16 @@ def test_classifier_flops_leave_out_the_output_layer_it_does_not_run(world_of_on
 
 # -- end to end ----------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_fine_tuning_a_pretrained_bert_classifies_code_and_prose_well_above_the_majority(tiny_data, tmp_path):
+def test_fine_tuning_a_pretrained_bert_classifies_code_and_prose_well_above_the_majority(tiny_data, tmp_path, capsys):
     """Pretrain a small BERT (2 x 64, MLM + SOP) 40 steps on the tiny corpus, fine-tune it 60 steps
     (training.init_from) on the corpus's code/prose paragraphs: the head is named fresh; validation
     accuracy well above the majority class (measured 0.93 vs 0.50 at 60 steps, ~10 s); evaluate's exact
     figures equal the run's last validation and it prints the per-class table; the exported model's
     logits under `transformers` equal ours."""
-    import subprocess
-    import sys
-
     from transformers import AutoModelForSequenceClassification
 
-    from helpers import ROOT, flags, ok, run_pretrain, scalars, tiny_model, write_ds_config
+    from helpers import call, flags, ok, run_pretrain, scalars, tiny_model, write_ds_config
+    from mtds import evaluate, export_hf
 
     shape = flags("model", tiny_model("bert")) + ["--data.seq_length=64", "--training.progress_bar=false"]
     ds = write_ds_config(str(tmp_path / "ds.json"), micro=8, warmup=10, lr=2e-3, precision="fp32")
@@ -289,23 +287,20 @@ def test_fine_tuning_a_pretrained_bert_classifies_code_and_prose_well_above_the_
     acc = [v for _, v in s["val/acc"]]
     assert len(acc) == 3 and acc[0] < 0.65 and acc[-1] > 0.8, acc  # majority ~0.5, checked below
 
-    ev = subprocess.run([sys.executable, "-m", "mtds.evaluate", "--load", str(run), "--json", "--no-progress"],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert ev.returncode == 0, ev.stderr[-2000:]
-    result = json.loads(ev.stdout.strip().splitlines()[-1])
+    rc, stdout, err = call(evaluate.main, ["--load", str(run), "--json", "--no-progress"], capsys)
+    assert rc == 0, err[-2000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
     assert result["acc"] == pytest.approx(acc[-1], abs=1e-6) and result["acc"] > result["majority_acc"] + 0.25
     assert result["majority_acc"] < 0.6 and result["macro_f1"] > 0.75 and set(result["per_class"]) == {"code", "prose"}
     # the run's val/macro_f1 is over all its validation samples too (from averaged counts), not a micro-batch mean
     assert result["macro_f1"] == pytest.approx(s["val/macro_f1"][-1][1], abs=1e-6)
     assert not any(tag.split("/", 1)[1].startswith("_") for tag in s)  # the counts themselves are not logged
-    table = subprocess.run([sys.executable, "-m", "mtds.evaluate", "--load", str(run), "--no-progress"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300).stdout.splitlines()
+    table = call(evaluate.main, ["--load", str(run), "--no-progress"], capsys)[1].splitlines()
     assert table[-3].startswith("code ") and table[-2].startswith("prose ") and table[-1].startswith("macro ")
 
     hf_dir = tmp_path / "hf"
-    ex = subprocess.run([sys.executable, "-m", "mtds.export_hf", "--load", str(run), "--out", str(hf_dir)],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert ex.returncode == 0 and "MegatronBertForSequenceClassification" in ex.stdout, ex.stderr[-2000:]
+    rc, stdout, err = call(export_hf.main, ["--load", str(run), "--out", str(hf_dir)], capsys)
+    assert rc == 0 and "MegatronBertForSequenceClassification" in stdout, err[-2000:]
     from mtds.load_trained import load_trained
 
     trained = load_trained(str(run))

@@ -248,15 +248,16 @@ def test_sft_preprocess_with_the_chat_template_and_the_default_template(chatml_t
 
 
 @pytest.mark.slow
-def test_fine_tuning_a_pretrained_gpt_lowers_the_response_loss_and_generate_chat_answers(tiny_data, tmp_path):
+def test_fine_tuning_a_pretrained_gpt_lowers_the_response_loss_and_generate_chat_answers(tiny_data, tmp_path, capsys,
+                                                                                          monkeypatch):
     """Pretrain 40 steps on the tiny corpus, then fine-tune from it (training.init_from) on its
     docstring -> signature pairs: the validation loss on response tokens falls,
     `mtds.generate --chat` answers a held-out prompt and stops at the end of its turn, `mtds.chat`
     holds a conversation from a pipe, and the export's chat_template prompts as mtds does."""
-    import subprocess
+    import io
     import sys
 
-    from helpers import ROOT, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
+    from helpers import call, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
 
     from data_tools.sft import sft_preprocess
 
@@ -276,19 +277,19 @@ def test_fine_tuning_a_pretrained_gpt_lowers_the_response_loss_and_generate_chat
     val = [v for _, v in scalars(str(tmp_path / "sft"))["val/loss"]]
     assert len(val) == 5 and val[-1] < 0.85 * val[0], val  # evaluated before the first step and every 10
     held_out = json.loads(open(tiny_data["docsig"]).readlines()[-1])["prompt"]
-    out = subprocess.run([sys.executable, "-m", "mtds.generate", "--load", str(tmp_path / "sft"), "--chat",
-                          "--prompt", held_out, "--greedy", "--max-new-tokens", "40"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "def " in out.stdout and "### " not in out.stdout, out.stdout
+    from mtds import chat, generate
+
+    rc, stdout, err = call(generate.main, ["--load", str(tmp_path / "sft"), "--chat", "--prompt", held_out, "--greedy",
+                                           "--max-new-tokens", "40"], capsys)
+    assert rc == 0, err[-2000:]
+    assert "def " in stdout and "### " not in stdout, stdout
     # mtds.chat from a pipe: two turns (history), /reset, a third; the answers on stdout, exit 0 at EOF
     second = json.loads(open(tiny_data["docsig"]).readlines()[-2])["prompt"]
-    out = subprocess.run([sys.executable, "-m", "mtds.chat", "--load", str(tmp_path / "sft"), "--greedy",
-                          "--max-new-tokens", "40", "--system", "You write Python signatures."],
-                         input=f"{held_out}\n{second}\n/reset\n{held_out}\n", cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("def ") >= 3 and "### " not in out.stdout, out.stdout
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{held_out}\n{second}\n/reset\n{held_out}\n"))
+    rc, stdout, err = call(chat.main, ["--load", str(tmp_path / "sft"), "--greedy", "--max-new-tokens", "40",
+                                       "--system", "You write Python signatures."], capsys)
+    assert rc == 0, err[-2000:]
+    assert stdout.count("def ") >= 3 and "### " not in stdout, stdout
     # the export carries the default template as its chat_template: transformers prompts with mtds's ids
     from transformers import AutoTokenizer
 

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 import torch
-from helpers import DIST_ENV, ROOT, flags, free_port, ok, run_pretrain, scalars, tiny_gpt_args, tiny_model, write_ds_config
+from helpers import (DIST_ENV, ROOT, call, flags, free_port, ok, run_pretrain, scalars, tiny_gpt_args, tiny_model,
+                     write_ds_config)
 
 from mtds.config import build_config
 from mtds.errors import ConfigError
@@ -91,14 +92,15 @@ def test_tp2_run_reports_its_layout_and_whole_model(gpt_runs):
 
 
 @pytest.mark.slow
-def test_evaluate_reads_the_batches_a_tp2_run_validated_on(gpt_runs):
+def test_evaluate_reads_the_batches_a_tp2_run_validated_on(gpt_runs, capsys):
     """mtds.evaluate's default is eval_iters micro-batches per data-parallel replica, as training
     read (tensor-parallel ranks share theirs): 1 here, not one per rank; and it reproduces the
     run's last val/loss from the merged weights (fp32; 1e-5: TP=2 and one rank round differently)."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    proc = ok(subprocess.run([sys.executable, "-m", "mtds.evaluate", "--load", str(gpt_runs["tp2-z2"]), "--json",
-                              "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300))
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    from mtds.evaluate import main
+
+    rc, stdout, err = call(main, ["--load", str(gpt_runs["tp2-z2"]), "--json", "--no-progress"], capsys)
+    assert rc == 0, err[-2000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
     assert result["batches"] == 1  # eval_iters=1 x 1 data-parallel replica (world 2 = TP 2)
     assert result["loss"] == pytest.approx(series(gpt_runs["tp2-z2"], "val/loss")[-1], rel=1e-5)
 
@@ -116,13 +118,14 @@ def test_merged_tp2_weights_equal_the_tp1_weights(gpt_runs, case):
 
 
 @pytest.mark.slow
-def test_export_of_a_tp2_run_equals_the_export_of_tp1(gpt_runs, tmp_path):
+def test_export_of_a_tp2_run_equals_the_export_of_tp1(gpt_runs, tmp_path, capsys):
     from safetensors.torch import load_file
 
+    from mtds.export_hf import main
+
     for name in ("tp1", "tp2-z2"):
-        proc = subprocess.run([sys.executable, "-m", "mtds.export_hf", "--load", str(gpt_runs[name]), "--out",
-                               str(tmp_path / name)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        ok(proc)
+        rc, _, err = call(main, ["--load", str(gpt_runs[name]), "--out", str(tmp_path / name)], capsys)
+        assert rc == 0, err[-2000:]
     a, b = load_file(str(tmp_path / "tp1/model.safetensors")), load_file(str(tmp_path / "tp2-z2/model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:

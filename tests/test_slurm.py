@@ -151,9 +151,15 @@ def _assert_finished_run(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_zero_then_resubmission_resumes(cluster, tiny_data, slurm_ds_config, tmp_path):
-    """SIGTERM to the batch script (scancel --batch, as some preemption set-ups do) reaches both
-    ranks: they save at the same step and the job exits 0; submitting again resumes there."""
+def test_sigterm_saves_and_exits_zero_then_a_resubmission_resumes_and_the_time_limit_warning_requeues(
+        cluster, tiny_data, slurm_ds_config, tmp_path):
+    """One run, three launches (each behaviour once; a launch of 2 ranks costs ~20 s here).
+    1. SIGTERM to the batch script (scancel --batch, as some preemption set-ups do) reaches both ranks:
+       they save at the same step and the job exits 0, without requeueing.
+    2. Submitted again, the job resumes there. USR1 to its batch script is what `#SBATCH
+       --signal=B:USR1@300` sends before the time limit (verified with a real --time limit while
+       writing this): the ranks save, the script requeues the job,
+    3. and the requeued run (same job id, log appended) resumes and finishes."""
     run_dir, submit = tmp_path / "run", tmp_path / "submit"
     args = _train_args(tiny_data)
     proc = _submit(cluster, submit, run_dir, slurm_ds_config, args, "sigterm")
@@ -173,31 +179,17 @@ def test_sigterm_saves_and_exits_zero_then_resubmission_resumes(cluster, tiny_da
 
     proc = _submit(cluster, submit, run_dir, slurm_ds_config, args, "sigterm")
     job2, log2 = _job_log(submit, "sigterm", seen=(job_id,))
-    _finish(proc, log2)
+    _wait_for(log2, rf"^iter +{stop + 1}/", proc)  # resumed and training
+    cluster.run("scancel", "--batch", "--signal=USR1", job2)
+    _finish(proc, log2)  # sbatch --wait returns when the requeued run has ended
     text2 = log2.read_text()
     assert re.search(rf"resumed from \S+iter_{stop:07d} at iteration {stop}\b", text2), text2[-3000:]
+    stop2 = int(re.findall(r"SIGTERM: saving at iteration (\d+) and exiting", text2)[-1])
+    assert stop < stop2 < TRAIN_ITERS
+    assert f"checkpoint iter_{stop2:07d} saved before the time limit; requeueing job {job2}" in text2
+    assert f"job {job2} (restart 1)" in text2
+    assert re.search(rf"resumed from \S+iter_{stop2:07d} at iteration {stop2}\b", text2)
     assert re.search(rf"^iter +{TRAIN_ITERS}/{TRAIN_ITERS} ", text2, re.M)
-    _assert_finished_run(run_dir)
-
-
-@pytest.mark.slow
-def test_time_limit_warning_saves_requeues_and_resumes(cluster, tiny_data, slurm_ds_config, tmp_path):
-    """USR1 to the batch script is what `#SBATCH --signal=B:USR1@300` sends before the time
-    limit (verified with a real --time limit while writing this): the ranks save, the script
-    requeues the job, and the requeued run (same job id, log appended) resumes and finishes."""
-    run_dir, submit = tmp_path / "run", tmp_path / "submit"
-    proc = _submit(cluster, submit, run_dir, slurm_ds_config, _train_args(tiny_data), "timelimit")
-    job_id, log = _job_log(submit, "timelimit")
-    _wait_for(log, r"^iter +[1-9]\d*/", proc)
-    cluster.run("scancel", "--batch", "--signal=USR1", job_id)
-    _finish(proc, log)  # sbatch --wait returns when the requeued run has ended
-    text = log.read_text()
-    stop = int(re.search(r"SIGTERM: saving at iteration (\d+) and exiting", text)[1])
-    assert 0 < stop < TRAIN_ITERS
-    assert f"checkpoint iter_{stop:07d} saved before the time limit; requeueing job {job_id}" in text
-    assert f"job {job_id} (restart 1)" in text
-    assert re.search(rf"resumed from \S+iter_{stop:07d} at iteration {stop}\b", text)
-    assert re.search(rf"^iter +{TRAIN_ITERS}/{TRAIN_ITERS} ", text, re.M)
     _assert_finished_run(run_dir)
 
 

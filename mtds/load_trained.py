@@ -114,7 +114,9 @@ def stdout_to_stderr():
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        yield
+        # and Python's own sys.stdout, where it is not file descriptor 1 (a caller capturing it, as pytest does)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)

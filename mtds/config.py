@@ -203,6 +203,14 @@ class TrainingConfig:
     (shadow = ema_decay x shadow + (1 - ema_decay) x weight, e.g. 0.999), saved in every checkpoint
     (ema.pt) and resumed exactly; none = off. `python -m mtds.average --ema` makes it a run dir for
     the tools. ZeRO stages 0-2 without tensor parallelism (mtds/train/ema.py)."""
+    teacher: str | None = None
+    """Knowledge distillation: RUN_DIR or RUN_DIR:TAG of a trained causal model of the student's family (any
+    shape, the same tokenizer), frozen, whose logits train this run (mtds/train/distill.py); none = off.
+    GPT kinds, ZeRO 0-3, data parallelism; no tensor parallelism."""
+    distill_alpha: float = 1.0
+    """With a teacher: the weight of the KL term, (1 - alpha) that of the usual next-token loss on the labels."""
+    distill_temperature: float = 1.0
+    """With a teacher: the softmax temperature T of both models' logits in the KL term (scaled by T^2)."""
     seed: int = 1234
     exit_duration_mins: float | None = None
     """Save and exit cleanly after this many minutes of training (for job time limits)."""
@@ -518,6 +526,10 @@ def validate(cfg: RunConfig) -> list[str]:
                     "LR schedule and data position; init_from takes the weights only)")
     if t.ema_decay is not None and not 0 < t.ema_decay < 1:
         errs.append(f"training.ema_decay={t.ema_decay}: must be between 0 and 1 (e.g. 0.999), or none for no EMA")
+    if not 0 <= t.distill_alpha <= 1:
+        errs.append(f"training.distill_alpha={t.distill_alpha}: must be in [0, 1] (1 = the KL term alone)")
+    if t.distill_temperature <= 0:
+        errs.append(f"training.distill_temperature={t.distill_temperature}: must be > 0 (e.g. 1 or 2)")
     if t.load_tag is not None and not t.load:
         errs.append("training.load_tag needs training.load (the run dir whose checkpoint it names)")
     if t.dist_timeout_mins <= 0:

@@ -88,6 +88,11 @@ class Task:
     """Optional `continuation_logits(model, context) -> [b, s, V]`: a causal model's logits at every
     position of `context` (row t predicts token t + 1). Downstream evals (training.downstream_evals,
     mtds/train/downstream.py) score continuations with it; a task without it refuses them."""
+    token_logits: Callable | None = None
+    """Optional `token_logits(model, batch, device, opts) -> (logits [b, s, V], labels [b, s], weights [b, s])`:
+    the logits at every position of a training micro-batch, each position's target and its loss-mask weight.
+    Knowledge distillation (training.teacher, mtds/train/distill.py) runs it on student and teacher; a task
+    without it refuses a teacher."""
     cached_logits: Callable | None = None
     """Optional `cached_logits(model, max_length) -> cache`, a KV cache for `mtds.generate`:
     `cache(new_ids [1, k]) -> logits [1, V]` after the last id, fed the prompt then one id at a time

@@ -85,6 +85,17 @@ def forward_step(model, batch: dict, device, opts: Options | None = None):
     return {"lm": (per_token.float() * loss_mask).sum()}, {}
 
 
+def token_logits(model, batch: dict, device, opts: Options | None = None):
+    """(logits [b, s, V_padded], labels [b, s], loss mask [b, s]) of a training micro-batch, the forward of
+    `forward_step` without the loss: knowledge distillation scores them (mtds/train/distill.py)."""
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    mask = batch.get("document_ids")
+    mask = None if mask is None else mask.to(device, non_blocking=True)
+    return (model(tokens, position_ids, mask), batch["labels"].to(device, non_blocking=True),
+            batch["loss_mask"].to(device, non_blocking=True))
+
+
 def next_token_logits(model, context, tokenizer=None):
     """Logits [b, s, V_padded] for a context [b, s] of token ids (mtds.generate; the tokenizer is not needed)."""
     import torch
@@ -104,6 +115,6 @@ TASK = Task(
     name="causal_lm", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
     forward_step=forward_step, count_targets=count_targets, next_token_logits=next_token_logits,
-    continuation_logits=next_token_logits,
+    continuation_logits=next_token_logits, token_logits=token_logits,
     cached_logits=cached_logits,
 )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mtds.errors import ConfigError
 from mtds.kind_contract import Task
 # pretraining's loss and generation
-from mtds.tasks.causal_lm import cached_logits, count_targets, forward_step, next_token_logits
+from mtds.tasks.causal_lm import cached_logits, count_targets, forward_step, next_token_logits, token_logits
 
 DATA_LAYOUT = "sft"
 """preprocess output this task reads: data_tools.sft's `_sft_document` token prefix + loss-mask side file."""
@@ -119,6 +119,6 @@ TASK = Task(
     name="sft", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
     forward_step=forward_step, count_targets=count_targets, next_token_logits=next_token_logits,
-    continuation_logits=next_token_logits,
+    continuation_logits=next_token_logits, token_logits=token_logits,
     cached_logits=cached_logits,
 )

@@ -30,6 +30,8 @@ class Plan:
     """(checkpoint dir, its saved config) whose weights start the run (training.init_from)."""
     branch: dict | None = None
     """training.branch_from's record (mtds.ckpt.branch): resume_from is then the parent's checkpoint."""
+    teacher: tuple[str, dict] | None = None
+    """(checkpoint dir, `distilled_from` record) of training.teacher (mtds.train.distill)."""
     sources: object = None  # mtds.data.sources.DataSources; None until resolved (the default corpus: after init)
     tokenizer: object = None
 
@@ -102,7 +104,15 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides
         from mtds.ckpt.init_from import plan_init
 
         init_from = plan_init(t.init_from, resolved_dict(cfg))
-    plan = Plan(cfg, ds_cfg, parallel, train_iters, on_gpu, resume_from, init_from, branch)
+    teacher = None
+    if t.teacher:  # knowledge distillation: the teacher checked (and hashed below) before DeepSpeed starts
+        from mtds.ckpt.layout import read_config
+        from mtds.train.distill import check_resumed_teacher, plan_teacher
+
+        teacher = plan_teacher(cfg, parallel.tensor, cfg.kind.family, cfg.kind.task.token_logits is not None)
+        if resume_from:
+            check_resumed_teacher(read_config(resume_from), teacher[1])
+    plan = Plan(cfg, ds_cfg, parallel, train_iters, on_gpu, resume_from, init_from, branch, teacher)
     from mtds.ckpt.manifest import check_before_load
     from mtds.ckpt.safe_loading import enable
 
@@ -110,7 +120,7 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides
     # Content hashes: rank 0 alone reads the checkpoint; the other ranks cannot load anything
     # before it joins them in init_distributed, and its one-line refusal ends the job.
     hashed = int(os.environ.get("RANK", "0")) == 0
-    for ckpt, earlier in ((resume_from, go_back), (init_from and init_from[0], None)):
+    for ckpt, earlier in ((resume_from, go_back), (init_from and init_from[0], None), (teacher and teacher[0], None)):
         if ckpt:
             check_before_load(ckpt, earlier, log, hashes=hashed)
     if cfg.data.paths:  # the user's data is checked now; the default corpus is built after init (rank 0)

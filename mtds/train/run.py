@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 
+from mtds.ckpt.layout import read_config
 from mtds.ckpt.run_record import data_sources_record, run_record, versions
 from mtds.ds_config import precision
 from mtds.errors import ConfigError
@@ -41,6 +42,10 @@ def train(plan: Plan, log=print) -> int:
 
         check_vocab(*plan.init_from, vocab_size)
         check_special_tokens(*plan.init_from, plan.tokenizer, sources.tokenizer_model)
+    if plan.teacher:  # the same token ids as the student's (mtds.train.distill)
+        from mtds.train.distill import check_vocab as check_teacher_vocab
+
+        check_teacher_vocab(plan.teacher[0], read_config(plan.teacher[0]), vocab_size, sources.tokenizer_model)
     engine, n_params = build_engine(cfg, cfg.kind, ds_cfg, vocab_size, plan.on_gpu, log, plan.init_from)
     global_batch = ds_cfg["train_batch_size"]
     data_sources = data_sources_record(sources.prefixes, sources.tokenizer_model, sources.tokenizer_type,
@@ -48,6 +53,8 @@ def train(plan: Plan, log=print) -> int:
     resolved = run_record(cfg, deepspeed=ds_cfg, parallel=parallel.as_dict(), data_sources=data_sources,
                           vocab_size=vocab_size, num_parameters=n_params, train_iters=plan.train_iters,
                           versions=versions(), **lineage(plan))
+    if plan.teacher:
+        resolved["distilled_from"] = plan.teacher[1]
     branched = resolved.get("branched_from") or {}
     if parallel.tensor > 1:  # how the shards merge, for the tools (mtds.ckpt.consolidate)
         from mtds.parallel.tensor_parallel import tensor_layout
@@ -74,9 +81,17 @@ def train(plan: Plan, log=print) -> int:
     metrics = Metrics(cfg.training.run_dir, rank == 0, plan.train_iters, cfg.training.progress_bar)
     from mtds.kinds import count_targets, forward_step
 
+    forward, counts = forward_step(cfg), count_targets(cfg)
+    if plan.teacher:  # the teacher's logits train the student: its own forward step and counts
+        from mtds.train.distill import Distiller, load_teacher
+        from mtds.train.reduction import data_parallel_group
+
+        teacher = load_teacher(plan.teacher[0], read_config(plan.teacher[0]), precision(ds_cfg), engine.device, log)
+        distiller = Distiller(cfg, teacher, task.token_logits, counts, vocab_size, data_parallel_group())
+        forward, counts = distiller.forward, distiller.count_targets
     # A task whose model sees more than seq_length tokens per sample says so (T5: the decoder's length).
     flops_args = task.flops_args(cfg.task, cfg.seq_length) if task.flops_args is not None else {}
-    trainer = Trainer(cfg, engine, datasets, resolved, forward_step(cfg), count_targets(cfg), metrics,
+    trainer = Trainer(cfg, engine, datasets, resolved, forward, counts, metrics,
                       parallel=parallel, rank=rank,
                       train_iters=plan.train_iters,
                       flops_per_token=family.flops_per_token(cfg.model, n_params, cfg.seq_length, vocab_size, **flops_args),
@@ -116,8 +131,6 @@ def lineage(plan: Plan) -> dict:
     if plan.branch:
         return {"branched_from": plan.branch}
     if plan.resume_from:
-        from mtds.ckpt.layout import read_config
-
         saved = read_config(plan.resume_from).get("branched_from")
         return {"branched_from": saved} if saved else {}
     return {}

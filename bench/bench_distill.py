@@ -25,7 +25,9 @@ STUDENT = ["--model.preset=none", "--model.num_layers=2", "--model.hidden_size=1
 
 
 def train(run_dir: str, iters: int, *extra: str) -> float:
-    """Run mtds/pretrain.py to `iters`; its wall seconds."""
+    """Run mtds/pretrain.py to `iters`; its wall seconds (nan: a finished run dir reused)."""
+    if os.path.isdir(os.path.join(run_dir, "checkpoints", f"iter_{iters:07d}")):
+        return float("nan")
     cmd = [sys.executable, os.path.join(ROOT, "mtds", "pretrain.py"), "--deepspeed_config",
            os.path.join(ROOT, "ds_configs", "zero2.json"), "--run-dir", run_dir, f"--training.train_iters={iters}",
            f"--training.eval_interval={iters}", "--training.eval_iters=20", "--training.progress_bar=false",
@@ -54,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     root = os.path.abspath(a.root)
     teacher = os.path.join(root, "teacher")
     rows = []
-    done = os.path.isdir(os.path.join(teacher, "checkpoints", f"iter_{a.teacher_iters:07d}"))
-    seconds = float("nan") if done else train(teacher, a.teacher_iters)
+    seconds = train(teacher, a.teacher_iters)
     rows.append(("teacher gpt-tiny 4 x 256", a.teacher_iters, last_val_loss(teacher), seconds))
     for name, extra in (("student 2 x 128 from scratch", []),
                         (f"student 2 x 128 distilled (alpha {a.alpha}, T {a.temperature})",

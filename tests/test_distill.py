@@ -80,6 +80,7 @@ def test_a_distilled_run_logs_both_parts_and_resumes_exactly(teacher, tiny_data,
     for (step, loss), (_, kd), (_, hard) in zip(s["train/loss"], s["train/kd"], s["train/lm_hard"]):
         assert loss == pytest.approx(0.5 * kd + 0.5 * hard, rel=1e-5), step
     assert [k for k, _ in s["val/kd"]] == [0, 2, 4] and len(s["val/loss"]) == 3
+    assert "val/lm_hard" not in s  # validation is the student's own loss (the engine's module in eval mode)
     record = json.loads((tmp_path / "straight/checkpoints/iter_0000004/mtds_config.json").read_text())
     assert record["distilled_from"] == {
         "run_dir": str(teacher_dir), "tag": "iter_0000030", "alpha": 0.5, "temperature": 2.0,

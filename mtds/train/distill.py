@@ -137,8 +137,9 @@ def distill_sums(student, teacher, labels, weights, temperature: float):
 class Distiller:
     """The run's forward step and target counts with a teacher: see the module doc."""
 
-    def __init__(self, cfg, teacher, token_logits, count_targets, vocab_size: int, group):
+    def __init__(self, cfg, teacher, token_logits, count_targets, vocab_size: int, group, family_metrics=None):
         self.teacher, self.token_logits, self.opts = teacher, token_logits, cfg.task
+        self.family_metrics = family_metrics  # the family's per-micro-batch metrics (an MoE student's load balance)
         self.alpha, self.temperature = cfg.training.distill_alpha, cfg.training.distill_temperature
         self._count, self.vocab_size, self.group = count_targets, vocab_size, group
         self.checked = False
@@ -155,14 +156,16 @@ class Distiller:
         with torch.no_grad():
             teacher = self.teacher_logits(batch, device, labels, weights)
         kd, ce, n = distill_sums(student, teacher, labels, weights, self.temperature)
-        if not model.training:  # validation: the student's own LM loss, comparable with a run without a teacher
-            return {"lm": ce}, {"kd": (kd.detach(), n)}
+        extra = self.family_metrics(model) if self.family_metrics is not None else {}
+        # DeepSpeed's engine.eval() switches its module, not itself: the module's mode says which this is
+        if not getattr(model, "module", model).training:  # validation: the student's own LM loss, comparable with a run without a teacher
+            return {"lm": ce}, {"kd": (kd.detach(), n), **extra}
         losses = {}
         if self.alpha > 0:
             losses["kd"] = self.alpha * kd
         if self.alpha < 1:
             losses["lm"] = (1 - self.alpha) * ce
-        return losses, {"lm_hard": (ce.detach(), n), "kd": (kd.detach(), n)}
+        return losses, {"lm_hard": (ce.detach(), n), "kd": (kd.detach(), n), **extra}
 
     def teacher_logits(self, batch, device, labels, weights):
         logits, _, _ = self.token_logits(self.teacher, batch, device, self.opts)

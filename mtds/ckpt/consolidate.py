@@ -30,12 +30,25 @@ def zero_stage(saved: dict) -> int:
     return int(saved.get("deepspeed", {}).get("zero_optimization", {}).get("stage", 0))
 
 
-def consolidated_state_dict(ckpt_dir: str, saved: dict) -> dict:
+def consolidated_state_dict(ckpt_dir: str, saved: dict, merge_lora: bool = True) -> dict:
     """fp32 model state dict of a DeepSpeed checkpoint of any ZeRO stage and world size.
 
     megatron-core modules save an `_extra_state` entry per linear layer (Transformer Engine's FP8
-    metadata slot; None here): they are not weights and are left out.
+    metadata slot; None here): they are not weights and are left out. A LoRA run's adapters are
+    folded into their layers' weights (mtds.models.lora.merged) unless merge_lora is False.
     """
+    state = _consolidated(ckpt_dir, saved)
+    lora = saved.get("run", {}).get("training", {})
+    if merge_lora and lora.get("lora_rank"):
+        from types import SimpleNamespace
+
+        from mtds.models.lora import merged
+
+        state = merged(state, SimpleNamespace(**lora))
+    return state
+
+
+def _consolidated(ckpt_dir: str, saved: dict) -> dict:
     from mtds.ckpt.manifest import check_before_load
 
     # The files match their manifest, and nothing below unpickles code (DeepSpeed's zero_to_fp32 included).

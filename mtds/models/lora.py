@@ -74,9 +74,9 @@ def adapters(state: dict) -> dict:
     return {k: v for k, v in state.items() if k.endswith((SUFFIX_A, SUFFIX_B))}
 
 
-def peft_adapter(state: dict, cfg, arch) -> tuple[object, dict]:
+def peft_adapter(state: dict, training, arch, rules: list) -> tuple[object, dict]:
     """(peft.LoraConfig, PEFT adapter state dict) for the exported base model of `arch`
-    (mtds/hf/<architecture>.py): each megatron key's rule maps its adapter. A is shared by the HF
+    (mtds/hf/<architecture>.py), whose mapping `rules` map each megatron key's adapter. A is shared by the HF
     layers a fused megatron layer splits into (q/k/v of linear_qkv, gate/up of linear_fc1); B's
     rows are split by the rule's own transform, as the weight's rows are."""
     from peft import LoraConfig
@@ -84,9 +84,8 @@ def peft_adapter(state: dict, cfg, arch) -> tuple[object, dict]:
     from mtds.errors import LoadError
     from mtds.hf.transforms import Chunk, Same, SplitQKV
 
-    heads = cfg.kind.task.model_heads(cfg.task)
     out, targets = {}, set()
-    for rule in arch.rules(cfg.model, heads):
+    for rule in rules:
         (ours,) = rule.ours[:1]
         layer = ours[: -len(".weight")]
         if len(rule.ours) != 1 or not ours.endswith(".weight") or layer + SUFFIX_A not in state:
@@ -100,7 +99,7 @@ def peft_adapter(state: dict, cfg, arch) -> tuple[object, dict]:
             targets.add(module.rsplit(".", 1)[-1])
             out[f"base_model.model.{module}.lora_A.weight"] = a.clone()  # a copy each: safetensors refuses shared memory
             out[f"base_model.model.{module}.lora_B.weight"] = b_part.contiguous()
-    t = cfg.training
+    t = training
     config = LoraConfig(r=int(t.lora_rank), lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
                         target_modules=sorted(targets), bias="none", task_type="CAUSAL_LM")
     return config, out
@@ -119,19 +118,19 @@ def write_peft_adapter(out_dir: str, config, weights: dict, base_dir: str | None
               os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
-def export_adapter(state: dict, cfg, arch, adapter_dir: str, base_dir: str, log=print) -> dict:
+def export_adapter(state: dict, training, arch, rules: list, adapter_dir: str, base_dir: str, log=print) -> dict:
     """Write the PEFT adapter of a LoRA run's (unmerged) state to `adapter_dir`; returns the base's
     state dict (the frozen weights, adapters left out) for the caller to export to `base_dir`."""
     import os
 
     from mtds.errors import LoadError
 
-    if not cfg.training.lora_rank:
+    if not training.lora_rank:
         raise LoadError("--lora-adapter: this run was not trained with training.lora_rank; export it without the option")
     if os.path.isdir(adapter_dir) and os.listdir(adapter_dir) and \
             not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
         raise LoadError(f"--lora-adapter {adapter_dir}: exists and is not an adapter folder; give a new or empty directory")
-    config, weights = peft_adapter(state, cfg, arch)
+    config, weights = peft_adapter(state, training, arch, rules)
     write_peft_adapter(adapter_dir, config, weights, os.path.abspath(base_dir))
     log(f"export: PEFT adapter ({len(weights)} tensors, targets {', '.join(config.target_modules)}) to {adapter_dir}; "
         f"load it with PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_dir!r}), {adapter_dir!r})")

@@ -46,14 +46,33 @@ IDS = torch.tensor([[5, 17, 99, 3, 250, 42, 7, 301, 12, 77, 8, 150]])
 
 
 @pytest.mark.slow
-def test_lora_trains_only_the_adapters(runs):
-    """The optimizer steps change every adapter (B starts at zero) and no base tensor."""
+def test_checkpoints_hold_the_adapters_and_a_pointer_to_the_base(runs):
+    """The module states hold only the adapters (every B changed from zero), the optimizer only
+    their moments; the record points at the base's checkpoint, and the tools' merged weights are
+    base + (alpha / r) B A, the base's tensors its own."""
+    from mtds.ckpt.layout import read_config
+    from mtds.ckpt.manifest import hash_file
+
     base, lora, _ = runs
-    before, after = state(base), state(lora, merge=False)
-    adapters = {k for k in after if ".lora_" in k}
-    assert len(adapters) == 16 and after.keys() - adapters == before.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # bitwise: frozen
-    assert all(after[k].abs().max() > 0 for k in adapters if k.endswith("lora_B.weight"))
+    ckpt = lora / "checkpoints" / TAG4
+    saved = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    module = {k: v for k, v in saved.items() if not k.endswith("_extra_state")}  # megatron's TE slots, not weights
+    assert len(module) == 16 and all(".lora_" in k for k in module)
+    optim = torch.load(next(ckpt.glob("*optim_states.pt")), weights_only=False)["optimizer_state_dict"]
+    assert sum(t.numel() for t in optim["single_partition_of_fp32_groups"]) == sum(v.numel() for v in module.values())
+    base_ckpt = base / "checkpoints" / TAG2
+    assert read_config(str(ckpt))["lora_base"] == {"run_dir": str(base), "tag": TAG2,
+                                                   "manifest_xxh3_128": hash_file(str(base_ckpt / "manifest.json"))["xxh3_128"]}
+    before, unmerged, merged = state(base), state(lora, merge=False), state(lora)
+    assert unmerged.keys() - before.keys() == set(module) and merged.keys() == before.keys()
+    assert all(module[k].abs().max() > 0 for k in module if k.endswith("lora_B.weight"))
+    for k in before:
+        layer = k[: -len(".weight")]
+        if layer + ".lora_A.weight" in module:
+            b_a = unmerged[layer + ".lora_B.weight"] @ unmerged[layer + ".lora_A.weight"]
+            assert torch.equal(merged[k], before[k] + 2.0 * b_a)  # alpha / r = 8 / 4
+        else:
+            assert torch.equal(merged[k], before[k])
 
 
 @pytest.mark.slow
@@ -136,3 +155,23 @@ def test_bad_lora_settings_are_one_line_errors(tiny_data, tmp_path, capsys, flag
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and expected in lines[0], err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_changed_or_missing_base_is_one_line(runs, capsys):
+    """The tools refuse a LoRA run whose base checkpoint changed or is gone (restored afterwards)."""
+    from mtds.generate import main
+
+    base, lora, _ = runs
+    listed = base / "checkpoints" / TAG2 / "manifest.json"
+    original = listed.read_bytes()
+    try:
+        listed.write_bytes(original + b" ")
+        rc, _, err = call(main, ["--load", str(lora), "--prompt", "a", "--max-new-tokens", "1"], capsys)
+        assert rc == 2 and err.strip().splitlines()[-1].startswith(f"error: {lora / 'checkpoints' / TAG4}: its base "
+                                                                   f"checkpoint {base / 'checkpoints' / TAG2} changed")
+        listed.unlink()
+        rc, _, err = call(main, ["--load", str(lora), "--prompt", "a", "--max-new-tokens", "1"], capsys)
+        assert rc == 2 and err.strip().splitlines()[-1].endswith("is gone; restore it (the adapters alone are no model)")
+    finally:
+        listed.write_bytes(original)

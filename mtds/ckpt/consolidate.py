@@ -35,16 +35,20 @@ def consolidated_state_dict(ckpt_dir: str, saved: dict, merge_lora: bool = True)
 
     megatron-core modules save an `_extra_state` entry per linear layer (Transformer Engine's FP8
     metadata slot; None here): they are not weights and are left out. A LoRA run's adapters are
-    folded into their layers' weights (mtds.models.lora.merged) unless merge_lora is False.
+    folded into their layers' weights (mtds.models.lora.merged) unless merge_lora is False; its
+    checkpoints hold only the adapters, and the base is read through their pointer (mtds/ckpt/lora_base.py).
     """
     state = _consolidated(ckpt_dir, saved)
-    lora = saved.get("run", {}).get("training", {})
-    if merge_lora and lora.get("lora_rank"):
+    from mtds.ckpt.lora_base import KEY, is_lora, with_base
+
+    if is_lora(saved) and saved.get(KEY):  # adapters only: the base comes through the checkpoint's pointer
+        state = with_base(state, saved, ckpt_dir)
+    if merge_lora and is_lora(saved):
         from types import SimpleNamespace
 
         from mtds.models.lora import merged
 
-        state = merged(state, SimpleNamespace(**lora))
+        state = merged(state, SimpleNamespace(**saved["run"]["training"]))
     return state
 
 

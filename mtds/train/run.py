@@ -49,6 +49,10 @@ def train(plan: Plan, log=print) -> int:
                           vocab_size=vocab_size, num_parameters=n_params, train_iters=plan.train_iters,
                           versions=versions(), **lineage(plan))
     branched = resolved.get("branched_from") or {}
+    if cfg.training.lora_rank:  # the base its adapters-only checkpoints need (mtds/ckpt/lora_base.py)
+        from mtds.ckpt.lora_base import KEY, record
+
+        resolved[KEY] = record(plan.init_from[0])
     if parallel.tensor > 1:  # how the shards merge, for the tools (mtds.ckpt.consolidate)
         from mtds.parallel.tensor_parallel import tensor_layout
 

@@ -39,10 +39,10 @@ def consolidated_state_dict(ckpt_dir: str, saved: dict, merge_lora: bool = True)
     checkpoints hold only the adapters, and the base is read through their pointer (mtds/ckpt/lora_base.py).
     """
     state = _consolidated(ckpt_dir, saved)
-    from mtds.ckpt.lora_base import KEY, is_lora, with_base
+    from mtds.ckpt.lora_base import KEY, base_checkpoint, is_lora
 
-    if is_lora(saved) and saved.get(KEY):  # adapters only: the base comes through the checkpoint's pointer
-        state = with_base(state, saved, ckpt_dir)
+    if is_lora(saved) and saved.get(KEY):  # adapters only: the base's tensors come through the checkpoint's pointer
+        state = {**consolidated_state_dict(*base_checkpoint(saved, ckpt_dir)), **state}
     if merge_lora and is_lora(saved):
         from types import SimpleNamespace
 

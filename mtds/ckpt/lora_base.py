@@ -46,10 +46,3 @@ def base_checkpoint(saved: dict, where: str) -> tuple[str, dict]:
                         f"{found}, recorded {pointer['manifest_xxh3_128']}); restore that base")
     return base, read_config(base)
 
-
-def with_base(adapters: dict, saved: dict, where: str) -> dict:
-    """The whole fp32 state dict of an adapters-only checkpoint: the base's tensors, then its own."""
-    from mtds.ckpt.consolidate import consolidated_state_dict
-
-    base, base_saved = base_checkpoint(saved, where)
-    return {**consolidated_state_dict(base, base_saved), **adapters}

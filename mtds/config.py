@@ -564,6 +564,8 @@ def lora_problems(cfg: RunConfig) -> list[str]:
     if unknown or not t.lora_targets:
         return [f"training.lora_targets: {', '.join(unknown) or 'empty'} is not a layer LoRA wraps; choose among "
                 f"{', '.join(LORA_TARGETS)}"]
+    if t.ema_decay is not None:  # the EMA would hold the adapters only, and `mtds.average --ema` expects whole weights
+        return [f"{key} with training.ema_decay: not supported together; drop one"]
     if not 0 <= t.lora_dropout < 1 or t.lora_alpha <= 0:
         return ["training.lora_dropout must be in [0, 1) and training.lora_alpha > 0"]
     return []

@@ -244,6 +244,17 @@ class TrainingConfig:
     """W&B mode: "online", "offline" (air-gapped nodes: files under RUN_DIR/wandb, uploaded later with
     `wandb sync RUN_DIR/wandb/offline-run-*`) or "disabled"; none = WANDB_MODE from the environment,
     else online. A value here wins over WANDB_MODE."""
+    lora_rank: int | None = None
+    """LoRA fine-tuning (mtds/models/lora.py): train rank-r adapters beside the frozen weights of
+    training.init_from's model (the optimizer holds only the adapters); none = off. Kinds gpt and
+    gpt_sft, no tensor parallelism. The tools load base + adapters merged; `python -m mtds.export_hf
+    --lora-adapter` writes a PEFT adapter folder."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: an adapter adds (lora_alpha / lora_rank) x B A x to its layer's output."""
+    lora_dropout: float = 0.0
+    """Dropout on an adapter's input (training only)."""
+    lora_targets: list[str] = field(default_factory=lambda: ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"])
+    """megatron-core linear layers that get adapters: linear_qkv, linear_proj (attention), linear_fc1, linear_fc2 (MLP)."""
 
 
 @dataclass
@@ -536,10 +547,40 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append("training.dist_timeout_mins must be > 0")
     if t.wandb_mode not in (None, "online", "offline", "disabled"):
         errs.append(f"training.wandb_mode={t.wandb_mode!r}: choose one of online, offline, disabled (or none: WANDB_MODE, else online)")
-    errs += tensor_parallel_problems(m, cfg.seq_length)
+    errs += tensor_parallel_problems(m, cfg.seq_length) + lora_problems(cfg)
     if not 0 <= m.hidden_dropout < 1 or not 0 <= m.attention_dropout < 1:
         errs.append("model dropouts must be in [0, 1)")
     return errs
+
+
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+LORA_KINDS = ("gpt", "gpt_sft")
+
+
+def lora_problems(cfg: RunConfig) -> list[str]:
+    """training.lora_*: adapters need a base model, a kind and layers mtds/models/lora.py wraps."""
+    t, m = cfg.training, cfg.model
+    if t.lora_rank is None:
+        return []
+    key = f"training.lora_rank={t.lora_rank}"
+    if t.lora_rank < 1:
+        return [f"{key}: must be >= 1 (e.g. 8), or none for full fine-tuning"]
+    if m.model_type not in LORA_KINDS:
+        return [f"{key}: LoRA covers model_type {', '.join(LORA_KINDS)}, not {m.model_type!r}; drop training.lora_rank"]
+    if not t.init_from:
+        return [f"{key} needs training.init_from (the run dir of the base model the adapters train on; "
+                "an HF model: python -m mtds.import_hf first)"]
+    if m.tensor_model_parallel_size > 1:
+        return [f"{key}: LoRA runs without tensor parallelism; set model.tensor_model_parallel_size=1"]
+    unknown = [x for x in t.lora_targets if x not in LORA_TARGETS]
+    if unknown or not t.lora_targets:
+        return [f"training.lora_targets: {', '.join(unknown) or 'empty'} is not a layer LoRA wraps; choose among "
+                f"{', '.join(LORA_TARGETS)}"]
+    if t.ema_decay is not None:  # the EMA would hold the adapters only, and `mtds.average --ema` expects whole weights
+        return [f"{key} with training.ema_decay: not supported together; drop one"]
+    if not 0 <= t.lora_dropout < 1 or t.lora_alpha <= 0:
+        return ["training.lora_dropout must be in [0, 1) and training.lora_alpha > 0"]
+    return []
 
 
 def tensor_parallel_problems(m: ModelConfig, seq_length: int | None) -> list[str]:

@@ -80,7 +80,8 @@ def _is_export(out_dir: str) -> bool:
         os.path.isfile(os.path.join(out_dir, "model.safetensors"))
 
 
-def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp32", log=print) -> str:
+def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp32", log=print,
+           lora_adapter: str | None = None) -> str:
     """Write the HF model directory for a run's checkpoint; returns the HF architecture name."""
     from mtds.ckpt.consolidate import consolidated_state_dict
     from mtds.hf.tokenizer import write_chat_template, write_tokenizer
@@ -94,7 +95,12 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not _is_export(out_dir):
         raise LoadError(f"--out {out_dir}: exists and is not an exported model; give a new or empty directory")
     log(f"export: reading {ckpt_dir} (merging ZeRO / tensor-parallel shards)")
-    sd = consolidated_state_dict(ckpt_dir, saved)
+    sd = consolidated_state_dict(ckpt_dir, saved, merge_lora=lora_adapter is None)
+    if lora_adapter:  # --out gets the base, lora_adapter its PEFT adapter (mtds/models/lora.py)
+        from mtds.models.lora import export_adapter
+
+        rules = arch.rules(cfg.model, cfg.kind.task.model_heads(cfg.task))
+        sd = export_adapter(sd, cfg.training, arch, rules, lora_adapter, out_dir, log)
     os.makedirs(out_dir, exist_ok=True)
     sources = saved["data_sources"]
     generates = arch.CAUSAL_LM or arch.SEQ2SEQ_LM  # else a BERT: its tokenizer frames [CLS] a [SEP]
@@ -134,12 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="checkpoint tag, e.g. iter_0000040 (default: latest)")
     p.add_argument("--out", required=True, help="output directory (new or empty, or a previous export)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weight dtype in model.safetensors")
+    p.add_argument("--lora-adapter", metavar="DIR", help="a LoRA run: write --out as the base model and DIR as its "
+                   "PEFT adapter (adapter_config.json + adapter_model.safetensors) instead of the merged model")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    export(a.load, a.out, a.tag, a.dtype)
+    export(a.load, a.out, a.tag, a.dtype, lora_adapter=a.lora_adapter)
     return 0
 
 

@@ -30,12 +30,29 @@ def zero_stage(saved: dict) -> int:
     return int(saved.get("deepspeed", {}).get("zero_optimization", {}).get("stage", 0))
 
 
-def consolidated_state_dict(ckpt_dir: str, saved: dict) -> dict:
+def consolidated_state_dict(ckpt_dir: str, saved: dict, merge_lora: bool = True) -> dict:
     """fp32 model state dict of a DeepSpeed checkpoint of any ZeRO stage and world size.
 
     megatron-core modules save an `_extra_state` entry per linear layer (Transformer Engine's FP8
-    metadata slot; None here): they are not weights and are left out.
+    metadata slot; None here): they are not weights and are left out. A LoRA run's adapters are
+    folded into their layers' weights (mtds.models.lora.merged) unless merge_lora is False; its
+    checkpoints hold only the adapters, and the base is read through their pointer (mtds/ckpt/lora_base.py).
     """
+    state = _consolidated(ckpt_dir, saved)
+    from mtds.ckpt.lora_base import KEY, base_checkpoint, is_lora
+
+    if is_lora(saved) and saved.get(KEY):  # adapters only: the base's tensors come through the checkpoint's pointer
+        state = {**consolidated_state_dict(*base_checkpoint(saved, ckpt_dir)), **state}
+    if merge_lora and is_lora(saved):
+        from types import SimpleNamespace
+
+        from mtds.models.lora import merged
+
+        state = merged(state, SimpleNamespace(**saved["run"]["training"]))
+    return state
+
+
+def _consolidated(ckpt_dir: str, saved: dict) -> dict:
     from mtds.ckpt.manifest import check_before_load
 
     # The files match their manifest, and nothing below unpickles code (DeepSpeed's zero_to_fp32 included).

@@ -27,6 +27,7 @@ import torch
 from mtds.ckpt import manifest
 from mtds.ckpt.layout import (ABANDONED_DIR, CONFIG_FILE, LATEST_FILE, MODEL_STATES, abandon_newer, atomic_write,
                                complete_tags, read_config, tag_for, write_latest)
+from mtds.ckpt.lora_base import is_lora
 from mtds.ckpt.resume import check_compatible
 from mtds.errors import ConfigError, TrainingStopped
 from mtds.parallel.process_groups import barrier, gather_to_rank0, is_rank0
@@ -71,7 +72,9 @@ def save(engine, run_dir: str, trainer_state: dict, resolved: dict, keep_last: i
     tmp_dir, final_dir = os.path.join(root, tmp_tag), os.path.join(root, tag)
     try:
         with manifest.recording(engine) as written:
-            engine.save_checkpoint(root, tag=tmp_tag, client_state={"mtds": trainer_state}, save_latest=False)
+            # LoRA: the frozen base is left out (mtds/ckpt/lora_base.py: the record points at it)
+            engine.save_checkpoint(root, tag=tmp_tag, client_state={"mtds": trainer_state}, save_latest=False,
+                                   exclude_frozen_parameters=is_lora(resolved))
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         written.append(os.path.join(tmp_dir, f"rng_rank{rank}.pt"))
         torch.save(rng_state(), written[-1])
@@ -207,7 +210,8 @@ def load(engine, ckpt_dir: str, current_resolved: dict, log=print, ema=None) -> 
     """Load model/optimizer/scheduler (and `ema`'s shadows) and return the trainer state; restores RNG states."""
     check_compatible(read_config(ckpt_dir), current_resolved, log)
     root, tag = os.path.split(ckpt_dir)
-    path, client = engine.load_checkpoint(root, tag=tag)
+    # LoRA: the module holds the base already (loaded through the pointer); the checkpoint only the adapters
+    path, client = engine.load_checkpoint(root, tag=tag, load_module_strict=not is_lora(read_config(ckpt_dir)))
     if path is None:
         raise ConfigError(f"{ckpt_dir}: DeepSpeed could not load this checkpoint")
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

@@ -37,6 +37,10 @@ def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_g
         from mtds.ckpt.init_from import load_initial_weights
 
         load_initial_weights(model, *init_from, log=log)
+    if cfg.training.lora_rank:  # frozen base + adapters (the optimizer below gets only the adapters)
+        from mtds.models.lora import apply_lora
+
+        apply_lora(model, cfg.training, log=log)
     seed_per_data_rank(cfg.training.seed)  # the weights are built: dropout masks now differ per data-parallel rank
     if model.config.sequence_parallel:
         allreduce_sequence_parallel_grads(model)

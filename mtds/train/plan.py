@@ -104,6 +104,11 @@ def plan_run(cfg: RunConfig, ds_config_path: str | None, log=print, ds_overrides
         from mtds.ckpt.init_from import plan_init
 
         init_from = plan_init(t.init_from, resolved_dict(cfg))
+    elif t.lora_rank and resume_from:  # adapters-only checkpoints: the base comes through their pointer
+        from mtds.ckpt.layout import read_config
+        from mtds.ckpt.lora_base import base_checkpoint
+
+        init_from = base_checkpoint(read_config(resume_from), resume_from)
     teacher = None
     if t.teacher:  # knowledge distillation: the teacher checked (and hashed below) before DeepSpeed starts
         from mtds.ckpt.layout import read_config

@@ -56,6 +56,10 @@ def train(plan: Plan, log=print) -> int:
     if plan.teacher:
         resolved["distilled_from"] = plan.teacher[1]
     branched = resolved.get("branched_from") or {}
+    if cfg.training.lora_rank:  # the base its adapters-only checkpoints need (mtds/ckpt/lora_base.py)
+        from mtds.ckpt.lora_base import KEY, record
+
+        resolved[KEY] = record(plan.init_from[0])
     if parallel.tensor > 1:  # how the shards merge, for the tools (mtds.ckpt.consolidate)
         from mtds.parallel.tensor_parallel import tensor_layout
 

@@ -93,7 +93,8 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     arch = hf_architecture(cfg)  # refuse before reading any weights
     from mtds.hf import quantize as quant
 
-    layers = quant.check(arch, cfg, int(saved["vocab_size"]), quantize, group_size) if quantize else None
+    layers = quant.check(arch, cfg.model, cfg.kind.task.model_heads(cfg.task), int(saved["vocab_size"]),
+                         quantize, group_size) if quantize else None
     if os.path.isfile(out_dir):
         raise LoadError(f"--out {out_dir}: is a file; give a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not _is_export(out_dir):

@@ -47,9 +47,9 @@ def quantized_layers(arch, hf_config: dict) -> dict[str, int]:
             if isinstance(m, torch.nn.Linear) and name not in SKIPPED}
 
 
-def check(arch, cfg, vocab_size: int, mode: str, group_size: int) -> dict[str, int]:
-    """The layers (name: input dim) a quantized export of this run packs; a bad mode, group size or
-    architecture is refused with one line, before any weight is read."""
+def check(arch, model, heads: dict, vocab_size: int, mode: str, group_size: int) -> dict[str, int]:
+    """The layers (name: input dim) a quantized export of a run's model ([model] config, its task's heads)
+    packs; a bad mode, group size or architecture is refused with one line, before any weight is read."""
     from mtds.errors import LoadError
 
     if mode not in MODES:
@@ -57,11 +57,10 @@ def check(arch, cfg, vocab_size: int, mode: str, group_size: int) -> dict[str, i
     if group_size < 1:
         raise LoadError(f"--group-size {group_size}: must be positive (input columns per scale)")
     if not arch.CAUSAL_LM:
-        raise LoadError(f"--quantize: a {cfg.model.model_type} model ({arch.ARCHITECTURE}) does not export "
+        raise LoadError(f"--quantize: a {model.model_type} model ({arch.ARCHITECTURE}) does not export "
                         "quantized; only causal LMs (GPT runs) do")
     placeholder_ids = {"bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}  # no effect on the layers
-    layers = quantized_layers(arch, arch.hf_config(cfg.model, cfg.kind.task.model_heads(cfg.task), vocab_size,
-                                                   placeholder_ids))
+    layers = quantized_layers(arch, arch.hf_config(model, heads, vocab_size, placeholder_ids))
     if not layers:
         raise LoadError(f"--quantize: {arch.ARCHITECTURE} has no torch.nn.Linear layers to quantize (GPT-2 "
                         "keeps its projections in Conv1D); train a Llama-style GPT (RoPE, RMSNorm, SwiGLU)")
@@ -86,7 +85,6 @@ def write_quantization_config(out_dir: str, mode: str, group_size: int) -> None:
 def quantize(weights: dict, layers: dict[str, int], mode: str, group_size: int, dtype) -> dict:
     """The HF state dict with each quantized layer's `weight` replaced by compressed-tensors' packed
     `weight_packed` (int32), `weight_scale` [out, in / group_size] in `dtype` and `weight_shape`."""
-    import torch
     from compressed_tensors.compressors import BaseCompressor
     from compressed_tensors.quantization.utils import calculate_qparams
 

@@ -4,13 +4,14 @@ Round-to-nearest (RTN), group-wise and **symmetric**: each row of a weight is cu
 `group_size` input columns; a group's scale is max|w| / ((qmax - qmin) / 2) (7.5 for int4, 127.5 for
 int8, compressed-tensors' own `calculate_qparams`) and w_q = clamp(round(w / scale), qmin, qmax).
 Symmetric because trained weights are centred on zero (a zero point buys little) and the packed
-symmetric scheme is the one vLLM's fast W4A16/W8A16 kernels (Marlin, Machete) serve; |w - w_q * scale|
-<= scale / 2 for every weight.
+symmetric scheme is the one vLLM's fast W4A16/W8A16 (Marlin) kernels take; |w - q * scale| <= scale / 2
+for every weight (fp32 export; a bf16/fp16 scale adds its own rounding).
 
 Written in the `compressed-tensors` format (config.json `quantization_config` with quant_method
 "compressed-tensors", format "pack-quantized"): the weights are packed into int32 by the
 compressed-tensors package's own compressor, and `transformers` loads the folder with its
-CompressedTensorsHfQuantizer (decompressing to float on CPU), as vLLM does.
+CompressedTensorsHfQuantizer (decompressing to float on CPU; tests/test_quantize.py). vLLM reads this
+format too (not tried here: no GPU).
 
 Quantized: every `torch.nn.Linear` of the Hugging Face model except `lm_head` -- for a Llama the
 attention q/k/v/o and MLP gate/up/down projections of every layer. Kept in the export dtype: the

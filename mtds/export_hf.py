@@ -1,6 +1,7 @@
 """Export a trained checkpoint as a Hugging Face `transformers` model directory.
 
     python -m mtds.export_hf --load RUN_DIR [--tag iter_0000040] --out DIR [--dtype fp32|bf16|fp16]
+        [--quantize int8|int4 [--group-size 128]]   (weight-only, compressed-tensors: mtds/hf/quantize.py)
 
 Writes config.json + model.safetensors (+ generation_config.json for causal and seq2seq LMs) and the tokenizer
 (tokenizer.model, tokenizer.json, tokenizer_config.json; a Hugging Face tokenizer's own files,
@@ -81,7 +82,7 @@ def _is_export(out_dir: str) -> bool:
 
 
 def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp32", log=print,
-           lora_adapter: str | None = None) -> str:
+           lora_adapter: str | None = None, quantize: str | None = None, group_size: int = 128) -> str:
     """Write the HF model directory for a run's checkpoint; returns the HF architecture name."""
     from mtds.ckpt.consolidate import consolidated_state_dict
     from mtds.hf.tokenizer import write_chat_template, write_tokenizer
@@ -90,6 +91,13 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     saved = read_config(ckpt_dir)
     cfg = saved_run_config(saved)
     arch = hf_architecture(cfg)  # refuse before reading any weights
+    if quantize and lora_adapter:
+        raise LoadError("--quantize with --lora-adapter: a PEFT adapter goes with its float base; quantize the merged "
+                        "model (drop --lora-adapter), or export the adapter without --quantize")
+    from mtds.hf import quantize as quant
+
+    layers = quant.check(arch, cfg.model, cfg.kind.task.model_heads(cfg.task), int(saved["vocab_size"]),
+                         quantize, group_size) if quantize else None
     if os.path.isfile(out_dir):
         raise LoadError(f"--out {out_dir}: is a file; give a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not _is_export(out_dir):
@@ -119,11 +127,15 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     from safetensors.torch import save_file
 
     weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
+    if quantize:  # the Linear layers' weights -> packed int32 + scales in the export dtype
+        weights = quant.quantize(weights, layers, quantize, group_size, DTYPES[dtype])
     log(f"export: writing model.safetensors ({len(weights)} tensors, "
         f"{sum(w.numel() * w.element_size() for w in weights.values()) / 2**20:,.1f} MB {dtype})")
     save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
+    if quantize:
+        quant.write_quantization_config(out_dir, quantize, group_size)
     if generates:  # a masked LM or a classifier is no generator
         generation = {k: tok_ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         if arch.SEQ2SEQ_LM:
@@ -142,12 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="weight dtype in model.safetensors")
     p.add_argument("--lora-adapter", metavar="DIR", help="a LoRA run: write --out as the base model and DIR as its "
                    "PEFT adapter (adapter_config.json + adapter_model.safetensors) instead of the merged model")
+    p.add_argument("--quantize", metavar="int8|int4", help="weight-only round-to-nearest quantization of the "
+                   "Linear layers, in the compressed-tensors format (mtds/hf/quantize.py)")
+    p.add_argument("--group-size", type=int, default=128, help="input columns per scale with --quantize")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    export(a.load, a.out, a.tag, a.dtype, lora_adapter=a.lora_adapter)
+    export(a.load, a.out, a.tag, a.dtype, lora_adapter=a.lora_adapter, quantize=a.quantize, group_size=a.group_size)
     return 0
 
 

@@ -51,12 +51,13 @@ LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.*)$")
 def check_request(saved: dict, num_layers: int | None, ffn: int | None, batches: int, out: str) -> None:
     """One line for a request this tool cannot do, before any weight is read."""
     from mtds.kinds import KINDS
+    from mtds.models.gpt import FAMILY as GPT
 
     m = saved["run"]["model"]
     kind = KINDS.get(m["model_type"])
-    if kind is None or kind.family.name != "gpt":
+    if kind is None or kind.family is not GPT:
         raise LoadError(f"model.model_type={m['model_type']!r}: mtds.prune prunes GPT-family runs "
-                        f"({', '.join(k for k, v in KINDS.items() if v.family.name == 'gpt')})")
+                        f"({', '.join(k for k, v in KINDS.items() if v.family is GPT)})")
     if m.get("num_moe_experts"):
         raise LoadError(f"model.num_moe_experts={m['num_moe_experts']}: pruning a mixture of experts is not built; "
                         "prune a dense GPT")

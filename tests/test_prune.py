@@ -47,14 +47,15 @@ def test_pruning_to_its_own_size_is_the_original_bit_for_bit(parent, tmp_path, c
     run, _ = parent
     out = tmp_path / "same"
     rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(out), "--num-layers", "3",
-                                     "--ffn-hidden-size", str(FFN), "--calibration-batches", "1"], capsys)
+                                     "--ffn-hidden-size", str(FFN), "--num-attention-heads", "4",
+                                     "--num-query-groups", "2", "--calibration-batches", "1"], capsys)
     assert rc == 0, err
     a, b = weights(run), weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_pruned_model_is_the_originals_weights_sliced_by_the_recorded_indices(parent, tmp_path, capsys):
-    """Depth 3 -> 2 and FFN 192 -> 64: the checkpoint loads strictly into a model of its recorded shape,
+    """Depth 3 -> 2, FFN 192 -> 64, query groups 2 -> 1 with 2 of its 2 heads: the checkpoint loads strictly into a model of its recorded shape,
     the kept layers are the ones with the highest recorded scores, and its first forward equals that of
     a model the test builds itself from the parent's tensors (index_select by the recorded indices)."""
     from mtds.ckpt.layout import read_config
@@ -64,11 +65,14 @@ def test_the_pruned_model_is_the_originals_weights_sliced_by_the_recorded_indice
     run, _ = parent
     out = tmp_path / "small"
     rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(out), "--num-layers", "2",
-                                     "--ffn-hidden-size", "64", "--calibration-batches", "2"], capsys)
+                                     "--ffn-hidden-size", "64", "--num-query-groups", "1", "--num-attention-heads",
+                                     "2", "--calibration-batches", "2"], capsys)
     assert rc == 0, err
     pruned = load_trained(str(out))  # strict: its config matches its tensors
     record = pruned.saved
-    assert record["run"]["model"]["num_layers"] == 2 and record["run"]["model"]["ffn_hidden_size"] == 64
+    assert {k: record["run"]["model"][k] for k in ("num_layers", "ffn_hidden_size", "num_attention_heads",
+                                                   "num_query_groups", "kv_channels")} == {
+        "num_layers": 2, "ffn_hidden_size": 64, "num_attention_heads": 2, "num_query_groups": 1, "kv_channels": 16}
     assert json.loads((out / "config.json").read_text())["pruned_from"] == record["pruned_from"]
     info = record["pruned_from"]
     parent_ckpt = find_checkpoint(str(run))
@@ -83,11 +87,15 @@ def test_the_pruned_model_is_the_originals_weights_sliced_by_the_recorded_indice
         i for i in range(3) if i not in kept]
     neurons = info["kept"]["ffn_neurons"]
     assert [len(n) for n in neurons] == [64, 64] and all(n == sorted(set(n)) for n in neurons)
+    groups, heads = info["kept"]["query_groups"], info["kept"]["query_heads"]
+    for layer, g, h in zip(kept, groups, heads):  # the better group by the sum of its heads' scores
+        s = info["importance"]["head_scores"][layer]
+        assert g == [int(s[2] + s[3] > s[0] + s[1])] and h == [2 * g[0], 2 * g[0] + 1]
 
     # The test's own slicing of the parent's saved tensors.
     original = weights(run)
     state = {k: v for k, v in original.items() if not k.startswith("decoder.layers.")}
-    for new, (old, keep) in enumerate(zip(kept, neurons)):
+    for new, (old, keep, group, head) in enumerate(zip(kept, neurons, groups, heads)):
         keep = torch.tensor(keep)
         for k, v in original.items():
             prefix = f"decoder.layers.{old}."
@@ -99,11 +107,16 @@ def test_the_pruned_model_is_the_originals_weights_sliced_by_the_recorded_indice
                 v = torch.cat([gate.index_select(0, keep), up.index_select(0, keep)])
             elif name == "mlp.linear_fc2.weight":
                 v = v.index_select(1, keep)
+            elif name == "self_attention.linear_qkv.weight":  # rows [group 2, (q 2, k, v) 4, head_dim 16]
+                v = v.reshape(2, 4, 16, 64)[group[0]].reshape(-1, 64)  # both q heads of the group, its k and v
+            elif name == "self_attention.linear_proj.weight":  # columns [head 4, head_dim 16]
+                v = v.reshape(64, 4, 16).index_select(1, torch.tensor(head)).reshape(64, -1)
             state[f"decoder.layers.{new}.{name}"] = v
     cfg = saved_run_config(read_config(parent_ckpt))
     import dataclasses
 
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=2, ffn_hidden_size=64))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=2, ffn_hidden_size=64,
+                                                             num_attention_heads=2, num_query_groups=1, kv_channels=16))
     mine = build_model(cfg, pruned.vocab_size, "fp32", on_gpu=False)
     load_weights(mine, state, "test")
     mine.eval()
@@ -122,17 +135,30 @@ def test_a_pruned_run_trains_via_init_from_and_exports(parent, tiny_data, tmp_pa
     run, ds = parent
     pruned, tuned = tmp_path / "pruned", tmp_path / "tuned"
     rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(pruned), "--num-layers", "2",
-                                     "--ffn-hidden-size", "128", "--calibration-batches", "1"], capsys)
+                                     "--ffn-hidden-size", "128", "--num-attention-heads", "2",
+                                     "--calibration-batches", "1"], capsys)
     assert rc == 0, err
     rc, stdout, err = call(evaluate.main, ["--load", str(pruned), "--json", "--no-progress"], capsys)
     assert rc == 0, err
     loss = json.loads(stdout)["loss"]
     ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=2", *SHAPE, "--model.num_layers=2",
-                             "--model.ffn_hidden_size=128", f"--training.init_from={pruned}")))
+                             "--model.ffn_hidden_size=128", "--model.num_attention_heads=2",
+                             "--model.kv_channels=16", f"--training.init_from={pruned}")))
     val = scalars(str(tuned))["val/loss"]
     assert val[0][0] == 0 and val[0][1] == pytest.approx(loss, rel=1e-6)
     rc, _, err = call(export_hf.main, ["--load", str(pruned), "--out", str(tmp_path / "hf")], capsys)
     assert rc == 0 and (tmp_path / "hf" / "model.safetensors").is_file(), err
+    from transformers import AutoModelForCausalLM  # 2 heads of dimension 16 at width 64: Llama's head_dim
+
+    from mtds.load_trained import load_trained
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    ours = load_trained(str(pruned)).model
+    tokens = torch.randint(0, 500, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = hf(tokens).logits
+        mine = ours(tokens, torch.arange(16).unsqueeze(0), None)
+    assert torch.allclose(theirs, mine[..., :theirs.shape[-1]], atol=1e-4)  # fp32, different kernels
 
 
 def test_bad_pruning_requests_are_one_line_and_write_nothing(parent, tmp_path, capsys):
@@ -151,7 +177,15 @@ def test_bad_pruning_requests_are_one_line_and_write_nothing(parent, tmp_path, c
     assert refused("--num-layers", "4") == "error: --num-layers 4: the model has 3; give 1..3"
     assert refused("--ffn-hidden-size", "193") == f"error: --ffn-hidden-size 193: the model has {FFN}; give 1..{FFN}"
     assert refused("--num-layers", "0") == "error: --num-layers 0: the model has 3; give 1..3"
-    assert refused() == "error: nothing to prune: give --num-layers N and/or --ffn-hidden-size F"
+    assert refused() == ("error: nothing to prune: give --num-layers, --ffn-hidden-size, --num-attention-heads "
+                         "and/or --num-query-groups")
+    assert refused("--num-query-groups", "3") == "error: --num-query-groups 3: the model has 2; give 1..2"
+    assert refused("--num-attention-heads", "3") == (
+        "error: --num-attention-heads 3 with 2 query group(s): each group keeps the same number of its 2 query "
+        "heads, so give a multiple of 2 up to 4")
+    assert refused("--num-attention-heads", "4", "--num-query-groups", "1") == (
+        "error: --num-attention-heads 4 with 1 query group(s): each group keeps the same number of its 2 query "
+        "heads, so give a multiple of 1 up to 2")
     assert refused("--num-layers", "2", "--calibration-batches", "0") == (
         "error: --calibration-batches 0: give at least 1")
     out.mkdir()

@@ -259,7 +259,9 @@ def prune(load: str, tag: str | None, out: str, num_layers: int | None, ffn: int
     record["deepspeed"]["zero_optimization"] = {"stage": 0}
     data_parallel = int(record.get("parallel", {}).get("data", record.get("world_size", 1)))
     record["parallel"] = {"world": data_parallel, "tensor": 1, "data": data_parallel}
-    record["run"]["model"].update(num_layers=num_layers, ffn_hidden_size=ffn, tensor_model_parallel_size=1,
+    if ffn != m.ffn_size():  # else as it was (none stays derived: init_from compares the keys as written)
+        record["run"]["model"]["ffn_hidden_size"] = ffn
+    record["run"]["model"].update(num_layers=num_layers, tensor_model_parallel_size=1,
                                   sequence_parallel=False, num_attention_heads=new_h,
                                   num_query_groups=None if new_g == new_h and old_g == old_h else new_g)
     if new_h != old_h:  # keep the head dimension (megatron-core would derive hidden_size / heads)

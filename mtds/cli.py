@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-hf": ("mtds.import_hf", "turn a Hugging Face model folder into an mtds run to train on"),
     "lm-eval": ("mtds.lm_eval", "score a run on lm-evaluation-harness tasks (the [eval] extra)"),
     "average": ("mtds.average", "average the weights of several checkpoints into a new run dir"),
+    "prune": ("mtds.prune", "prune a GPT run's layers / FFN neurons / heads into a smaller run dir"),
     "universal-checkpoint": ("mtds.universal_checkpoint", "convert a checkpoint to resume at another world size"),
     "plot": ("mtds.plot", "plot a run's TensorBoard curves to PNG"),
 }

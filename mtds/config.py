@@ -47,6 +47,9 @@ class ModelConfig:
     num_attention_heads: int = 4
     num_query_groups: int | None = None
     """Key/value heads for grouped-query attention; None = one per attention head (MHA)."""
+    kv_channels: int | None = None
+    """Dimension of each attention head; None = hidden_size / num_attention_heads. mtds.prune sets it when it
+    drops heads at a fixed hidden_size (exported to Hugging Face as Llama's head_dim; GPT-2 needs the default)."""
     ffn_hidden_size: int | None = None
     """None: 4*hidden for GELU, 8/3*hidden rounded up to a multiple of 64 for SwiGLU."""
     max_position_embeddings: int = 256
@@ -496,7 +499,9 @@ def validate(cfg: RunConfig) -> list[str]:
         value = getattr(getattr(cfg, section), key)
         if value not in allowed:
             errs.append(f"{section}.{key}={value!r}: choose one of {', '.join(allowed)}")
-    if m.hidden_size % m.num_attention_heads:
+    if m.kv_channels is not None and m.kv_channels < 1:
+        errs.append(f"model.kv_channels={m.kv_channels} must be at least 1 (or none: hidden_size / num_attention_heads)")
+    if m.kv_channels is None and m.hidden_size % m.num_attention_heads:
         errs.append(f"model.hidden_size={m.hidden_size} must be divisible by model.num_attention_heads={m.num_attention_heads}")
     if m.num_query_groups and m.num_attention_heads % m.num_query_groups:
         errs.append(f"model.num_attention_heads={m.num_attention_heads} must be divisible by model.num_query_groups={m.num_query_groups}")

@@ -28,7 +28,9 @@ def unsupported(m, heads: dict) -> str | None:
     problems = [p for ok, p in ((m.add_bias_linear, "add_bias_linear=false"),
                                 (m.tie_embeddings, "tie_embeddings=false"),
                                 (m.num_query_groups in (None, m.num_attention_heads),
-                                 f"num_query_groups={m.num_query_groups}")) if not ok]
+                                 f"num_query_groups={m.num_query_groups}"),
+                                (m.kv_channels in (None, m.hidden_size // m.num_attention_heads),
+                                 "kv_channels=none")) if not ok]
     return ", ".join(problems) or None
 
 

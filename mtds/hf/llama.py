@@ -49,7 +49,7 @@ def hf_config(m, heads: dict, vocab_size: int, tok_ids: dict) -> dict:
         "vocab_size": vocab_size, "hidden_size": m.hidden_size, "intermediate_size": m.ffn_size(),
         "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_attention_heads,
         "num_key_value_heads": m.num_query_groups or m.num_attention_heads,
-        "head_dim": m.hidden_size // m.num_attention_heads,
+        "head_dim": m.kv_channels or m.hidden_size // m.num_attention_heads,
         "hidden_act": "silu", "max_position_embeddings": m.max_position_embeddings,
         "rms_norm_eps": m.layernorm_epsilon,
         "rope_theta": float(m.rotary_base),  # transformers < 5 reads this (and rope_scaling) ...
@@ -108,7 +108,7 @@ def _rope(f: Fields) -> tuple[int, dict]:
 def rules(m, heads: dict) -> list[Rule]:
     """megatron GPTModel keys <-> LlamaForCausalLM (Mistral, Qwen2) keys."""
     qkv = SplitQKV(m.num_attention_heads, m.num_query_groups or m.num_attention_heads,
-                   m.hidden_size // m.num_attention_heads)
+                   m.kv_channels or m.hidden_size // m.num_attention_heads)
     table = [rule("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
              rule("decoder.final_layernorm.weight", "model.norm.weight")]
     if not m.tie_embeddings:  # tied: megatron has no output_layer.weight, HF re-ties lm_head

@@ -32,6 +32,7 @@ def transformer_config(m, precision: str, on_gpu: bool, **family_fields):
         hidden_size=m.hidden_size,
         num_attention_heads=m.num_attention_heads,
         num_query_groups=m.num_query_groups,
+        kv_channels=m.kv_channels,  # None: megatron-core's hidden_size // num_attention_heads
         ffn_hidden_size=m.ffn_size(),
         normalization=m.normalization,
         layernorm_epsilon=m.layernorm_epsilon,

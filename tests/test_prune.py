@@ -1,0 +1,203 @@
+"""Structured pruning (mtds.prune, issue #26): depth and FFN width of a GPT run into a new run dir.
+
+One training run for the whole module (`parent`: 1 rank, ZeRO-0, fp32, 3 layers, 4 heads in 2 query
+groups, SwiGLU, 4 steps); the pruning itself runs in this process against its checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import call, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
+
+SHAPE = ("--model.num_layers=3", "--model.num_attention_heads=4", "--model.num_query_groups=2")
+FFN = 192  # SwiGLU's derived size at hidden 64: ceil(8 * 64 / 3 / 64) * 64
+
+
+def args_for(tiny_data, run_dir, ds, *extra):
+    return tiny_gpt_args(tiny_data, run_dir, ds, "--training.eval_interval=100", "--data.num_workers=0", *extra)
+
+
+@pytest.fixture(scope="module")
+def parent(tiny_data, tmp_path_factory):
+    """(run dir, DeepSpeed JSON) of the module's one training run."""
+    tmp = tmp_path_factory.mktemp("prune_parent")
+    ds = write_ds_config(str(tmp / "ds.json"), stage=0, micro=2, precision="fp32", torch_adam=True)
+    ok(run_pretrain(args_for(tiny_data, tmp / "run", ds, "--training.train_iters=4", *SHAPE)))
+    return tmp / "run", ds
+
+
+def prune_main():
+    from mtds.prune import main
+
+    return main
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    from mtds.ckpt.consolidate import consolidated_state_dict
+    from mtds.ckpt.layout import read_config
+    from mtds.load_trained import find_checkpoint
+
+    ckpt = find_checkpoint(str(run_dir))
+    return consolidated_state_dict(ckpt, read_config(ckpt))
+
+
+def test_pruning_to_its_own_size_is_the_original_bit_for_bit(parent, tmp_path, capsys):
+    run, _ = parent
+    out = tmp_path / "same"
+    rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(out), "--num-layers", "3",
+                                     "--ffn-hidden-size", str(FFN), "--num-attention-heads", "4",
+                                     "--num-query-groups", "2", "--calibration-batches", "1"], capsys)
+    assert rc == 0, err
+    a, b = weights(run), weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_pruned_model_is_the_originals_weights_sliced_by_the_recorded_indices(parent, tmp_path, capsys):
+    """Depth 3 -> 2, FFN 192 -> 64, query groups 2 -> 1 with 2 of its 2 heads: the checkpoint loads strictly into a model of its recorded shape,
+    the kept layers are the ones with the highest recorded scores, and its first forward equals that of
+    a model the test builds itself from the parent's tensors (index_select by the recorded indices)."""
+    from mtds.ckpt.layout import read_config
+    from mtds.kinds import build_model
+    from mtds.load_trained import find_checkpoint, load_trained, load_weights, saved_run_config
+
+    run, _ = parent
+    out = tmp_path / "small"
+    rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(out), "--num-layers", "2",
+                                     "--ffn-hidden-size", "64", "--num-query-groups", "1", "--num-attention-heads",
+                                     "2", "--calibration-batches", "2"], capsys)
+    assert rc == 0, err
+    pruned = load_trained(str(out))  # strict: its config matches its tensors
+    record = pruned.saved
+    assert {k: record["run"]["model"][k] for k in ("num_layers", "ffn_hidden_size", "num_attention_heads",
+                                                   "num_query_groups", "kv_channels")} == {
+        "num_layers": 2, "ffn_hidden_size": 64, "num_attention_heads": 2, "num_query_groups": 1, "kv_channels": 16}
+    assert json.loads((out / "config.json").read_text())["pruned_from"] == record["pruned_from"]
+    info = record["pruned_from"]
+    parent_ckpt = find_checkpoint(str(run))
+    from mtds.ckpt.manifest import hash_file
+
+    assert info["tag"] == "iter_0000004"
+    assert info["manifest_xxh3_128"] == hash_file(f"{parent_ckpt}/manifest.json")["xxh3_128"]
+    scores = info["importance"]["layer_scores"]
+    assert len(scores) == 3 and all(0 <= s <= 2 for s in scores)
+    kept = info["kept"]["layers"]
+    assert kept == sorted(sorted(range(3), key=lambda i: -scores[i])[:2]) and info["removed"]["layers"] == [
+        i for i in range(3) if i not in kept]
+    neurons = info["kept"]["ffn_neurons"]
+    assert [len(n) for n in neurons] == [64, 64] and all(n == sorted(set(n)) for n in neurons)
+    groups, heads = info["kept"]["query_groups"], info["kept"]["query_heads"]
+    for layer, g, h in zip(kept, groups, heads):  # the better group by the sum of its heads' scores
+        s = info["importance"]["head_scores"][layer]
+        assert g == [int(s[2] + s[3] > s[0] + s[1])] and h == [2 * g[0], 2 * g[0] + 1]
+
+    # The test's own slicing of the parent's saved tensors.
+    original = weights(run)
+    state = {k: v for k, v in original.items() if not k.startswith("decoder.layers.")}
+    for new, (old, keep, group, head) in enumerate(zip(kept, neurons, groups, heads)):
+        keep = torch.tensor(keep)
+        for k, v in original.items():
+            prefix = f"decoder.layers.{old}."
+            if not k.startswith(prefix):
+                continue
+            name = k[len(prefix):]
+            if name == "mlp.linear_fc1.weight":  # [gate F; up F] rows
+                gate, up = v.chunk(2, dim=0)
+                v = torch.cat([gate.index_select(0, keep), up.index_select(0, keep)])
+            elif name == "mlp.linear_fc2.weight":
+                v = v.index_select(1, keep)
+            elif name == "self_attention.linear_qkv.weight":  # rows [group 2, (q 2, k, v) 4, head_dim 16]
+                v = v.reshape(2, 4, 16, 64)[group[0]].reshape(-1, 64)  # both q heads of the group, its k and v
+            elif name == "self_attention.linear_proj.weight":  # columns [head 4, head_dim 16]
+                v = v.reshape(64, 4, 16).index_select(1, torch.tensor(head)).reshape(64, -1)
+            state[f"decoder.layers.{new}.{name}"] = v
+    cfg = saved_run_config(read_config(parent_ckpt))
+    import dataclasses
+
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=2, ffn_hidden_size=64,
+                                                             num_attention_heads=2, num_query_groups=1, kv_channels=16))
+    mine = build_model(cfg, pruned.vocab_size, "fp32", on_gpu=False)
+    load_weights(mine, state, "test")
+    mine.eval()
+    tokens = torch.randint(0, 500, (2, 32), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(32).unsqueeze(0).expand(2, -1)
+    with torch.no_grad():
+        assert torch.equal(mine(tokens, positions, None), pruned.model(tokens, positions, None))
+
+
+@pytest.mark.slow
+def test_a_pruned_run_trains_via_init_from_and_exports(parent, tiny_data, tmp_path, capsys):
+    """The recovery fine-tune: training.init_from the pruned run (its shape on the command line) starts
+    at its weights (step-0 validation = mtds.evaluate of the pruned run) and trains; the run exports."""
+    from mtds import evaluate, export_hf
+
+    run, ds = parent
+    pruned, tuned = tmp_path / "pruned", tmp_path / "tuned"
+    rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(pruned), "--num-layers", "2",
+                                     "--num-attention-heads", "2", "--calibration-batches", "1"], capsys)
+    assert rc == 0, err
+    rc, stdout, err = call(evaluate.main, ["--load", str(pruned), "--json", "--no-progress"], capsys)
+    assert rc == 0, err
+    loss = json.loads(stdout)["loss"]
+    # model.ffn_hidden_size stays derived (none) when the FFN keeps its size: init_from compares the keys
+    ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=2", *SHAPE, "--model.num_layers=2",
+                             "--model.num_attention_heads=2",
+                             "--model.kv_channels=16", f"--training.init_from={pruned}")))
+    val = scalars(str(tuned))["val/loss"]
+    assert val[0][0] == 0 and val[0][1] == pytest.approx(loss, rel=1e-6)
+    rc, _, err = call(export_hf.main, ["--load", str(pruned), "--out", str(tmp_path / "hf")], capsys)
+    assert rc == 0 and (tmp_path / "hf" / "model.safetensors").is_file(), err
+    from transformers import AutoModelForCausalLM  # 2 heads of dimension 16 at width 64: Llama's head_dim
+
+    from mtds.load_trained import load_trained
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    ours = load_trained(str(pruned)).model
+    tokens = torch.randint(0, 500, (1, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        theirs = hf(tokens).logits
+        mine = ours(tokens, torch.arange(16).unsqueeze(0), None)
+    assert torch.allclose(theirs, mine[..., :theirs.shape[-1]], atol=1e-4)  # fp32, different kernels
+
+
+def test_bad_pruning_requests_are_one_line_and_write_nothing(parent, tmp_path, capsys):
+    import shutil
+
+    run, _ = parent
+    out = tmp_path / "out"
+
+    def refused(*argv, load=run) -> str:
+        rc, _, err = call(prune_main(), ["--load", str(load), "--out", str(out), *argv], capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1, err
+        assert not (out / "checkpoints").exists() and not (out / "config.json").exists()
+        return lines[0]
+
+    assert refused("--num-layers", "4") == "error: --num-layers 4: the model has 3; give 1..3"
+    assert refused("--ffn-hidden-size", "193") == f"error: --ffn-hidden-size 193: the model has {FFN}; give 1..{FFN}"
+    assert refused("--num-layers", "0") == "error: --num-layers 0: the model has 3; give 1..3"
+    assert refused() == ("error: nothing to prune: give --num-layers, --ffn-hidden-size, --num-attention-heads "
+                         "and/or --num-query-groups")
+    assert refused("--num-query-groups", "3") == "error: --num-query-groups 3: the model has 2; give 1..2"
+    assert refused("--num-attention-heads", "3") == (
+        "error: --num-attention-heads 3 with 2 query group(s): each group keeps the same number of its 2 query "
+        "heads, so give a multiple of 2 up to 4")
+    assert refused("--num-attention-heads", "4", "--num-query-groups", "1") == (
+        "error: --num-attention-heads 4 with 1 query group(s): each group keeps the same number of its 2 query "
+        "heads, so give a multiple of 1 up to 2")
+    assert refused("--num-layers", "2", "--calibration-batches", "0") == (
+        "error: --calibration-batches 0: give at least 1")
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert refused("--num-layers", "2") == (f"error: --out {out}: exists and is not an empty directory; "
+                                            "give a new run directory")
+    (out / "notes.txt").unlink()
+    bert = tmp_path / "bert"
+    shutil.copytree(run, bert)
+    for path in bert.glob("checkpoints/iter_*/mtds_config.json"):
+        record = json.loads(path.read_text())
+        record["run"]["model"]["model_type"] = "bert"
+        path.write_text(json.dumps(record))
+    assert refused("--num-layers", "2", load=bert) == (
+        "error: model.model_type='bert': mtds.prune prunes GPT-family runs (gpt, gpt_sft, gpt_plm)")

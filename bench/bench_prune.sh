@@ -39,3 +39,7 @@ echo "depth, fine-tuned $STEPS steps from the pruned weights: $(train depth_ft "
 echo "depth, from scratch $STEPS steps: $(train depth_scratch "${DEPTH[@]}")"
 echo "width, fine-tuned $STEPS steps from the pruned weights: $(train width_ft "${WIDTH[@]}" --training.init_from=width)"
 echo "width, from scratch $STEPS steps: $(train width_scratch "${WIDTH[@]}")"
+# Recovery by distillation from the unpruned model (training.teacher, mtds/train/distill.py): the same
+# steps from the same pruned weights, the parent's logits as the target (alpha 1, T 1).
+echo "depth, distilled $STEPS steps from the pruned weights (teacher: base): $(train depth_kd "${DEPTH[@]}" --training.init_from=depth --training.teacher=base)"
+echo "width, distilled $STEPS steps from the pruned weights (teacher: base): $(train width_kd "${WIDTH[@]}" --training.init_from=width --training.teacher=base)"

@@ -32,8 +32,11 @@ demo: venv
 # Two pytest workers (pytest-xdist), a test module each at a time (--dist loadscope: a module's
 # fixtures, e.g. its shared training runs or the local SLURM cluster, are built once): much of a
 # test is process start-up and waiting, so two side by side fit 2 cores (bench/RESULTS.md).
+# One OpenMP thread per process: two workers (and the ranks they launch) each spinning up torch's
+# default of one thread per core oversubscribe 2 cores; measured on this tree, same machine, back to
+# back: 813 s with it, 975 s without (bench/RESULTS.md, 2026-12-04).
 test: venv
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow" tests

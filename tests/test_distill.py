@@ -96,11 +96,14 @@ def test_a_distilled_run_logs_both_parts_and_resumes_exactly(teacher, tiny_data,
 
 def test_alpha_zero_is_the_plain_run(teacher, tiny_data, tmp_path):
     """With alpha 0 the teacher weighs nothing: the training losses are the run without a teacher's (fp32;
-    the hard loss is computed from the logits here, by megatron-core's fused cross entropy there)."""
+    the hard loss is computed from the logits here, by megatron-core's fused cross entropy there). With
+    dropout on, so building the teacher (which draws initial weights) must leave the student's RNG as it was."""
     teacher_dir, ds = teacher
-    ok(run_pretrain(student_args(tiny_data, tmp_path / "alpha0", ds, teacher_dir, "--training.distill_alpha=0")))
+    dropout = "--model.hidden_dropout=0.1"
+    ok(run_pretrain(student_args(tiny_data, tmp_path / "alpha0", ds, teacher_dir, "--training.distill_alpha=0",
+                                 dropout)))
     plain = tiny_gpt_args(tiny_data, tmp_path / "plain", ds, *STUDENT, "--training.train_iters=4",
-                          "--training.eval_interval=2")
+                          "--training.eval_interval=2", dropout)
     ok(run_pretrain(plain))
     want, got = losses(tmp_path / "plain"), losses(tmp_path / "alpha0")
     assert sorted(got) == [1, 2, 3, 4]

@@ -19,11 +19,9 @@ def is_lora(saved: dict) -> bool:
 
 def record(base_ckpt: str) -> dict:
     """The pointer to the base checkpoint a LoRA run starts from (training.init_from's)."""
-    from mtds.ckpt import manifest
+    from mtds.ckpt.manifest import pointer
 
-    listed = os.path.join(base_ckpt, manifest.MANIFEST_FILE)
-    return {"run_dir": os.path.abspath(os.path.dirname(os.path.dirname(base_ckpt))), "tag": os.path.basename(base_ckpt),
-            "manifest_xxh3_128": manifest.hash_file(listed)[manifest.HASH] if os.path.isfile(listed) else None}
+    return pointer(base_ckpt)
 
 
 def base_checkpoint(saved: dict, where: str) -> tuple[str, dict]:

@@ -75,6 +75,14 @@ def hash_file(path: str) -> dict:
     return {"bytes": size, HASH: h.hexdigest()}
 
 
+def pointer(ckpt_dir: str) -> dict:
+    """How a run names another run's checkpoint it depends on (a LoRA base, a distillation teacher): its run
+    dir, tag and the hash of its manifest (None where it has none), which changes if any file it lists does."""
+    listed = os.path.join(ckpt_dir, MANIFEST_FILE)
+    return {"run_dir": os.path.abspath(os.path.dirname(os.path.dirname(ckpt_dir))), "tag": os.path.basename(ckpt_dir),
+            "manifest_xxh3_128": hash_file(listed)[HASH] if os.path.isfile(listed) else None}
+
+
 def hash_files(ckpt_dir: str, paths) -> dict[str, dict]:
     """{path relative to ckpt_dir: hash_file entry} for the given files."""
     return {os.path.relpath(p, ckpt_dir): hash_file(p) for p in paths}

@@ -27,6 +27,7 @@ import os
 
 from mtds.ckpt.branch import parse
 from mtds.ckpt.layout import checkpoint_root, complete_tags, find, read_config
+from mtds.ckpt.manifest import hash_file
 from mtds.config import migrate
 from mtds.errors import ConfigError
 from mtds.kinds import KINDS
@@ -62,13 +63,7 @@ def plan_teacher(cfg, tensor: int, family, gives_token_logits: bool) -> tuple[st
         raise ConfigError(f"{KEY}={value!r}: {ckpt} is a {migrate(saved['run'])['model'].get('model_type')!r} model "
                           f"and the student a {cfg.model.model_type!r}; the teacher must be a causal model of the "
                           f"student's family ({family.name})")
-    if not 0 <= t.distill_alpha <= 1 or t.distill_temperature <= 0:  # config.validate says so too; kept for callers
-        raise ConfigError(f"{KEY}: distill_alpha must be in [0, 1] and distill_temperature > 0")
-    listed = os.path.join(ckpt, manifest.MANIFEST_FILE)
-    record = {"run_dir": os.path.abspath(run_dir), "tag": os.path.basename(ckpt),
-              "manifest_xxh3_128": manifest.hash_file(listed)[manifest.HASH] if os.path.isfile(listed) else None,
-              "alpha": t.distill_alpha, "temperature": t.distill_temperature}
-    return ckpt, record
+    return ckpt, {**manifest.pointer(ckpt), "alpha": t.distill_alpha, "temperature": t.distill_temperature}
 
 
 def check_resumed_teacher(resumed: dict, record: dict) -> None:
@@ -86,16 +81,9 @@ def check_vocab(ckpt: str, saved: dict, vocab_size: int, tokenizer_model: str) -
     if int(saved["vocab_size"]) != vocab_size:
         raise ConfigError(f"{KEY}: {ckpt} has a padded vocabulary of {saved['vocab_size']} and the student "
                           f"{vocab_size}; distill with the teacher's tokenizer ({theirs})")
-    if os.path.isfile(theirs) and os.path.isfile(tokenizer_model) and _content(theirs) != _content(tokenizer_model):
+    if os.path.isfile(theirs) and os.path.isfile(tokenizer_model) and hash_file(theirs) != hash_file(tokenizer_model):
         raise ConfigError(f"{KEY}: {ckpt} was trained with the tokenizer {theirs} and the student's data with "
                           f"{tokenizer_model}, which differ; preprocess the data with the teacher's tokenizer")
-
-
-def _content(path: str) -> bytes:
-    import xxhash
-
-    with open(path, "rb") as f:
-        return xxhash.xxh3_128(f.read()).digest()
 
 
 def load_teacher(ckpt: str, saved: dict, precision: str, device, log=print):
@@ -104,11 +92,14 @@ def load_teacher(ckpt: str, saved: dict, precision: str, device, log=print):
     import torch
 
     from mtds.ckpt.consolidate import consolidated_state_dict
+    from mtds.ckpt.save_load import rng_state, set_rng_state
     from mtds.kinds import build_model
     from mtds.load_trained import load_weights, saved_run_config
 
     cfg = saved_run_config(saved)
+    generators = rng_state()  # building draws initial weights: the student's dropout and data streams stay its own
     model = build_model(cfg, int(saved["vocab_size"]), precision, on_gpu=torch.cuda.is_available())
+    set_rng_state(generators)
     load_weights(model, consolidated_state_dict(ckpt, saved), ckpt)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     model.to(device=device, dtype=dtype).eval()

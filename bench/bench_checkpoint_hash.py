@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     ds_cfg = resolve_ds_config(raw, path, 1, 100, False, log=quiet)
     init_distributed()
     cfg = run_config(a.preset)
-    engine, n_params = build_engine(cfg, cfg.kind, ds_cfg, a.vocab, False, log=quiet)
+    engine, n_params, _ = build_engine(cfg, cfg.kind, ds_cfg, a.vocab, False, log=quiet)
     batch = synthetic_batches(1, 1, 128, a.vocab, engine.device)[0]
     sums, _ = forward_step(engine, batch, engine.device)
     engine.backward(sums["lm"] / batch["loss_mask"].sum())  # the per-token mean

@@ -119,7 +119,7 @@ def build_engine(preset: str, ds_path: str, vocab: int):
                                cpu_native_bf16=gpu or has_native_bf16())
     init_distributed()
     cfg = build_config(overrides={"model": {"preset": preset}})
-    engine, _ = mtds_build_engine(cfg, cfg.kind, ds_cfg, vocab, gpu, log=quiet)
+    engine, _, _ = mtds_build_engine(cfg, cfg.kind, ds_cfg, vocab, gpu, log=quiet)
     return engine, precision(ds_cfg), ds_cfg["train_micro_batch_size_per_gpu"]
 
 

@@ -122,7 +122,7 @@ def measure(stage: int, cfg, vocab: int, seq: int) -> dict:
     dp = parallel_state.get_data_parallel_world_size()
     ds_cfg = resolve_ds_config(raw, path, dp, 100, torch.cuda.is_available(), log=quiet,
                                cpu_native_bf16=_native_bf16())
-    engine, n_params = build_engine(cfg, cfg.kind, ds_cfg, vocab, torch.cuda.is_available(), log=quiet)
+    engine, n_params, _ = build_engine(cfg, cfg.kind, ds_cfg, vocab, torch.cuda.is_available(), log=quiet)
     opt = engine.optimizer
     module_params = list(engine.module.parameters())
     ledger = Ledger()

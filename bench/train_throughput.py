@@ -168,7 +168,7 @@ def build_engine(preset: str, variant: str, micro: int, vocab: int):
     if tc_over:  # bench-only: try megatron-core options before changing mtds/models/common.py
         common.transformer_config = lambda *a, **k: _replace(original(*a, **k), tc_over)
     try:
-        engine, n_params = mtds_build_engine(cfg, cfg.kind, ds_cfg, vocab, on_gpu(), log=quiet)
+        engine, n_params, _ = mtds_build_engine(cfg, cfg.kind, ds_cfg, vocab, on_gpu(), log=quiet)
     finally:
         common.transformer_config = original
     if mode == "layers" and "compile" in extras:

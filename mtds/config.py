@@ -559,7 +559,6 @@ def validate(cfg: RunConfig) -> list[str]:
 
 
 LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
-LORA_KINDS = ("gpt", "gpt_sft")
 
 
 def lora_problems(cfg: RunConfig) -> list[str]:
@@ -570,8 +569,9 @@ def lora_problems(cfg: RunConfig) -> list[str]:
     key = f"training.lora_rank={t.lora_rank}"
     if t.lora_rank < 1:
         return [f"{key}: must be >= 1 (e.g. 8), or none for full fine-tuning"]
-    if m.model_type not in LORA_KINDS:
-        return [f"{key}: LoRA covers model_type {', '.join(LORA_KINDS)}, not {m.model_type!r}; drop training.lora_rank"]
+    if cfg.kind.task.lora_heads is None:
+        kinds = [name for name, kind in KINDS.items() if kind.task.lora_heads is not None]
+        return [f"{key}: LoRA covers model_type {', '.join(kinds)}, not {m.model_type!r}; drop training.lora_rank"]
     if not t.init_from:
         return [f"{key} needs training.init_from (the run dir of the base model the adapters train on; "
                 "an HF model: python -m mtds.import_hf first)"]

@@ -108,7 +108,7 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
         from mtds.models.lora import export_adapter
 
         rules = arch.rules(cfg.model, cfg.kind.task.model_heads(cfg.task))
-        sd = export_adapter(sd, cfg.training, arch, rules, lora_adapter, out_dir, log)
+        sd = export_adapter(sd, cfg.training, arch, rules, lora_adapter, out_dir, cfg.kind.task.lora_heads or (), log)
     os.makedirs(out_dir, exist_ok=True)
     sources = saved["data_sources"]
     generates = arch.CAUSAL_LM or arch.SEQ2SEQ_LM  # else a BERT: its tokenizer frames [CLS] a [SEP]

@@ -93,6 +93,11 @@ class Task:
     the logits at every position of a training micro-batch, each position's target and its loss-mask weight.
     Knowledge distillation (training.teacher, mtds/train/distill.py) runs it on student and teacher; a task
     without it refuses a teacher."""
+    lora_heads: tuple[str, ...] | None = None
+    """Optional: the names of the task's own head modules (top-level in the model) that a LoRA run
+    (training.lora_rank, mtds/models/lora.py) trains whole beside the adapters and saves with them: a
+    classifier's head starts fresh, so frozen it would stay random. `()`: adapters only. None: the
+    task refuses LoRA."""
     cached_logits: Callable | None = None
     """Optional `cached_logits(model, max_length) -> cache`, a KV cache for `mtds.generate`:
     `cache(new_ids [1, k]) -> logits [1, V]` after the last id, fed the prompt then one id at a time

@@ -43,7 +43,7 @@ def run_steps(config: dict, samples: list[dict], micro: int, accum: int) -> dict
            "optimizer": {"type": "Adam", "params": {"lr": LR, "eps": EPS, "torch_adam": True, "weight_decay": 0.0}},
            "gradient_clipping": CLIP, "zero_optimization": {"stage": 0}}
     ds = resolve_ds_config(raw, "per_token.json", world, STEPS, False, log=lambda *_: None)
-    engine, _ = build_engine(cfg, cfg.kind, ds, VOCAB, False, log=lambda *_: None)
+    engine, _, _ = build_engine(cfg, cfg.kind, ds, VOCAB, False, log=lambda *_: None)
     dropout = dropout_masks()
     grads = []
     boundary_step = engine.step

@@ -295,7 +295,7 @@ def test_a_deepspeed_json_key_overridden_on_the_command_line_is_the_lr_the_engin
     assert args.ds_overrides == {"optimizer.params.lr": "2e-5", "scheduler.params.warmup_num_steps": "1"}
     plan = plan_run(cfg, os.path.join(ROOT, "ds_configs", "zero2.json"), lambda *a: None, args.ds_overrides)
     assert plan.ds_cfg["optimizer"]["params"]["lr"] == 2e-5
-    engine, _ = build_engine(cfg, cfg.kind, plan.ds_cfg, 512, False, log=lambda *a: None)
+    engine, _, _ = build_engine(cfg, cfg.kind, plan.ds_cfg, 512, False, log=lambda *a: None)
     assert engine.get_lr()[0] == pytest.approx(2e-5)
 
 

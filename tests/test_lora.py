@@ -62,7 +62,8 @@ def test_checkpoints_hold_the_adapters_and_a_pointer_to_the_base(runs):
     assert sum(t.numel() for t in optim["single_partition_of_fp32_groups"]) == sum(v.numel() for v in module.values())
     base_ckpt = base / "checkpoints" / TAG2
     assert read_config(str(ckpt))["lora_base"] == {"run_dir": str(base), "tag": TAG2,
-                                                   "manifest_xxh3_128": hash_file(str(base_ckpt / "manifest.json"))["xxh3_128"]}
+                                                   "manifest_xxh3_128": hash_file(str(base_ckpt / "manifest.json"))["xxh3_128"],
+                                                   "left_out": []}
     before, unmerged, merged = state(base), state(lora, merge=False), state(lora)
     assert unmerged.keys() - before.keys() == set(module) and merged.keys() == before.keys()
     assert all(module[k].abs().max() > 0 for k in module if k.endswith("lora_B.weight"))
@@ -145,7 +146,7 @@ def test_peft_adapter_and_merged_export_give_mtds_logits(runs, tmp_path, capsys)
     (["--training.lora_rank=4", "--training.init_from=x", "--model.tensor_model_parallel_size=2"],
      "training.lora_rank=4: LoRA runs without tensor parallelism; set model.tensor_model_parallel_size=1"),
     (["--training.lora_rank=4", "--training.init_from=x", "--model.model_type=gpt_plm"],
-     "training.lora_rank=4: LoRA covers model_type gpt, gpt_sft, not 'gpt_plm'"),
+     "training.lora_rank=4: LoRA covers model_type gpt, gpt_sft, bert_cls, not 'gpt_plm'"),
 ])
 def test_bad_lora_settings_are_one_line_errors(tiny_data, tmp_path, capsys, flags, expected):
     from mtds.pretrain import main

@@ -42,7 +42,9 @@ def consolidated_state_dict(ckpt_dir: str, saved: dict, merge_lora: bool = True)
     from mtds.ckpt.lora_base import KEY, base_checkpoint, is_lora
 
     if is_lora(saved) and saved.get(KEY):  # adapters only: the base's tensors come through the checkpoint's pointer
-        state = {**consolidated_state_dict(*base_checkpoint(saved, ckpt_dir)), **state}
+        base = consolidated_state_dict(*base_checkpoint(saved, ckpt_dir))
+        left_out = set(saved[KEY].get("left_out", ()))  # e.g. a pretrained BERT's masked-LM head under a classifier
+        state = {**{k: v for k, v in base.items() if k not in left_out}, **state}
     if merge_lora and is_lora(saved):
         from types import SimpleNamespace
 

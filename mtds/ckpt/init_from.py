@@ -71,8 +71,9 @@ def check_special_tokens(ckpt: str, saved: dict, tokenizer, tokenizer_path: str)
                               "preprocess the data with the model's own tokenizer (its run dir's tokenizer/)")
 
 
-def load_initial_weights(model, ckpt: str, saved: dict, log=print) -> None:
-    """Copy the source's fp32 weights into `model` (before DeepSpeed wraps it)."""
+def load_initial_weights(model, ckpt: str, saved: dict, log=print) -> list[str]:
+    """Copy the source's fp32 weights into `model` (before DeepSpeed wraps it); returns the names of
+    the source's tensors this model has no place for (e.g. a pretrained BERT's masked-LM head)."""
     from mtds.ckpt.consolidate import consolidated_state_dict
 
     state = consolidated_state_dict(ckpt, saved)  # whole tensors, whatever the source's tensor parallelism
@@ -98,3 +99,4 @@ def load_initial_weights(model, ckpt: str, saved: dict, log=print) -> None:
         log(f"note: not in {ckpt}, initialised fresh: {', '.join(fresh)}")
     if unused:
         log(f"note: in {ckpt} but not in this model, left out: {', '.join(unused)}")
+    return unused

@@ -1,7 +1,8 @@
 """A LoRA run's checkpoints hold only the adapters (and their optimizer state) and a pointer to the
 base checkpoint: `lora_base` = its run dir, tag and manifest hash, in config.json and in every
 checkpoint's mtds_config.json. The base is read back through the pointer, its manifest hash checked
-first: a resume loads it before the adapters, the tools merge the two (mtds.ckpt.consolidate).
+first: a resume loads it before the adapters, the tools merge the two (mtds.ckpt.consolidate). A task's
+heads (Task.lora_heads, e.g. a classifier's) train whole and are saved with the adapters.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ def is_lora(saved: dict) -> bool:
     return bool(saved.get("run", {}).get("training", {}).get("lora_rank"))
 
 
-def record(base_ckpt: str) -> dict:
-    """The pointer to the base checkpoint a LoRA run starts from (training.init_from's)."""
+def record(base_ckpt: str, left_out: list[str]) -> dict:
+    """The pointer to the base checkpoint a LoRA run starts from (training.init_from's), with the
+    base's tensors the run's model has no place for (`left_out`: a pretrained BERT's masked-LM head
+    under a classifier), which the tools drop when they put base and adapters together."""
     from mtds.ckpt.manifest import pointer
 
-    return pointer(base_ckpt)
+    return {**pointer(base_ckpt), "left_out": list(left_out)}
 
 
 def base_checkpoint(saved: dict, where: str) -> tuple[str, dict]:

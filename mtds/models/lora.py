@@ -30,17 +30,18 @@ def _add_adapter_output(module, args, kwargs, output):
     return out + module.lora_scale * delta, bias
 
 
-def apply_lora(model, training, log=print) -> int:
-    """Freeze every parameter of `model` and add adapters to the layers named by
-    training.lora_targets (after the base weights are loaded). Returns the adapter parameter count."""
+def apply_lora(model, training, heads: tuple[str, ...] = (), log=print) -> int:
+    """Freeze every parameter of `model` but those of the task's `heads` (top-level module names, the
+    task's `lora_heads`: trained whole) and add adapters to the layers named by training.lora_targets
+    (after the base weights are loaded). Returns the trainable parameter count."""
     import torch
 
     targets = set(training.lora_targets)
     layers = [(name, mod) for name, mod in model.named_modules() if name.rsplit(".", 1)[-1] in targets]
-    for p in model.parameters():
-        p.requires_grad_(False)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".", 1)[0] in heads)
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     r = int(training.lora_rank)
-    count = 0
     for _, mod in layers:
         out_features, in_features = mod.weight.shape  # [out, in] (whole: no tensor parallelism)
         like = {"dtype": mod.weight.dtype, "device": mod.weight.device}
@@ -53,8 +54,9 @@ def apply_lora(model, training, log=print) -> int:
         mod.register_forward_hook(_add_adapter_output, with_kwargs=True)
         count += mod.lora_A.weight.numel() + mod.lora_B.weight.numel()
     total = sum(p.numel() for p in model.parameters())
-    log(f"LoRA: rank {r} adapters on {len(layers)} layers ({', '.join(sorted(targets))}): {count:,} trainable "
-        f"parameters of {total:,} ({100 * count / total:.2f}%); the base weights are frozen")
+    trained_whole = f" and the task's {', '.join(heads)} trained whole" if heads else ""
+    log(f"LoRA: rank {r} adapters on {len(layers)} layers ({', '.join(sorted(targets))}){trained_whole}: {count:,} "
+        f"trainable parameters of {total:,} ({100 * count / total:.2f}%); the base weights are frozen")
     return count
 
 
@@ -74,20 +76,35 @@ def adapters(state: dict) -> dict:
     return {k: v for k, v in state.items() if k.endswith((SUFFIX_A, SUFFIX_B))}
 
 
-def peft_adapter(state: dict, training, arch, rules: list) -> tuple[object, dict]:
+PEFT_TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS"}  # by the HF class's suffix
+
+
+def peft_adapter(state: dict, training, arch, rules: list, heads: tuple[str, ...] = ()) -> tuple[object, dict]:
     """(peft.LoraConfig, PEFT adapter state dict) for the exported base model of `arch`
     (mtds/hf/<architecture>.py), whose mapping `rules` map each megatron key's adapter. A is shared by the HF
     layers a fused megatron layer splits into (q/k/v of linear_qkv, gate/up of linear_fc1); B's
-    rows are split by the rule's own transform, as the weight's rows are."""
+    rows are split by the rule's own transform, as the weight's rows are. The task's `heads` (trained whole)
+    go in as peft's `modules_to_save`, their tensors under their HF names, as peft saves them."""
     from peft import LoraConfig
 
     from mtds.errors import LoadError
     from mtds.hf.transforms import Chunk, Same, SplitQKV
 
-    out, targets = {}, set()
+    task_type = next((t for suffix, t in PEFT_TASK_TYPES.items() if arch.ARCHITECTURE.endswith(suffix)), None)
+    if task_type is None:
+        raise LoadError(f"--lora-adapter: peft has no task type for {arch.ARCHITECTURE}; export the merged model "
+                        "instead (drop --lora-adapter)")
+    out, adapted, saved_whole = {}, [], set()
     for rule in rules:
-        (ours,) = rule.ours[:1]
+        if not rule.ours:  # an HF-only tensor (no megatron counterpart)
+            continue
+        ours = rule.ours[0]
         layer = ours[: -len(".weight")]
+        if ours.split(".", 1)[0] in heads:  # [out, in] / [out]: the head's own tensors, as the export maps them
+            for theirs, tensor in zip(rule.theirs, rule.transform.to_hf(tuple(state[k] for k in rule.ours))):
+                saved_whole.add(theirs.rsplit(".", 1)[0])
+                out[f"base_model.model.{theirs}"] = tensor.contiguous()
+            continue
         if len(rule.ours) != 1 or not ours.endswith(".weight") or layer + SUFFIX_A not in state:
             continue
         if not isinstance(rule.transform, (Same, SplitQKV, Chunk)):  # e.g. GPT-2's transposed Conv1D
@@ -96,13 +113,27 @@ def peft_adapter(state: dict, training, arch, rules: list) -> tuple[object, dict
         a, b = state[layer + SUFFIX_A], state[layer + SUFFIX_B]  # [r, in], [out, r]
         for theirs, b_part in zip(rule.theirs, rule.transform.to_hf((b,))):  # B's rows as the weight's
             module = theirs[: -len(".weight")]
-            targets.add(module.rsplit(".", 1)[-1])
+            adapted.append(module)
             out[f"base_model.model.{module}.lora_A.weight"] = a.clone()  # a copy each: safetensors refuses shared memory
             out[f"base_model.model.{module}.lora_B.weight"] = b_part.contiguous()
     t = training
     config = LoraConfig(r=int(t.lora_rank), lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-                        target_modules=sorted(targets), bias="none", task_type="CAUSAL_LM")
+                        target_modules=target_names(adapted, rules), modules_to_save=sorted(saved_whole) or None,
+                        bias="none", task_type=task_type)
     return config, out
+
+
+def target_names(adapted: list[str], rules: list) -> list[str]:
+    """peft's target_modules for the HF modules in `adapted`: peft matches a name against the end of every
+    module's name, so a short name (`q_proj`) is used where it matches adapted modules only, the full name
+    where it would match another too (BERT's `dense` is also the pooler's)."""
+    modules = {theirs.rsplit(".", 1)[0] for rule in rules for theirs in rule.theirs}
+    adapted_set, names = set(adapted), set()
+    for module in adapted:
+        short = module.rsplit(".", 1)[-1]
+        clash = any(m == short or m.endswith("." + short) for m in modules - adapted_set)
+        names.add(module if clash else short)
+    return sorted(names)
 
 
 def write_peft_adapter(out_dir: str, config, weights: dict, base_dir: str | None = None) -> None:
@@ -118,7 +149,8 @@ def write_peft_adapter(out_dir: str, config, weights: dict, base_dir: str | None
               os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
-def export_adapter(state: dict, training, arch, rules: list, adapter_dir: str, base_dir: str, log=print) -> dict:
+def export_adapter(state: dict, training, arch, rules: list, adapter_dir: str, base_dir: str, heads: tuple[str, ...] = (),
+                   log=print) -> dict:
     """Write the PEFT adapter of a LoRA run's (unmerged) state to `adapter_dir`; returns the base's
     state dict (the frozen weights, adapters left out) for the caller to export to `base_dir`."""
     import os
@@ -130,8 +162,10 @@ def export_adapter(state: dict, training, arch, rules: list, adapter_dir: str, b
     if os.path.isdir(adapter_dir) and os.listdir(adapter_dir) and \
             not os.path.isfile(os.path.join(adapter_dir, "adapter_config.json")):
         raise LoadError(f"--lora-adapter {adapter_dir}: exists and is not an adapter folder; give a new or empty directory")
-    config, weights = peft_adapter(state, training, arch, rules)
+    config, weights = peft_adapter(state, training, arch, rules, heads)
     write_peft_adapter(adapter_dir, config, weights, os.path.abspath(base_dir))
-    log(f"export: PEFT adapter ({len(weights)} tensors, targets {', '.join(config.target_modules)}) to {adapter_dir}; "
-        f"load it with PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base_dir!r}), {adapter_dir!r})")
+    auto = "AutoModelForCausalLM" if arch.CAUSAL_LM else "AutoModelForSequenceClassification"
+    whole = f", trained whole: {', '.join(config.modules_to_save)}" if config.modules_to_save else ""
+    log(f"export: PEFT adapter ({len(weights)} tensors, targets {', '.join(sorted(config.target_modules))}{whole}) to "
+        f"{adapter_dir}; load it with PeftModel.from_pretrained({auto}.from_pretrained({base_dir!r}), {adapter_dir!r})")
     return {k: v for k, v in state.items() if not k.endswith((SUFFIX_A, SUFFIX_B))}

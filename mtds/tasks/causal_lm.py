@@ -117,4 +117,5 @@ TASK = Task(
     forward_step=forward_step, count_targets=count_targets, next_token_logits=next_token_logits,
     continuation_logits=next_token_logits, token_logits=token_logits,
     cached_logits=cached_logits,
+    lora_heads=(),
 )

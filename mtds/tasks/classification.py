@@ -258,4 +258,6 @@ TASK = Task(
     name="classification", options=Options, data_layout=DATA_LAYOUT, changeable_on_resume=CHANGEABLE_ON_RESUME,
     validate=validate, model_heads=model_heads, check_data=check_data, build_datasets=build_datasets,
     forward_step=forward_step, count_targets=count_targets, flops_args=flops_args, summarize=summarize, report=report,
+    # LoRA trains these whole: the head starts fresh, and the pooler is fresh too, or was trained for sentence order
+    lora_heads=("pooler", "classification_head"),
 )

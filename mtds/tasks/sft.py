@@ -60,7 +60,7 @@ def check_data(cfg, sources, tokenizer) -> None:
 
     for prefix in sources.all_prefixes:
         side = loss_mask_prefix(prefix)
-        rebuild = f"rebuild both with `python -m data_tools.sft` (give the _sft_document prefix as data.paths)"
+        rebuild = "rebuild both with `python -m data_tools.sft` (give the _sft_document prefix as data.paths)"
         if not (os.path.isfile(side + ".bin") and os.path.isfile(side + ".idx")):
             raise ConfigError(f"data.paths: {prefix} has no loss-mask side file {side}.bin/.idx; {rebuild}")
         tokens, masks = IndexedDataset(prefix), IndexedDataset(side)  # kept alive: their arrays view the files
@@ -121,4 +121,5 @@ TASK = Task(
     forward_step=forward_step, count_targets=count_targets, next_token_logits=next_token_logits,
     continuation_logits=next_token_logits, token_logits=token_logits,
     cached_logits=cached_logits,
+    lora_heads=(),
 )

@@ -20,7 +20,8 @@ def weight_decay_groups(model) -> list[dict]:
 
 def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_gpu: bool, log=print,
                  init_from: tuple[str, dict] | None = None):
-    """(DeepSpeed engine, parameter count): the model of `kind` (the run's, handed over by the wiring),
+    """(DeepSpeed engine, parameter count, the init_from tensors this model had no place for): the model of
+    `kind` (the run's, handed over by the wiring),
     seeded, its weights from `init_from` (checkpoint dir, saved config) if given, compiled as
     configured. Call after mtds.parallel.process_groups.init_distributed (megatron-core layers look
     up their process groups)."""
@@ -33,14 +34,15 @@ def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_g
 
     seed_everything(cfg.training.seed)
     model = kind.family.build(cfg.model, vocab_size, precision(ds_cfg), on_gpu, **kind.task.model_heads(cfg.task))
+    unused_init_keys = []
     if init_from:
         from mtds.ckpt.init_from import load_initial_weights
 
-        load_initial_weights(model, *init_from, log=log)
+        unused_init_keys = load_initial_weights(model, *init_from, log=log)
     if cfg.training.lora_rank:  # frozen base + adapters (the optimizer below gets only the adapters)
         from mtds.models.lora import apply_lora
 
-        apply_lora(model, cfg.training, log=log)
+        apply_lora(model, cfg.training, kind.task.lora_heads, log=log)
     seed_per_data_rank(cfg.training.seed)  # the weights are built: dropout masks now differ per data-parallel rank
     if model.config.sequence_parallel:
         allreduce_sequence_parallel_grads(model)
@@ -56,4 +58,4 @@ def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_g
     if cfg.training.compile == "model":
         compile_engine(engine)
         log("torch.compile: the whole model, DeepSpeed's engine.compile() (training.compile=model)")
-    return engine, n_params
+    return engine, n_params, unused_init_keys

@@ -46,7 +46,7 @@ def train(plan: Plan, log=print) -> int:
         from mtds.train.distill import check_vocab as check_teacher_vocab
 
         check_teacher_vocab(plan.teacher[0], read_config(plan.teacher[0]), vocab_size, sources.tokenizer_model)
-    engine, n_params = build_engine(cfg, cfg.kind, ds_cfg, vocab_size, plan.on_gpu, log, plan.init_from)
+    engine, n_params, unused_init_keys = build_engine(cfg, cfg.kind, ds_cfg, vocab_size, plan.on_gpu, log, plan.init_from)
     global_batch = ds_cfg["train_batch_size"]
     data_sources = data_sources_record(sources.prefixes, sources.tokenizer_model, sources.tokenizer_type,
                                        sources.weights, sources.valid_prefixes, sources.identity())
@@ -59,7 +59,7 @@ def train(plan: Plan, log=print) -> int:
     if cfg.training.lora_rank:  # the base its adapters-only checkpoints need (mtds/ckpt/lora_base.py)
         from mtds.ckpt.lora_base import KEY, record
 
-        resolved[KEY] = record(plan.init_from[0])
+        resolved[KEY] = record(plan.init_from[0], unused_init_keys)
     if parallel.tensor > 1:  # how the shards merge, for the tools (mtds.ckpt.consolidate)
         from mtds.parallel.tensor_parallel import tensor_layout
 

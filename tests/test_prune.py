@@ -212,28 +212,33 @@ def test_hidden_slicing_covers_biases_layernorm_learned_positions_and_tied_embed
 
 
 @pytest.mark.slow
-def test_a_pruned_run_trains_via_init_from_and_exports(parent, tiny_data, tmp_path, capsys):
-    """The recovery fine-tune: training.init_from the pruned run (its shape on the command line) starts
-    at its weights (step-0 validation = mtds.evaluate of the pruned run) and trains; the run exports."""
+def test_a_pruned_run_trains_via_init_from_resumes_and_exports(parent, tiny_data, tmp_path, capsys):
+    """The recovery fine-tune of a model pruned in depth, heads and hidden size (64 -> 48): training.init_from
+    the pruned run (its shape on the command line) starts at its weights (step-0 validation = mtds.evaluate
+    of the pruned run), trains, stops at step 2 and resumes; the pruned run exports."""
     from mtds import evaluate, export_hf
 
     run, ds = parent
     pruned, tuned = tmp_path / "pruned", tmp_path / "tuned"
     rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(pruned), "--num-layers", "2",
-                                     "--num-attention-heads", "2", "--calibration-batches", "1"], capsys)
+                                     "--num-attention-heads", "2", "--hidden-size", "48",
+                                     "--calibration-batches", "1"], capsys)
     assert rc == 0, err
     rc, stdout, err = call(evaluate.main, ["--load", str(pruned), "--json", "--no-progress"], capsys)
     assert rc == 0, err
     loss = json.loads(stdout)["loss"]
-    # model.ffn_hidden_size stays derived (none) when the FFN keeps its size: init_from compares the keys
-    ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=2", *SHAPE, "--model.num_layers=2",
-                             "--model.num_attention_heads=2",
-                             "--model.kv_channels=16", f"--training.init_from={pruned}")))
+    # hidden_size no longer derives the FFN width or the head dimension: the record pins both
+    shape = (*SHAPE, "--model.num_layers=2", "--model.num_attention_heads=2", "--model.hidden_size=48",
+             f"--model.ffn_hidden_size={FFN}", "--model.kv_channels=16", f"--training.init_from={pruned}")
+    ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=3", "--training.exit_interval=2", *shape)))
     val = scalars(str(tuned))["val/loss"]
     assert val[0][0] == 0 and val[0][1] == pytest.approx(loss, rel=1e-6)
+    again = ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=3", *shape, "--load", str(tuned))))
+    assert "resumed from" in again.stdout and "at iteration 2" in again.stdout
+    assert [step for step, _ in scalars(str(tuned))["train/loss"]] == [1, 2, 3]
     rc, _, err = call(export_hf.main, ["--load", str(pruned), "--out", str(tmp_path / "hf")], capsys)
     assert rc == 0 and (tmp_path / "hf" / "model.safetensors").is_file(), err
-    from transformers import AutoModelForCausalLM  # 2 heads of dimension 16 at width 64: Llama's head_dim
+    from transformers import AutoModelForCausalLM  # 2 heads of dimension 16 at width 48: Llama's head_dim
 
     from mtds.load_trained import load_trained
 

@@ -1,7 +1,8 @@
 """Structured pruning of a trained GPT-family run into a smaller one (Minitron-style, issue #26).
 
     python -m mtds.prune --load RUN_DIR [--tag T] --out NEW_RUN_DIR [--num-layers 6] [--ffn-hidden-size 512] \\
-        [--num-attention-heads 8] [--num-query-groups 4] [--hidden-size 768] [--calibration-batches 8] [--data PREFIX ...]
+        [--num-attention-heads 8] [--num-query-groups 4] [--hidden-size 768] [--calibration-batches 8] \\
+        [--data PREFIX ...]
 
 Importance is measured in one pass over K calibration micro-batches of the run's own training split
 (or of --data PREFIX, tokenized with the run's tokenizer), through the task's own forward step:

@@ -2,8 +2,9 @@
 
 One tiny teacher (2 x 64, trained 30 steps) and a smaller student (1 x 32): the loss against a plain
 float64 reference on the same logits, a distilled run under ZeRO-3 and its exact resume, the same run on
-two data-parallel ranks (the deepspeed launcher) at the same global batch, alpha = 0 against the plain run, the zero-weights teacher refused by the first-batch check, and bad teachers
-refused with one line before training."""
+two data-parallel ranks (the deepspeed launcher) at the same global batch, alpha = 0 against the plain
+run, the zero-weights teacher refused by the first-batch check, and bad teachers refused with one line
+before training."""
 
 from __future__ import annotations
 

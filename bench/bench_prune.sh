@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pruning on the default corpus (issue #26; README "Pruning"): validation loss of a trained gpt-tiny
-# before and after pruning (depth, width), after a short recovery fine-tune from the pruned weights
+# before and after pruning (depth, width, hidden size), after a short recovery fine-tune from the pruned weights
 # (training.init_from), and of the same shape trained from scratch for the same tokens.
 #   WORK=/tmp/prune_bench bench/bench_prune.sh   # WORK holds base/ (a gpt-tiny run dir, seq 128) and
 #                                                # data/stdlib/ (its .bin/.idx and tokenizer, as recorded)
@@ -43,3 +43,11 @@ echo "width, from scratch $STEPS steps: $(train width_scratch "${WIDTH[@]}")"
 # steps from the same pruned weights, the parent's logits as the target (alpha 1, T 1).
 echo "depth, distilled $STEPS steps from the pruned weights (teacher: base): $(train depth_kd "${DEPTH[@]}" --training.init_from=depth --training.teacher=base)"
 echo "width, distilled $STEPS steps from the pruned weights (teacher: base): $(train width_kd "${WIDTH[@]}" --training.init_from=width --training.teacher=base)"
+# Embedding channels (--hidden-size): 256 -> 192 everywhere on the residual stream; the FFN (704) and the head
+# dimension (64) stay, so the recovery and scratch runs pin them.
+rm -rf hidden
+nice -n 5 $PY -m mtds.prune --load base --out hidden --hidden-size 192 2>&1 | grep '^pruned'
+HIDDEN=(--model.hidden_size=192 --model.ffn_hidden_size=704 --model.kv_channels=64)
+echo "hidden 256->192 pruned: $(loss hidden)"
+echo "hidden, fine-tuned $STEPS steps from the pruned weights: $(train hidden_ft "${HIDDEN[@]}" --training.init_from=hidden)"
+echo "hidden, from scratch $STEPS steps: $(train hidden_scratch "${HIDDEN[@]}")"

@@ -1,19 +1,20 @@
 """Knowledge distillation, issue #26 (training.teacher, mtds/train/distill.py).
 
 One tiny teacher (2 x 64, trained 30 steps) and a smaller student (1 x 32): the loss against a plain
-float64 reference on the same logits, a distilled run under ZeRO-3 and its exact resume, alpha = 0
-against the plain run, the zero-weights teacher refused by the first-batch check, and bad teachers
-refused with one line before training."""
+float64 reference on the same logits, a distilled run under ZeRO-3 and its exact resume, the same run on
+two data-parallel ranks (the deepspeed launcher) at the same global batch, alpha = 0 against the plain
+run, the zero-weights teacher refused by the first-batch check, and bad teachers refused with one line
+before training."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
 import torch
-
 from helpers import flags, ok, run_pretrain, scalars, tiny_gpt_args, write_ds_config
 
 STUDENT = flags("model", {"num_layers": 1, "hidden_size": 32})
@@ -66,22 +67,32 @@ def losses(run_dir, tag="train/loss") -> dict[int, float]:
     return dict(scalars(str(run_dir))[tag])
 
 
-def test_a_distilled_run_logs_both_parts_and_resumes_exactly(teacher, tiny_data, tmp_path):
+EXTRA = ("--training.distill_alpha=0.5", "--training.distill_temperature=2")
+
+
+@pytest.fixture(scope="module")
+def straight(teacher, tiny_data, tmp_path_factory):
+    """(run dir, stdout) of a distilled student, 1 rank x micro-batch 2, ZeRO-3, 4 steps, alpha 0.5, T 2."""
+    teacher_dir, ds = teacher
+    run_dir = tmp_path_factory.mktemp("distill_straight") / "straight"
+    return run_dir, ok(run_pretrain(student_args(tiny_data, run_dir, ds, teacher_dir, *EXTRA))).stdout
+
+
+def test_a_distilled_run_logs_both_parts_and_resumes_exactly(teacher, straight, tiny_data, tmp_path):
     """alpha 0.5, T 2 under ZeRO-3: train/loss = 0.5 kd + 0.5 lm_hard at every step, val/loss is the
     student's own next-token loss, the record names the teacher by its manifest hash; stopped at step 2
     and resumed, steps 3-4 equal the straight run's bit for bit."""
     from mtds.ckpt.manifest import hash_file
 
     teacher_dir, ds = teacher
-    extra = ("--training.distill_alpha=0.5", "--training.distill_temperature=2")
-    straight = ok(run_pretrain(student_args(tiny_data, tmp_path / "straight", ds, teacher_dir, *extra)))
-    assert f"teacher: {teacher_dir}/checkpoints/iter_0000030 (gpt, " in straight.stdout
-    s = scalars(str(tmp_path / "straight"))
+    extra, (straight_dir, stdout) = EXTRA, straight
+    assert f"teacher: {teacher_dir}/checkpoints/iter_0000030 (gpt, " in stdout
+    s = scalars(str(straight_dir))
     for (step, loss), (_, kd), (_, hard) in zip(s["train/loss"], s["train/kd"], s["train/lm_hard"]):
         assert loss == pytest.approx(0.5 * kd + 0.5 * hard, rel=1e-5), step
     assert [k for k, _ in s["val/kd"]] == [0, 2, 4] and len(s["val/loss"]) == 3
     assert "val/lm_hard" not in s  # validation is the student's own loss (the engine's module in eval mode)
-    record = json.loads((tmp_path / "straight/checkpoints/iter_0000004/mtds_config.json").read_text())
+    record = json.loads((straight_dir / "checkpoints/iter_0000004/mtds_config.json").read_text())
     assert record["distilled_from"] == {
         "run_dir": str(teacher_dir), "tag": "iter_0000030", "alpha": 0.5, "temperature": 2.0,
         "manifest_xxh3_128": hash_file(str(teacher_dir / "checkpoints/iter_0000030/manifest.json"))["xxh3_128"]}
@@ -90,8 +101,34 @@ def test_a_distilled_run_logs_both_parts_and_resumes_exactly(teacher, tiny_data,
                                  "--training.exit_interval=2")))
     ok(run_pretrain(student_args(tiny_data, tmp_path / "split", ds, teacher_dir, *extra,
                                  "--load", str(tmp_path / "split"))))
-    want, got = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    want, got = losses(straight_dir), losses(tmp_path / "split")
     assert [got[i] for i in (3, 4)] == [want[i] for i in (3, 4)]
+
+
+@pytest.mark.slow
+def test_two_data_parallel_ranks_distill_as_one_at_the_same_global_batch(teacher, straight, tiny_data, tmp_path):
+    """The straight run again on 2 ranks x micro-batch 1 (the deepspeed launcher, ZeRO-3: the student
+    partitioned, the teacher whole on each rank): the same 2 samples per step, so the teacher check (its
+    first micro-batch's loss, summed over the ranks) reads the same tokens and loss, and every step's
+    per-token KD and hard losses, and the validation KD, are the 1-rank run's (fp32; the ranks' sums add
+    in another order)."""
+    teacher_dir, _ = teacher
+    straight_dir, stdout = straight
+    ds = write_ds_config(str(tmp_path / "ds_two.json"), stage=3, micro=1, precision="fp32", torch_adam=True)
+    two = ok(run_pretrain(student_args(tiny_data, tmp_path / "two", ds, teacher_dir, *EXTRA), ranks=2))
+    assert "world 2" in two.stdout and "ZeRO 3" in two.stdout
+
+    def check(out: str) -> tuple[float, int]:
+        found = re.findall(r"^teacher check: loss ([0-9.]+) on the first micro-batch's (\d+) tokens", out, re.M)
+        assert len(found) == 1, out[-3000:]  # rank 0 logs it, once
+        return float(found[0][0]), int(found[0][1])
+
+    (loss_one, tokens_one), (loss_two, tokens_two) = check(stdout), check(two.stdout)
+    assert tokens_two == tokens_one > 0 and loss_two == pytest.approx(loss_one, abs=1e-4)
+    one, both = scalars(str(straight_dir)), scalars(str(tmp_path / "two"))
+    for tag in ("train/loss", "train/kd", "train/lm_hard", "val/kd", "val/loss"):
+        assert [step for step, _ in both[tag]] == [step for step, _ in one[tag]], tag
+        assert [v for _, v in both[tag]] == [pytest.approx(v, rel=1e-5) for _, v in one[tag]], tag
 
 
 def test_alpha_zero_is_the_plain_run(teacher, tiny_data, tmp_path):

@@ -1,4 +1,4 @@
-"""Structured pruning (mtds.prune, issue #26): depth and FFN width of a GPT run into a new run dir.
+"""Structured pruning (mtds.prune, issue #26): depth, FFN width, heads and hidden size of a GPT run into a new run dir.
 
 One training run for the whole module (`parent`: 1 rank, ZeRO-0, fp32, 3 layers, 4 heads in 2 query
 groups, SwiGLU, 4 steps); the pruning itself runs in this process against its checkpoint."""
@@ -48,7 +48,8 @@ def test_pruning_to_its_own_size_is_the_original_bit_for_bit(parent, tmp_path, c
     out = tmp_path / "same"
     rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(out), "--num-layers", "3",
                                      "--ffn-hidden-size", str(FFN), "--num-attention-heads", "4",
-                                     "--num-query-groups", "2", "--calibration-batches", "1"], capsys)
+                                     "--num-query-groups", "2", "--hidden-size", "64", "--calibration-batches",
+                                     "1"], capsys)
     assert rc == 0, err
     a, b = weights(run), weights(out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -126,29 +127,118 @@ def test_the_pruned_model_is_the_originals_weights_sliced_by_the_recorded_indice
         assert torch.equal(mine(tokens, positions, None), pruned.model(tokens, positions, None))
 
 
+def test_hidden_size_pruning_slices_the_residual_stream_by_the_recorded_channels(parent, tmp_path, capsys):
+    """Depth 3 -> 2 with hidden 64 -> 40: the kept channels are the 40 best recorded scores, and the first
+    forward equals that of a model the test builds from the parent's tensors, each sliced by hand along its
+    residual-stream dimension (the norms then normalize over 40 channels in both)."""
+    import dataclasses
+
+    from mtds.ckpt.layout import read_config
+    from mtds.kinds import build_model
+    from mtds.load_trained import find_checkpoint, load_trained, load_weights, saved_run_config
+
+    run, _ = parent
+    out = tmp_path / "narrow"
+    rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(out), "--num-layers", "2", "--hidden-size",
+                                     "40", "--calibration-batches", "2"], capsys)
+    assert rc == 0, err
+    pruned = load_trained(str(out))  # strict: its config matches its tensors
+    model = pruned.saved["run"]["model"]
+    assert (model["hidden_size"], model["ffn_hidden_size"], model["kv_channels"]) == (40, FFN, 16)  # pinned
+    info = pruned.saved["pruned_from"]
+    scores, keep = info["importance"]["hidden_scores"], info["kept"]["hidden_channels"]
+    assert len(scores) == 64 and all(s > 0 for s in scores) and info["removed"]["hidden_channels"] == 24
+    assert keep == sorted(sorted(range(64), key=lambda c: (-scores[c], c))[:40])
+
+    keep, layers = torch.tensor(keep), info["kept"]["layers"]
+    columns = ("embedding.word_embeddings.weight", "output_layer.weight", "self_attention.linear_qkv.weight",
+               "mlp.linear_fc1.weight")  # [.., h]: the residual stream is their input
+    rows = ("input_layernorm.weight", "pre_mlp_layernorm.weight", "decoder.final_layernorm.weight",
+            "self_attention.linear_proj.weight", "mlp.linear_fc2.weight")  # [h] or [h, ..]: their output
+    state = {}
+    for key, v in weights(run).items():
+        name = key.split(".", 3)[-1] if key.startswith("decoder.layers.") else key
+        if key.startswith("decoder.layers."):
+            old = int(key.split(".")[2])
+            if old not in layers:
+                continue
+            key = f"decoder.layers.{layers.index(old)}.{name}"
+        assert name in columns + rows, name  # every tensor of this model touches the residual stream
+        state[key] = v[:, keep] if name in columns else v[keep]
+    cfg = saved_run_config(read_config(find_checkpoint(str(run))))
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=2, hidden_size=40,
+                                                             ffn_hidden_size=FFN, kv_channels=16))
+    mine = build_model(cfg, pruned.vocab_size, "fp32", on_gpu=False)
+    load_weights(mine, state, "test")
+    mine.eval()
+    tokens = torch.randint(0, 500, (2, 32), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(32).unsqueeze(0).expand(2, -1)
+    with torch.no_grad():
+        assert torch.equal(mine(tokens, positions, None), pruned.model(tokens, positions, None))
+
+
+def test_hidden_slicing_covers_biases_layernorm_learned_positions_and_tied_embeddings():
+    """The architecture switches the module run does not train: LayerNorm (weight and bias), biases on every
+    linear layer, learned positions and a tied output layer. hidden_sliced equals the test's own slicing of a
+    fresh model's tensors, which loads strictly into the same model built at the smaller width."""
+    from helpers import tiny_cfg
+
+    from mtds.kinds import build_model
+    from mtds.load_trained import load_weights
+    from mtds.parallel.process_groups import init_distributed
+    from mtds.prune import hidden_sliced
+
+    init_distributed()
+    arch = dict(normalization="LayerNorm", add_bias_linear=True, position_embedding_type="learned_absolute",
+                tie_embeddings=True, activation="gelu", ffn_hidden_size=256, kv_channels=24)  # no [h, h] tensor
+    state = {k: v for k, v in build_model(tiny_cfg(**arch), 512, "fp32", False).state_dict().items()
+             if not k.endswith("_extra_state")}
+    keep = torch.tensor([1, 2, 3, 5, 8, 13, 21, 34, 55, 63])
+    h = 64
+    mine = {}
+    for k, v in state.items():
+        if k.endswith(("linear_qkv.bias", "linear_fc1.bias")):  # rows: heads, neurons
+            mine[k] = v
+        elif v.dim() == 2 and v.shape[1] == h:  # embeddings [V or P, h], linear_qkv / linear_fc1 [out, h]
+            mine[k] = v[:, keep]
+        else:  # norms, linear_proj / linear_fc2 [h, in] and their biases [h]
+            assert v.shape[0] == h, k
+            mine[k] = v[keep]
+    assert "embedding.position_embeddings.weight" in mine and "output_layer.weight" not in mine  # tied
+    assert "decoder.layers.0.input_layernorm.bias" in mine and "decoder.layers.0.mlp.linear_fc2.bias" in mine
+    theirs = hidden_sliced(state, keep.tolist())
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    load_weights(build_model(tiny_cfg(**arch, hidden_size=10), 512, "fp32", False), theirs, "test")
+
+
 @pytest.mark.slow
-def test_a_pruned_run_trains_via_init_from_and_exports(parent, tiny_data, tmp_path, capsys):
-    """The recovery fine-tune: training.init_from the pruned run (its shape on the command line) starts
-    at its weights (step-0 validation = mtds.evaluate of the pruned run) and trains; the run exports."""
+def test_a_pruned_run_trains_via_init_from_resumes_and_exports(parent, tiny_data, tmp_path, capsys):
+    """The recovery fine-tune of a model pruned in depth, heads and hidden size (64 -> 48): training.init_from
+    the pruned run (its shape on the command line) starts at its weights (step-0 validation = mtds.evaluate
+    of the pruned run), trains, stops at step 2 and resumes; the pruned run exports."""
     from mtds import evaluate, export_hf
 
     run, ds = parent
     pruned, tuned = tmp_path / "pruned", tmp_path / "tuned"
     rc, _, err = call(prune_main(), ["--load", str(run), "--out", str(pruned), "--num-layers", "2",
-                                     "--num-attention-heads", "2", "--calibration-batches", "1"], capsys)
+                                     "--num-attention-heads", "2", "--hidden-size", "48",
+                                     "--calibration-batches", "1"], capsys)
     assert rc == 0, err
     rc, stdout, err = call(evaluate.main, ["--load", str(pruned), "--json", "--no-progress"], capsys)
     assert rc == 0, err
     loss = json.loads(stdout)["loss"]
-    # model.ffn_hidden_size stays derived (none) when the FFN keeps its size: init_from compares the keys
-    ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=2", *SHAPE, "--model.num_layers=2",
-                             "--model.num_attention_heads=2",
-                             "--model.kv_channels=16", f"--training.init_from={pruned}")))
+    # hidden_size no longer derives the FFN width or the head dimension: the record pins both
+    shape = (*SHAPE, "--model.num_layers=2", "--model.num_attention_heads=2", "--model.hidden_size=48",
+             f"--model.ffn_hidden_size={FFN}", "--model.kv_channels=16", f"--training.init_from={pruned}")
+    ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=3", "--training.exit_interval=2", *shape)))
     val = scalars(str(tuned))["val/loss"]
     assert val[0][0] == 0 and val[0][1] == pytest.approx(loss, rel=1e-6)
+    again = ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=3", *shape, "--load", str(tuned))))
+    assert "resumed from" in again.stdout and "at iteration 2" in again.stdout
+    assert [step for step, _ in scalars(str(tuned))["train/loss"]] == [1, 2, 3]
     rc, _, err = call(export_hf.main, ["--load", str(pruned), "--out", str(tmp_path / "hf")], capsys)
     assert rc == 0 and (tmp_path / "hf" / "model.safetensors").is_file(), err
-    from transformers import AutoModelForCausalLM  # 2 heads of dimension 16 at width 64: Llama's head_dim
+    from transformers import AutoModelForCausalLM  # 2 heads of dimension 16 at width 48: Llama's head_dim
 
     from mtds.load_trained import load_trained
 
@@ -177,8 +267,10 @@ def test_bad_pruning_requests_are_one_line_and_write_nothing(parent, tmp_path, c
     assert refused("--num-layers", "4") == "error: --num-layers 4: the model has 3; give 1..3"
     assert refused("--ffn-hidden-size", "193") == f"error: --ffn-hidden-size 193: the model has {FFN}; give 1..{FFN}"
     assert refused("--num-layers", "0") == "error: --num-layers 0: the model has 3; give 1..3"
-    assert refused() == ("error: nothing to prune: give --num-layers, --ffn-hidden-size, --num-attention-heads "
-                         "and/or --num-query-groups")
+    assert refused() == ("error: nothing to prune: give --num-layers, --ffn-hidden-size, --num-attention-heads, "
+                         "--num-query-groups and/or --hidden-size")
+    assert refused("--hidden-size", "65") == "error: --hidden-size 65: the model has 64; give 1..64"
+    assert refused("--hidden-size", "0") == "error: --hidden-size 0: the model has 64; give 1..64"
     assert refused("--num-query-groups", "3") == "error: --num-query-groups 3: the model has 2; give 1..2"
     assert refused("--num-attention-heads", "3") == (
         "error: --num-attention-heads 3 with 2 query group(s): each group keeps the same number of its 2 query "
@@ -201,3 +293,12 @@ def test_bad_pruning_requests_are_one_line_and_write_nothing(parent, tmp_path, c
         path.write_text(json.dumps(record))
     assert refused("--num-layers", "2", load=bert) == (
         "error: model.model_type='bert': mtds.prune prunes GPT-family runs (gpt, gpt_sft, gpt_plm)")
+    sinusoidal = tmp_path / "sinusoidal"
+    shutil.copytree(run, sinusoidal)
+    for path in sinusoidal.glob("checkpoints/iter_*/mtds_config.json"):
+        record = json.loads(path.read_text())
+        record["run"]["model"]["position_embedding_type"] = "sinusoidal"
+        path.write_text(json.dumps(record))
+    assert refused("--hidden-size", "32", load=sinusoidal) == (
+        "error: --hidden-size 32: model.position_embedding_type='sinusoidal' is a fixed table of the width, which "
+        "slicing channels would not reproduce; prune this run's other dimensions")

@@ -128,8 +128,9 @@ def distill_sums(student, teacher, labels, weights, temperature: float):
 class Distiller:
     """The run's forward step and target counts with a teacher: see the module doc."""
 
-    def __init__(self, cfg, teacher, token_logits, count_targets, vocab_size: int, group, family_metrics=None):
-        self.teacher, self.token_logits, self.opts = teacher, token_logits, cfg.task
+    def __init__(self, cfg, teacher, token_logits, count_targets, vocab_size: int, group, family_metrics=None,
+                 log=lambda line: None):
+        self.teacher, self.token_logits, self.opts, self.log = teacher, token_logits, cfg.task, log
         self.family_metrics = family_metrics  # the family's per-micro-batch metrics (an MoE student's load balance)
         self.alpha, self.temperature = cfg.training.distill_alpha, cfg.training.distill_temperature
         self._count, self.vocab_size, self.group = count_targets, vocab_size, group
@@ -166,7 +167,7 @@ class Distiller:
 
     def check_better_than_uniform(self, logits, labels, weights) -> None:
         """The teacher's next-token loss on the first micro-batch (summed over the data-parallel ranks) must
-        beat a uniform guess, ln(vocab): a teacher loaded as zeros scores exactly that."""
+        beat a uniform guess, ln(vocab): a teacher loaded as zeros scores exactly that. Logged either way."""
         import torch
 
         from mtds.train.reduction import sum_over_ranks
@@ -180,3 +181,6 @@ class Distiller:
             raise ConfigError(f"{KEY}: the teacher's loss on the first batch is {total / n:.4f}, no better than a "
                               f"uniform guess (ln {self.vocab_size} = {uniform:.4f}): its weights are not a trained "
                               "model (zeros, or another vocabulary's); check the teacher run dir")
+        if n:
+            self.log(f"teacher check: loss {total / n:.4f} on the first micro-batch's {int(n)} tokens (all ranks), "
+                     f"better than a uniform guess (ln {self.vocab_size} = {uniform:.4f})")

@@ -92,7 +92,7 @@ def train(plan: Plan, log=print) -> int:
 
         teacher = load_teacher(plan.teacher[0], read_config(plan.teacher[0]), precision(ds_cfg), engine.device, log)
         distiller = Distiller(cfg, teacher, task.token_logits, counts, vocab_size, data_parallel_group(),
-                              family.micro_batch_metrics)
+                              family.micro_batch_metrics, log)
         forward, counts = distiller.forward, distiller.count_targets
     # A task whose model sees more than seq_length tokens per sample says so (T5: the decoder's length).
     flops_args = task.flops_args(cfg.task, cfg.seq_length) if task.flops_args is not None else {}

@@ -62,6 +62,9 @@ from mtds.tool_cli import run_tool
 LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.*)$")
 
 
+RUN_CONFIG = "run_config.json"
+"""The pruned run's [model] and [task] sections, beside its checkpoints: `--config` for the recovery fine-tune."""
+
 def attention_shape(m: dict, heads: int | None, groups: int | None) -> tuple[int, int]:
     """(query heads, query groups) after pruning; an MHA model (no num_query_groups) keeps one group per head."""
     have_h, have_g = m["num_attention_heads"], m.get("num_query_groups") or m["num_attention_heads"]
@@ -340,10 +343,14 @@ def prune(load: str, tag: str | None, out: str, num_layers: int | None, ffn: int
     final = publish_weights(out, state, record, iteration=iteration_of(os.path.basename(ckpt)))
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(record, f, indent=2)
+    with open(os.path.join(out, RUN_CONFIG), "w") as f:  # the new shape, for `--config` (as mtds.import_hf writes)
+        json.dump({"model": record["run"]["model"], "task": record["run"].get("task") or {}}, f, indent=2)
     log(f"pruned {ckpt}: layers {m.num_layers} -> {num_layers} (removed {record['pruned_from']['removed']['layers']}), "
         f"ffn {m.ffn_size()} -> {ffn}, heads {old_h} -> {new_h} in {old_g} -> {new_g} query group(s), "
         f"hidden {m.hidden_size} -> {hidden}; "
         f"{record['num_parameters']:,} parameters -> {final}")
+    log(f"next: deepspeed mtds/pretrain.py --deepspeed_config DS.json --config {os.path.join(out, RUN_CONFIG)} "
+        f"--training.init_from {out} --run-dir RUN_DIR   # the recovery fine-tune, at the pruned shape")
     return final
 
 

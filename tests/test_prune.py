@@ -34,6 +34,12 @@ def prune_main():
     return main
 
 
+def run_pretrain_main():
+    from mtds.pretrain import main
+
+    return main
+
+
 def weights(run_dir) -> dict[str, torch.Tensor]:
     from mtds.ckpt.consolidate import consolidated_state_dict
     from mtds.ckpt.layout import read_config
@@ -227,13 +233,18 @@ def test_a_pruned_run_trains_via_init_from_resumes_and_exports(parent, tiny_data
     rc, stdout, err = call(evaluate.main, ["--load", str(pruned), "--json", "--no-progress"], capsys)
     assert rc == 0, err
     loss = json.loads(stdout)["loss"]
-    # hidden_size no longer derives the FFN width or the head dimension: the record pins both
-    shape = (*SHAPE, "--model.num_layers=2", "--model.num_attention_heads=2", "--model.hidden_size=48",
-             f"--model.ffn_hidden_size={FFN}", "--model.kv_channels=16", f"--training.init_from={pruned}")
-    ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=3", "--training.exit_interval=2", *shape)))
+    # the shape comes from the run_config.json prune writes (hidden_size no longer derives the FFN width or the
+    # head dimension: it pins both); the module's model flags would override it, so the arguments are spelled out
+    shape = ("--deepspeed_config", ds, "--config", str(pruned / "run_config.json"), "--data.paths", tiny_data["prefix"],
+             "--data.tokenizer_model", tiny_data["tokenizer_model"], "--data.split=90,10,0", "--run-dir", str(tuned),
+             "--training.log_interval=1", "--training.eval_iters=1", "--training.progress_bar=false",
+             "--training.eval_interval=100", "--data.num_workers=0", f"--training.init_from={pruned}")
+    rc, _, err = call(run_pretrain_main(), [*shape, "--model.num_layers=3", "--training.train_iters=3"], capsys)
+    assert rc == 2 and f"(train it with --config {pruned / 'run_config.json'})" in err  # a wrong shape: the hint
+    ok(run_pretrain([*shape, "--training.train_iters=3", "--training.exit_interval=2"]))
     val = scalars(str(tuned))["val/loss"]
     assert val[0][0] == 0 and val[0][1] == pytest.approx(loss, rel=1e-6)
-    again = ok(run_pretrain(args_for(tiny_data, tuned, ds, "--training.train_iters=3", *shape, "--load", str(tuned))))
+    again = ok(run_pretrain([*shape, "--training.train_iters=3", "--load", str(tuned)]))
     assert "resumed from" in again.stdout and "at iteration 2" in again.stdout
     assert [step for step, _ in scalars(str(tuned))["train/loss"]] == [1, 2, 3]
     rc, _, err = call(export_hf.main, ["--load", str(pruned), "--out", str(tmp_path / "hf")], capsys)

@@ -41,7 +41,7 @@ def plan_init(init_from: str, current_run: dict) -> tuple[str, dict]:
     differ = differences(old, new, "model", allowed=(*CHANGEABLE_MODEL_KEYS, "model_type"))
     if differ:
         hint = ""
-        if saved.get("imported_from"):  # mtds.import_hf wrote the model's sections beside it
+        if saved.get("imported_from") or saved.get("pruned_from"):  # mtds.import_hf / mtds.prune wrote them beside it
             hint = f" (train it with --config {os.path.join(init_from, 'run_config.json')})"
         raise ConfigError(f"{key}: {ckpt} holds another network: " + "; ".join(differ[:4]) + hint)
     return ckpt, saved

@@ -348,6 +348,26 @@ def test_gguf_metadata_and_vocabulary(gguf_ready, run, exports):
     assert _field(reader, "tokenizer.ggml.unknown_token_id") == sp.unk_id() and set(types[n:]) <= {5}
 
 
+@pytest.mark.slow
+def test_transformers_reads_the_gguf_back_as_the_hf_export(gguf_ready, ours, exports):
+    """transformers' own GGUF loader (gguf_file=; it undoes llama.cpp's q/k row order with its own code)
+    builds a LlamaForCausalLM with the HF export's logits: F32 exactly, Q8_0 within 3% of max |logit|
+    (measured 1% on this run)."""
+    from transformers import AutoModelForCausalLM
+
+    ids = _ids(ours)
+    want = _hf_logits(exports["float"], ids)[0]
+    folder = os.path.dirname(exports["gguf_f32"])
+    for name, atol in (("gguf_f32", 0.0), ("gguf_q8_0", 0.03 * want.abs().max().item())):
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=os.path.basename(exports[name]),
+                                                     dtype=torch.float32).eval()
+        with torch.no_grad():
+            got = model(ids).logits
+        assert type(model).__name__ == "LlamaForCausalLM"
+        torch.testing.assert_close(got, want, atol=atol, rtol=0)
+    assert not torch.equal(got, want)  # Q8_0 rounds
+
+
 def test_gguf_row_order_turns_hf_rope_into_llama_cpp_rope():
     """RoPE as HF applies it (rotate-half, transformers' apply_rotary_pos_emb) to q = x W^T, rows then
     interleaved, equals GGML's adjacent-pair RoPE (written here from its formula) applied to x W_p^T

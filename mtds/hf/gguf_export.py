@@ -27,7 +27,8 @@ Refused with one line before any weight is read: another architecture (GPT-2, Qw
 linear biases and Llama-3 RoPE scaling (llama.cpp wants them in forms not written here), a Hugging
 Face tokenizer (only sentencepiece vocabularies are written), a FILE that is a directory or in a missing
 one. The file is written to FILE.tmp and renamed, so a failure leaves no partial FILE.
-No llama.cpp binary was available: the files were read back with gguf's GGUFReader, never run by llama.cpp.
+No llama.cpp binary was available: the files were read back with gguf's GGUFReader and loaded by
+transformers' GGUF loader (tests/test_quantize.py), never run by llama.cpp.
 """
 
 from __future__ import annotations

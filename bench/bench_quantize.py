@@ -62,11 +62,12 @@ def code_held_out_ids(folder: str, seq: int, windows: int) -> torch.Tensor:
     return torch.tensor(ids[: seq * windows]).view(windows, seq)
 
 
-def perplexity(folder: str, ids: torch.Tensor, batch: int = 16) -> float:
-    """exp(mean next-token NLL) over every window, scored by transformers in fp32."""
+def perplexity(folder: str, ids: torch.Tensor, batch: int = 16, gguf_file: str | None = None) -> float:
+    """exp(mean next-token NLL) over every window, scored by transformers in fp32 (a GGUF file in
+    folder through transformers' GGUF loader, which dequantizes it)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, gguf_file=gguf_file).eval()
     nll, count = 0.0, 0
     with torch.no_grad():
         for chunk in ids.split(batch):
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                    "relative to the current directory)")
     p.add_argument("--train-iters", type=int, help="train --load first (if it has no checkpoint) for N steps")
     p.add_argument("--ffn-hidden-size", type=int, help="with --train-iters: model.ffn_hidden_size")
+    p.add_argument("--gguf", action="store_true", help="also a Q8_0 GGUF (--gguf-type q8_0 with the fp32 export; "
+                   "every 2-D weight, embeddings and lm_head too), scored through transformers' GGUF loader")
     a = p.parse_args(argv)
     sys.path.insert(0, ROOT)
     from mtds.ckpt.layout import read_config
@@ -130,28 +133,35 @@ def main(argv: list[str] | None = None) -> int:
 
     prefix = a.data or read_config(find_checkpoint(a.load))["data_sources"]["prefixes"][0]
     rows, sets = [], None
+    gguf = os.path.join(a.out, "fp32", "model-q8_0.gguf")
     for mode, group in [("fp32", None)] + [(m, g) for g in a.group_size for m in ("int8", "int4")]:
         folder = os.path.join(a.out, mode if group is None else f"{mode}_g{group}")
         start = time.perf_counter()
-        export(a.load, folder, log=lambda *_: None, **({} if mode == "fp32" else
-                                                       {"quantize": mode, "group_size": group}))
+        export(a.load, folder, log=lambda *_: None, **({"gguf": gguf, "gguf_type": "q8_0"} if a.gguf and group is None
+                                                       else {} if group is None
+                                                       else {"quantize": mode, "group_size": group}))
         export_s = time.perf_counter() - start
         if sets is None:
             sets = (corpus_held_out_ids(prefix, a.seq, a.windows), code_held_out_ids(folder, a.seq, a.windows))
         start = time.perf_counter()
         ppl = [perplexity(folder, ids) for ids in sets]
-        rows.append((mode if group is None else f"{mode}, group {group}", ppl, os.path.getsize(os.path.join(folder, "model.safetensors")), quantized_bytes(folder),
+        rows.append((mode if group is None else f"{mode}, group {group}", ppl,
+                     os.path.getsize(os.path.join(folder, "model.safetensors")), quantized_bytes(folder),
                      export_s, time.perf_counter() - start))
+    if a.gguf:  # (the fp32 export's seconds include writing this file)
+        start = time.perf_counter()
+        ppl = [perplexity(os.path.dirname(gguf), ids, gguf_file=os.path.basename(gguf)) for ids in sets]
+        rows.append(("GGUF Q8_0 (all 2-D weights)", ppl, os.path.getsize(gguf), None, None, time.perf_counter() - start))
     print(f"{a.load}, group sizes {a.group_size}: {a.windows} x {a.seq} held-out tokens each of the corpus "
           f"({prefix}, past the training split) and of megatron-core's sources")
-    print("| export | ppl corpus held-out | vs fp32 | ppl megatron-core code | vs fp32 | model.safetensors "
+    print("| export | ppl corpus held-out | vs fp32 | ppl megatron-core code | vs fp32 | model file "
           "| quantized layers | export s | scoring s |")
     print("|---|---|---|---|---|---|---|---|---|")
     base = rows[0][1]
     for mode, ppl, size, qbytes, export_s, score_s in rows:
         cells = " | ".join(f"{p:.3f} | {100 * (p / b - 1):+.2f}%" for p, b in zip(ppl, base))
-        print(f"| {mode} | {cells} | {size / 2**20:.2f} MiB | {qbytes / 2**20:.2f} MiB | {export_s:.1f} "
-              f"| {score_s:.1f} |")
+        qcell, ecell = ("-", "-") if qbytes is None else (f"{qbytes / 2**20:.2f} MiB", f"{export_s:.1f}")
+        print(f"| {mode} | {cells} | {size / 2**20:.2f} MiB | {qcell} | {ecell} | {score_s:.1f} |")
     return 0
 
 

@@ -102,7 +102,7 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
                          quantize, group_size) if quantize else None
     if gguf:  # the float weights (before --quantize) also as GGUF: the same tensors as --out's, renamed
         gguf_export.check(arch, cfg.model, saved["data_sources"].get("tokenizer_type", "SentencePieceTokenizer"),
-                          gguf, gguf_type)
+                          gguf, gguf_type, out_dir)
     if os.path.isfile(out_dir):
         raise LoadError(f"--out {out_dir}: is a file; give a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not _is_export(out_dir):

@@ -406,7 +406,7 @@ def test_gguf_refusals_are_one_line_and_write_nothing(gguf_ready, run, tmp_path,
 
     out = tmp_path / "hf"
     rc, _, err = call(export_hf.main, ["--load", run, "--out", str(out), "--gguf", str(tmp_path)], capsys)
-    assert rc == 2 and err == f"error: --gguf {tmp_path}: give a file path in an existing directory\n", err
+    assert rc == 2 and err == f"error: --gguf {tmp_path}: give a file path in an existing directory (or in --out)\n"
     rc, _, err = call(export_hf.main, ["--load", run, "--out", str(out), "--gguf", str(tmp_path / "no" / "m.gguf")],
                       capsys)
     assert rc == 2 and "give a file path in an existing directory" in err and err.count("\n") == 1

@@ -26,7 +26,7 @@ converter script, not in the package):
 Refused with one line before any weight is read: another architecture (GPT-2, Qwen2, Mixtral forms),
 linear biases and Llama-3 RoPE scaling (llama.cpp wants them in forms not written here), a Hugging
 Face tokenizer (only sentencepiece vocabularies are written), a FILE that is a directory or in a missing
-one. The file is written to FILE.tmp and renamed, so a failure leaves no partial FILE.
+one (but --out, which the export makes). The file is written to FILE.tmp and renamed, so a failure leaves no partial FILE.
 No llama.cpp binary was available: the files were read back with gguf's GGUFReader and loaded by
 transformers' GGUF loader (tests/test_quantize.py), never run by llama.cpp.
 """
@@ -38,7 +38,7 @@ import os
 TYPES = ("f32", "f16", "q8_0")
 
 
-def check(arch, model, tokenizer_type: str, path: str, gguf_type: str) -> None:
+def check(arch, model, tokenizer_type: str, path: str, gguf_type: str, out_dir: str = "") -> None:
     """Refuse, with one line, what this writer cannot express; before any weight is read."""
     from mtds.errors import LoadError
 
@@ -59,8 +59,8 @@ def check(arch, model, tokenizer_type: str, path: str, gguf_type: str) -> None:
         raise LoadError(f"--gguf: the run's tokenizer is {tokenizer_type}; only a sentencepiece vocabulary is "
                         "written as GGUF")
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder):
-        raise LoadError(f"--gguf {path}: give a file path in an existing directory")
+    if os.path.isdir(path) or not (os.path.isdir(folder) or folder == os.path.abspath(out_dir)):
+        raise LoadError(f"--gguf {path}: give a file path in an existing directory (or in --out)")
 
 
 def permute_rope(w, heads: int):

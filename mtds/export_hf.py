@@ -133,7 +133,8 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
 
     weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
     if gguf:
-        n = gguf_export.write(gguf, config, weights, sources["tokenizer_model"], gguf_type, os.path.basename(out_dir))
+        n = gguf_export.write(gguf, config, weights, sources["tokenizer_model"], gguf_type,
+                              os.path.basename(os.path.normpath(out_dir)))
         log(f"export: wrote {gguf} (GGUF, {n} tensors, 2-D weights {gguf_type})")
     if quantize:  # the Linear layers' weights -> packed int32 + scales in the export dtype
         weights = quant.quantize(weights, layers, quantize, group_size, DTYPES[dtype])

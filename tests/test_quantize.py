@@ -52,12 +52,12 @@ def exports(run, tmp_path_factory):
     from mtds.export_hf import export
 
     tmp = tmp_path_factory.mktemp("quant_exports")
-    out = {"float": str(tmp / "float"), "gguf_f32": str(tmp / "f32.gguf"), "gguf_q8_0": str(tmp / "q8_0.gguf")}
+    out = {"float": str(tmp / "float"), **{f"gguf_{t}": str(tmp / f"{t}.gguf") for t in ("f32", "f16", "q8_0")}}
     export(run, out["float"], log=lambda *_: None, gguf=out["gguf_f32"], gguf_type="f32")
-    for mode in BITS:  # int8 also writes the Q8_0 GGUF: --gguf takes the float weights, before --quantize
+    for mode, gguf_type in zip(BITS, ("q8_0", "f16")):  # --gguf takes the float weights, before --quantize
         out[mode] = str(tmp / mode)
         export(run, out[mode], log=lambda *_: None, quantize=mode, group_size=GROUP,
-               **({"gguf": out["gguf_q8_0"], "gguf_type": "q8_0"} if mode == "int8" else {}))
+               gguf=out[f"gguf_{gguf_type}"], gguf_type=gguf_type)
     return out
 
 
@@ -266,7 +266,8 @@ def gguf_ready():
 
 @pytest.mark.slow
 def test_gguf_tensors_are_the_hf_exports_renamed_with_q_k_rows_interleaved(gguf_ready, exports):
-    """F32: every tensor is the HF export's bit for bit (q/k rows in llama.cpp's RoPE order); Q8_0: every
+    """F32: every tensor is the HF export's bit for bit (q/k rows in llama.cpp's RoPE order), F16 its
+    rounding to fp16 (norms F32); Q8_0: every
     2-D weight is ggml's Q8_0 of it (reference below: blocks of 32, d = max|w| / 127 stored fp16,
     q = round half away from zero of w / d), |w - q * d| within half a step (+ the fp16 scale's rounding);
     norms F32."""
@@ -289,6 +290,12 @@ def test_gguf_tensors_are_the_hf_exports_renamed_with_q_k_rows_interleaved(gguf_
     assert set(f32) == set(names)
     for name, t in f32.items():
         assert t.tensor_type == T.F32 and torch.equal(torch.from_numpy(t.data.copy()), expected(name)), name
+    _, f16 = _gguf(exports["gguf_f16"])
+    assert set(f16) == set(names)
+    for name, t in f16.items():
+        w = expected(name)
+        kind, got = (T.F32, w) if w.dim() == 1 else (T.F16, w.half())
+        assert t.tensor_type == kind and torch.equal(torch.from_numpy(t.data.copy()), got), name
     _, q8 = _gguf(exports["gguf_q8_0"])
     assert set(q8) == set(names)
     kinds = set()

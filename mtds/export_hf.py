@@ -2,6 +2,7 @@
 
     python -m mtds.export_hf --load RUN_DIR [--tag iter_0000040] --out DIR [--dtype fp32|bf16|fp16]
         [--quantize int8|int4 [--group-size 128]]   (weight-only, compressed-tensors: mtds/hf/quantize.py)
+        [--gguf FILE [--gguf-type f32|f16|q8_0]]    (also a llama.cpp GGUF file: mtds/hf/gguf_export.py)
 
 Writes config.json + model.safetensors (+ generation_config.json for causal and seq2seq LMs) and the tokenizer
 (tokenizer.model, tokenizer.json, tokenizer_config.json; a Hugging Face tokenizer's own files,
@@ -37,7 +38,7 @@ import sys
 import torch
 
 from mtds.errors import LoadError
-from mtds.hf import architecture
+from mtds.hf import architecture, gguf_export
 from mtds.ckpt.layout import read_config
 from mtds.load_trained import find_checkpoint, saved_run_config
 from mtds.tool_cli import run_tool
@@ -82,7 +83,8 @@ def _is_export(out_dir: str) -> bool:
 
 
 def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp32", log=print,
-           lora_adapter: str | None = None, quantize: str | None = None, group_size: int = 128) -> str:
+           lora_adapter: str | None = None, quantize: str | None = None, group_size: int = 128,
+           gguf: str | None = None, gguf_type: str = "f16") -> str:
     """Write the HF model directory for a run's checkpoint; returns the HF architecture name."""
     from mtds.ckpt.consolidate import consolidated_state_dict
     from mtds.hf.tokenizer import write_chat_template, write_tokenizer
@@ -98,6 +100,9 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
 
     layers = quant.check(arch, cfg.model, cfg.kind.task.model_heads(cfg.task), int(saved["vocab_size"]),
                          quantize, group_size) if quantize else None
+    if gguf:  # the float weights (before --quantize) also as GGUF: the same tensors as --out's, renamed
+        gguf_export.check(arch, cfg.model, saved["data_sources"].get("tokenizer_type", "SentencePieceTokenizer"),
+                          gguf, gguf_type, out_dir)
     if os.path.isfile(out_dir):
         raise LoadError(f"--out {out_dir}: is a file; give a directory")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not _is_export(out_dir):
@@ -127,6 +132,10 @@ def export(run_dir: str, out_dir: str, tag: str | None = None, dtype: str = "fp3
     from safetensors.torch import save_file
 
     weights = {k: v.to(DTYPES[dtype]).contiguous() for k, v in weights.items()}
+    if gguf:
+        n = gguf_export.write(gguf, config, weights, sources["tokenizer_model"], gguf_type,
+                              os.path.basename(os.path.normpath(out_dir)))
+        log(f"export: wrote {gguf} (GGUF, {n} tensors, 2-D weights {gguf_type})")
     if quantize:  # the Linear layers' weights -> packed int32 + scales in the export dtype
         weights = quant.quantize(weights, layers, quantize, group_size, DTYPES[dtype])
     log(f"export: writing model.safetensors ({len(weights)} tensors, "
@@ -157,12 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", metavar="int8|int4", help="weight-only round-to-nearest quantization of the "
                    "Linear layers, in the compressed-tensors format (mtds/hf/quantize.py)")
     p.add_argument("--group-size", type=int, default=128, help="input columns per scale with --quantize")
+    p.add_argument("--gguf", metavar="FILE", help="also write the (float) weights as a llama.cpp GGUF file; Llama "
+                   "form only (mtds/hf/gguf_export.py)")
+    p.add_argument("--gguf-type", choices=gguf_export.TYPES, default="f16", help="GGUF type of the 2-D weights")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    export(a.load, a.out, a.tag, a.dtype, lora_adapter=a.lora_adapter, quantize=a.quantize, group_size=a.group_size)
+    export(a.load, a.out, a.tag, a.dtype, lora_adapter=a.lora_adapter, quantize=a.quantize, group_size=a.group_size,
+           gguf=a.gguf, gguf_type=a.gguf_type)
     return 0
 
 

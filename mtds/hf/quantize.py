@@ -17,7 +17,11 @@ Quantized: every `torch.nn.Linear` of the Hugging Face model except `lm_head` --
 attention q/k/v/o and MLP gate/up/down projections of every layer. Kept in the export dtype: the
 embeddings, `lm_head` (tied or not), the norms and any bias. An architecture whose blocks hold no
 `nn.Linear` (GPT-2's Conv1D) and any model that is not a causal LM are refused with one line;
-a group size must divide every quantized layer's input dimension (vLLM's kernels need whole groups).
+a group size must divide every quantized layer's input dimension. Whole groups only, because a last,
+partial group does not load: compressed-tensors (0.20.1) quantizes and dequantizes a group-strategy
+weight through one function that raises "tensor column shape must be divisble by the given group_size"
+when it does not divide, both in the packer here and in the decompressor transformers loads with
+(tests/test_quantize.py keeps checking that); vLLM's kernels want whole groups too.
 """
 
 from __future__ import annotations

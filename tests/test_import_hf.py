@@ -390,3 +390,34 @@ def test_init_from_an_import_with_another_model_config_names_the_run_config(impo
     with pytest.raises(ConfigError, match=r"holds another network: .* \(train it with --config "
                                           rf"{run_dir}/run_config.json\)$"):
         plan_init(run_dir, resolved_dict(build_config({})))
+
+
+def test_an_imported_model_is_a_distillation_teacher_with_transformers_logits(imported, hf_dirs):
+    """training.teacher may be an import_hf output (issue #26): the teacher check accepts the run dir, the
+    student's tokenizer must be the imported one (another is refused with one line), and the frozen teacher
+    distillation builds gives transformers' logits (not, as in Megatron Bridge #1422, silently zero weights)."""
+    from helpers import tiny_cfg
+
+    from mtds.ckpt.layout import read_config
+    from mtds.errors import ConfigError
+    from mtds.kinds import KINDS
+    from mtds.train.distill import check_vocab, load_teacher, plan_teacher
+
+    run_dir, _ = imported["llama_gqa"]
+    student = tiny_cfg("gpt", training={"teacher": run_dir})
+    ckpt, record = plan_teacher(student, 1, KINDS["gpt"].family, gives_token_logits=True)
+    saved = read_config(ckpt)
+    assert record["run_dir"] == os.path.abspath(run_dir) and record["manifest_xxh3_128"]
+    own_tokenizer = saved["data_sources"]["tokenizer_model"]
+    check_vocab(ckpt, saved, int(saved["vocab_size"]), own_tokenizer)  # the student preprocessed with it
+    other = os.path.join(os.path.dirname(hf_dirs["llama_gqa"]), "llama_tied_llama3_rope", "config.json")
+    with pytest.raises(ConfigError, match="which differ; preprocess the data with the teacher's tokenizer"):
+        check_vocab(ckpt, saved, int(saved["vocab_size"]), other)
+    teacher = load_teacher(ckpt, saved, "fp32", torch.device("cpu"), log=lambda *_: None)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    ids = _ids(32)
+    with torch.no_grad():
+        theirs = _hf_model(hf_dirs["llama_gqa"])(ids).logits
+        ours = teacher(ids, torch.arange(32).unsqueeze(0).expand(2, 32), None)
+    assert theirs.abs().max() > 1.0
+    torch.testing.assert_close(ours[..., :theirs.shape[-1]], theirs, atol=LOGITS_ATOL, rtol=0)

@@ -81,9 +81,19 @@ def check_vocab(ckpt: str, saved: dict, vocab_size: int, tokenizer_model: str) -
     if int(saved["vocab_size"]) != vocab_size:
         raise ConfigError(f"{KEY}: {ckpt} has a padded vocabulary of {saved['vocab_size']} and the student "
                           f"{vocab_size}; distill with the teacher's tokenizer ({theirs})")
-    if os.path.isfile(theirs) and os.path.isfile(tokenizer_model) and hash_file(theirs) != hash_file(tokenizer_model):
+    if os.path.exists(theirs) and os.path.exists(tokenizer_model) and \
+            tokenizer_digest(theirs) != tokenizer_digest(tokenizer_model):
         raise ConfigError(f"{KEY}: {ckpt} was trained with the tokenizer {theirs} and the student's data with "
                           f"{tokenizer_model}, which differ; preprocess the data with the teacher's tokenizer")
+
+
+def tokenizer_digest(path: str) -> list:
+    """What defines a tokenizer's ids: its file's hash (sentencepiece .model, tokenizer.json), or for a Hugging
+    Face tokenizer directory (an import_hf run's tokenizer/) each file's name and hash."""
+    if os.path.isfile(path):
+        return [hash_file(path)]
+    return [(name, hash_file(os.path.join(path, name))) for name in sorted(os.listdir(path))
+            if os.path.isfile(os.path.join(path, name))]
 
 
 def load_teacher(ckpt: str, saved: dict, precision: str, device, log=print):

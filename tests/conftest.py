@@ -109,7 +109,8 @@ def no_world_left_behind():
 # while the other idles (measured: a 6-minute tail). Order inside a module is kept.
 HEAVY_FIRST = ("test_reliability.py", "test_tensor_parallel.py", "test_pretrain.py", "test_slurm.py",
                "test_bert_e2e.py", "test_classification.py", "test_bench.py", "test_checkpoint_manifest.py",
-               "test_t5.py", "test_tools.py", "test_init_from.py", "test_sft.py", "test_moe.py")
+               "test_t5.py", "test_tools.py", "test_init_from.py", "test_sft.py", "test_moe.py", "test_distill.py",
+               "test_per_token_loss.py", "test_downstream.py", "test_prune.py", "test_wandb.py", "test_plm.py")
 
 
 def pytest_collection_modifyitems(items):

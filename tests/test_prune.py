@@ -40,6 +40,26 @@ def run_pretrain_main():
     return main
 
 
+def assert_sliced_model_is_the_pruned_one(parent_ckpt, state: dict, pruned, **shape) -> None:
+    """The parent's model at the pruned `shape` ([model] fields), loaded with the test's own slicing `state`,
+    gives the pruned run's logits bit for bit."""
+    import dataclasses
+
+    from mtds.ckpt.layout import read_config
+    from mtds.kinds import build_model
+    from mtds.load_trained import load_weights, saved_run_config
+
+    cfg = saved_run_config(read_config(str(parent_ckpt)))
+    mine = build_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **shape)), pruned.vocab_size,
+                       "fp32", on_gpu=False)
+    load_weights(mine, state, "test")
+    mine.eval()
+    tokens = torch.randint(0, 500, (2, 32), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(32).unsqueeze(0).expand(2, -1)
+    with torch.no_grad():
+        assert torch.equal(mine(tokens, positions, None), pruned.model(tokens, positions, None))
+
+
 def weights(run_dir) -> dict[str, torch.Tensor]:
     from mtds.ckpt.consolidate import consolidated_state_dict
     from mtds.ckpt.layout import read_config
@@ -65,9 +85,7 @@ def test_the_pruned_model_is_the_originals_weights_sliced_by_the_recorded_indice
     """Depth 3 -> 2, FFN 192 -> 64, query groups 2 -> 1 with 2 of its 2 heads: the checkpoint loads strictly into a model of its recorded shape,
     the kept layers are the ones with the highest recorded scores, and its first forward equals that of
     a model the test builds itself from the parent's tensors (index_select by the recorded indices)."""
-    from mtds.ckpt.layout import read_config
-    from mtds.kinds import build_model
-    from mtds.load_trained import find_checkpoint, load_trained, load_weights, saved_run_config
+    from mtds.load_trained import find_checkpoint, load_trained
 
     run, _ = parent
     out = tmp_path / "small"
@@ -119,29 +137,16 @@ def test_the_pruned_model_is_the_originals_weights_sliced_by_the_recorded_indice
             elif name == "self_attention.linear_proj.weight":  # columns [head 4, head_dim 16]
                 v = v.reshape(64, 4, 16).index_select(1, torch.tensor(head)).reshape(64, -1)
             state[f"decoder.layers.{new}.{name}"] = v
-    cfg = saved_run_config(read_config(parent_ckpt))
-    import dataclasses
-
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=2, ffn_hidden_size=64,
-                                                             num_attention_heads=2, num_query_groups=1, kv_channels=16))
-    mine = build_model(cfg, pruned.vocab_size, "fp32", on_gpu=False)
-    load_weights(mine, state, "test")
-    mine.eval()
-    tokens = torch.randint(0, 500, (2, 32), generator=torch.Generator().manual_seed(0))
-    positions = torch.arange(32).unsqueeze(0).expand(2, -1)
-    with torch.no_grad():
-        assert torch.equal(mine(tokens, positions, None), pruned.model(tokens, positions, None))
+    assert_sliced_model_is_the_pruned_one(parent_ckpt, state, pruned, num_layers=2, ffn_hidden_size=64,
+                                          num_attention_heads=2, num_query_groups=1, kv_channels=16)
 
 
 def test_hidden_size_pruning_slices_the_residual_stream_by_the_recorded_channels(parent, tmp_path, capsys):
     """Depth 3 -> 2 with hidden 64 -> 40: the kept channels are the 40 best recorded scores, and the first
     forward equals that of a model the test builds from the parent's tensors, each sliced by hand along its
     residual-stream dimension (the norms then normalize over 40 channels in both)."""
-    import dataclasses
 
-    from mtds.ckpt.layout import read_config
-    from mtds.kinds import build_model
-    from mtds.load_trained import find_checkpoint, load_trained, load_weights, saved_run_config
+    from mtds.load_trained import find_checkpoint, load_trained
 
     run, _ = parent
     out = tmp_path / "narrow"
@@ -171,16 +176,8 @@ def test_hidden_size_pruning_slices_the_residual_stream_by_the_recorded_channels
             key = f"decoder.layers.{layers.index(old)}.{name}"
         assert name in columns + rows, name  # every tensor of this model touches the residual stream
         state[key] = v[:, keep] if name in columns else v[keep]
-    cfg = saved_run_config(read_config(find_checkpoint(str(run))))
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_layers=2, hidden_size=40,
-                                                             ffn_hidden_size=FFN, kv_channels=16))
-    mine = build_model(cfg, pruned.vocab_size, "fp32", on_gpu=False)
-    load_weights(mine, state, "test")
-    mine.eval()
-    tokens = torch.randint(0, 500, (2, 32), generator=torch.Generator().manual_seed(0))
-    positions = torch.arange(32).unsqueeze(0).expand(2, -1)
-    with torch.no_grad():
-        assert torch.equal(mine(tokens, positions, None), pruned.model(tokens, positions, None))
+    assert_sliced_model_is_the_pruned_one(find_checkpoint(str(run)), state, pruned, num_layers=2, hidden_size=40,
+                                          ffn_hidden_size=FFN, kv_channels=16)
 
 
 def test_hidden_slicing_covers_biases_layernorm_learned_positions_and_tied_embeddings():

@@ -22,8 +22,8 @@ def build_engine(cfg: RunConfig, kind: Kind, ds_cfg: dict, vocab_size: int, on_g
                  init_from: tuple[str, dict] | None = None):
     """(DeepSpeed engine, parameter count, the init_from tensors this model had no place for): the model
     of `kind` (the run's, handed over by the wiring), seeded, its weights from `init_from` (checkpoint
-    dir, saved config) if given, compiled as configured. Call after mtds.parallel.process_groups.init_distributed (megatron-core layers look
-    up their process groups)."""
+    dir, saved config) if given, compiled as configured. Call after
+    mtds.parallel.process_groups.init_distributed (megatron-core layers look up their process groups)."""
     import deepspeed
 
     from mtds.parallel.process_groups import seed_everything, seed_per_data_rank

@@ -293,20 +293,20 @@ def test_bad_pruning_requests_are_one_line_and_write_nothing(parent, tmp_path, c
     assert refused("--num-layers", "2") == (f"error: --out {out}: exists and is not an empty directory; "
                                             "give a new run directory")
     (out / "notes.txt").unlink()
-    bert = tmp_path / "bert"
-    shutil.copytree(run, bert)
-    for path in bert.glob("checkpoints/iter_*/mtds_config.json"):
-        record = json.loads(path.read_text())
-        record["run"]["model"]["model_type"] = "bert"
-        path.write_text(json.dumps(record))
-    assert refused("--num-layers", "2", load=bert) == (
+
+    def with_saved_model_key(name: str, key: str, value: str):
+        """A copy of the parent run whose saved [model] says key = value."""
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        for path in copy.glob("checkpoints/iter_*/mtds_config.json"):
+            record = json.loads(path.read_text())
+            record["run"]["model"][key] = value
+            path.write_text(json.dumps(record))
+        return copy
+
+    assert refused("--num-layers", "2", load=with_saved_model_key("bert", "model_type", "bert")) == (
         "error: model.model_type='bert': mtds.prune prunes GPT-family runs (gpt, gpt_sft, gpt_plm)")
-    sinusoidal = tmp_path / "sinusoidal"
-    shutil.copytree(run, sinusoidal)
-    for path in sinusoidal.glob("checkpoints/iter_*/mtds_config.json"):
-        record = json.loads(path.read_text())
-        record["run"]["model"]["position_embedding_type"] = "sinusoidal"
-        path.write_text(json.dumps(record))
+    sinusoidal = with_saved_model_key("sinusoidal", "position_embedding_type", "sinusoidal")
     assert refused("--hidden-size", "32", load=sinusoidal) == (
         "error: --hidden-size 32: model.position_embedding_type='sinusoidal' is a fixed table of the width, which "
         "slicing channels would not reproduce; prune this run's other dimensions")
